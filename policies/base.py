@@ -1,0 +1,105 @@
+"""The policy seam: what every routing policy offers to the data plane, and the small value types.
+
+Pure CPU, synchronous, microseconds per call. No I/O, no aiohttp, no `router` imports: this
+package must be usable from a notebook. Randomness comes from an injected numpy Generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+BUCKETS = 1 << 16  # sticky bucket space; each bucket is owned by exactly one arm
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Which arm serves a request, and the probability the policy gave it (for off-policy stats)."""
+
+    arm: str
+    propensity: float
+
+
+@dataclass(slots=True)
+class Context:
+    """What a policy may look at for one request.
+
+    `bucket` is the sticky bucket in [0, BUCKETS) when the route has a sticky key, else None
+    (the policy draws at random). `features` is the encoded feature vector for contextual
+    policies (bias term included), else None. `label` is a short, hashable name of the
+    context for per-context regret (e.g. "climate=hot"), or None.
+    """
+
+    bucket: int | None = None
+    features: np.ndarray[Any, np.dtype[np.float64]] | None = None
+    label: str | None = None
+
+
+@dataclass(slots=True)
+class ArmStats:
+    """Sufficient statistics of one arm; they add up across replicas."""
+
+    decisions: int = 0
+    rewards: int = 0  # rewarded decisions (feedback received, or counted as 0 by missing_reward)
+    reward_sum: float = 0.0
+    reward_sq_sum: float = 0.0
+
+    @property
+    def reward_mean(self) -> float | None:
+        return self.reward_sum / self.rewards if self.rewards else None
+
+    @property
+    def reward_var(self) -> float | None:
+        if self.rewards < 2:
+            return None
+        m = self.reward_sum / self.rewards
+        return max(0.0, (self.reward_sq_sum - self.rewards * m * m) / (self.rewards - 1))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "decisions": self.decisions,
+            "rewards": self.rewards,
+            "reward_sum": self.reward_sum,
+            "reward_sq_sum": self.reward_sq_sum,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ArmStats:
+        return cls(
+            int(d.get("decisions", 0)),
+            int(d.get("rewards", 0)),
+            float(d.get("reward_sum", 0.0)),
+            float(d.get("reward_sq_sum", 0.0)),
+        )
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A routing policy: choose an arm per request, learn from rewards, report statistics."""
+
+    arms: tuple[str, ...]
+
+    def choose(self, context: Context) -> Decision: ...
+
+    def update(self, arm: str, reward: float, context: Context) -> None: ...
+
+    def stats(self) -> Mapping[str, ArmStats]: ...
+
+
+@runtime_checkable
+class Persistent(Protocol):
+    """A policy whose learned state can be saved to and restored from a JSON-able dict."""
+
+    def state(self) -> dict[str, Any]: ...
+
+    def restore(self, state: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(slots=True)
+class Shares:
+    """Current intended traffic share per arm (sums to 1), for status and `traffic_share`."""
+
+    values: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,315 @@
+"""The validated configuration as frozen dataclasses: what `config.py` produces and everything else reads.
+
+Dicts never leave `config.py`; the rest of the code sees only these types. Durations are float
+seconds, sizes are int bytes, percents/weights are floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+PolicyKind = Literal["weighted", "blue_green", "canary", "ab_test", "bandit", "contextual_bandit"]
+POLICY_KINDS: tuple[str, ...] = (
+    "weighted",
+    "blue_green",
+    "canary",
+    "ab_test",
+    "bandit",
+    "contextual_bandit",
+)
+LEARNING_KINDS: frozenset[str] = frozenset({"ab_test", "bandit", "contextual_bandit"})
+ROLLOUT_KINDS: frozenset[str] = frozenset({"canary", "blue_green"})
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: Address = Address("127.0.0.1", 9901)
+    token_env: str = "MODELROUTER_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    store: Literal["sqlite", "redis", "memory"] = "sqlite"
+    path: str = "modelrouter.db"  # relative paths resolve against the config file's directory
+    url: str | None = None  # store: redis
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body: int = 16 * 1024 * 1024
+    max_header: int = 64 * 1024
+    max_pending: int = 1024
+    trusted_hops: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackConfig:
+    secret_env: str = "MODELROUTER_FEEDBACK_SECRET"
+    ttl: float = 3600.0
+    missing_reward: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    path: str
+    interval: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    from_: str
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str
+    url: str
+    scheme: str  # "http" only for now
+    host: str
+    port: int
+    base_path: str  # path part of url without trailing slash, prefixed to every request path ("" if none)
+    version: str | None = None
+    timeout: float = 30.0
+    health: HealthConfig | None = None
+    rewrite: Rewrite | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    path_prefix: str = "/"
+    methods: frozenset[str] | None = None  # upper-case; None = any method
+
+
+OverrideKind = Literal["header", "header_prefix", "header_regex", "cookie"]
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    kind: OverrideKind
+    name: str  # header name lower-case, or cookie name
+    value: str  # exact value, prefix, or regex source
+    backend: str
+
+
+StickySource = Literal["header", "cookie", "query"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sticky:
+    source: StickySource
+    name: str  # header names lower-case
+
+
+RetryOn = Literal["connect-failure", "reset", "timeout", "5xx"]
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    attempts: int = 0  # extra attempts after the first
+    on: frozenset[str] = frozenset({"connect-failure"})
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    backend: str
+    percent: float
+
+
+# ---- policy specs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RewardSpec:
+    type: Literal["binary", "continuous"] = "binary"
+    source: Literal["feedback", "response"] = "feedback"
+    # source == "response": reward = 1 when status < max_status (and latency <= max_latency if set)
+    max_status: int = 500
+    max_latency: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateRequest:
+    method: str = "GET"
+    path: str = "/"
+    body: object | None = None  # JSON-serialisable, sent as application/json
+    headers: tuple[tuple[str, str], ...] = ()
+    expect_status: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateSpec:
+    requests: tuple[ValidateRequest, ...]  # empty -> the backend's health path (or "/")
+    timeout: float = 5.0
+    attempts: int = 3
+
+
+CheckMetric = Literal["error_rate", "latency_p99", "reward_mean", "prometheus"]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    metric: CheckMetric
+    max: float | None = None  # latency_p99: seconds
+    min: float | None = None
+    min_relative_to_stable: float | None = None  # reward_mean
+    max_relative_to_stable: float | None = None
+    query: str | None = None  # prometheus
+    url: str | None = None  # prometheus base URL
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisSpec:
+    min_requests: int = 100
+    failure_limit: int = 2
+    checks: tuple[Check, ...] = ()
+    compare: Literal["sequential", "none"] = "none"
+    alpha: float = 0.05  # for compare: sequential
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    url: str
+    on: frozenset[str]  # phases / events: progressing, paused, promoted, rolled_back, ...
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedSpec:
+    weights: dict[str, float]  # backend -> weight, insertion order = bucket order
+    kind: Literal["weighted"] = "weighted"
+
+
+@dataclass(frozen=True, slots=True)
+class BlueGreenSpec:
+    active: str
+    preview: str
+    analysis: AnalysisSpec | None = None
+    auto_switch: bool = False
+    validate: ValidateSpec | None = None
+    webhooks: tuple[Webhook, ...] = ()
+    interval: float = 60.0  # how often the preview analysis runs
+    kind: Literal["blue_green"] = "blue_green"
+
+
+@dataclass(frozen=True, slots=True)
+class CanarySpec:
+    stable: str
+    candidate: str
+    steps: tuple[float, ...]
+    interval: float = 60.0
+    validate: ValidateSpec | None = None
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    gate: Literal["auto", "manual"] = "auto"
+    webhooks: tuple[Webhook, ...] = ()
+    kind: Literal["canary"] = "canary"
+
+
+@dataclass(frozen=True, slots=True)
+class TestSpec:
+    method: Literal["z_test", "welch_t", "msprt", "bayesian"] = "msprt"
+    alpha: float = 0.05
+    min_samples: int = 1000  # per arm, before the test may decide
+    # msprt mixing variance (tau^2); None = a sensible default from the reward type
+    tau: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ABTestSpec:
+    arms: dict[str, str]  # experiment arm name -> backend
+    split: dict[str, float]
+    reward: RewardSpec = field(default_factory=RewardSpec)
+    test: TestSpec = field(default_factory=TestSpec)
+    conclude: Literal["route_winner", "stop", "none"] = "none"
+    kind: Literal["ab_test"] = "ab_test"
+
+
+@dataclass(frozen=True, slots=True)
+class BanditSpec:
+    arms: tuple[str, ...]  # backend names
+    algorithm: Literal["thompson", "ucb1", "kl_ucb", "epsilon_greedy", "softmax"] = "thompson"
+    reward: RewardSpec = field(default_factory=RewardSpec)
+    params: dict[str, float] = field(default_factory=dict)
+    min_share: float = 0.0
+    discount: float = 1.0
+    kind: Literal["bandit"] = "bandit"
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    name: str
+    source: Literal["header", "cookie", "query", "json"]
+    key: str  # header name (lower-case), cookie/query name, or JSON pointer ("/instances/0/age")
+    type: Literal["categorical", "numeric"]
+    values: tuple[str, ...] = ()  # categorical
+    scale: float = 1.0  # numeric
+    default: float = 0.0  # numeric, when missing or unparsable
+
+
+@dataclass(frozen=True, slots=True)
+class ContextualSpec:
+    arms: tuple[str, ...]
+    algorithm: Literal["linucb", "lin_ts", "epsilon_greedy"] = "linucb"
+    params: dict[str, float] = field(default_factory=dict)
+    features: tuple[Feature, ...] = ()
+    reward: RewardSpec = field(default_factory=RewardSpec)
+    kind: Literal["contextual_bandit"] = "contextual_bandit"
+
+
+PolicySpec = WeightedSpec | BlueGreenSpec | CanarySpec | ABTestSpec | BanditSpec | ContextualSpec
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    match: Match
+    policy: PolicySpec
+    overrides: tuple[Override, ...] = ()
+    sticky: Sticky | None = None
+    retries: Retries = field(default_factory=Retries)
+    timeout: float | None = None  # whole-request deadline; None = backend timeout only
+    mirror: Mirror | None = None
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """Every backend this route may send a request to (policy arms, overrides), in order."""
+        names: list[str] = list(policy_backends(self.policy))
+        for o in self.overrides:
+            if o.backend not in names:
+                names.append(o.backend)
+        return tuple(names)
+
+
+def policy_backends(p: PolicySpec) -> tuple[str, ...]:
+    """The backends a policy chooses among, in a stable order."""
+    if isinstance(p, WeightedSpec):
+        return tuple(p.weights)
+    if isinstance(p, BlueGreenSpec):
+        return (p.active, p.preview)
+    if isinstance(p, CanarySpec):
+        return (p.stable, p.candidate)
+    if isinstance(p, ABTestSpec):
+        return tuple(dict.fromkeys(p.arms.values()))
+    return tuple(p.arms)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    backends: dict[str, BackendConfig]
+    routes: tuple[RouteConfig, ...]
+    version: int = 1
+    listen: Address = Address("0.0.0.0", 8080)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    limits: Limits = field(default_factory=Limits)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    source: str = "<string>"  # the file it was read from

@@ -1,0 +1,52 @@
+"""The state-store interface: rollout state, learned statistics, audit log and accepted feedback.
+
+One small async interface with `memory`, `sqlite` (embedded default) and `redis` implementations,
+so callers never know which one they talk to. Values are JSON-able documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    """One accepted reward, durably stored before the feedback endpoint answers 202."""
+
+    token_id: str  # unique per decision (the token's nonce); duplicates are rejected
+    route: str
+    arm: str
+    reward: float
+    decided_at: float  # unix seconds the decision was made
+    received_at: float  # unix seconds the reward arrived
+    context: tuple[float, ...] | None = None  # contextual features, when the route has them
+    label: str | None = None  # context label for per-context regret
+    seq: int = 0  # store-assigned, increasing; 0 before it is stored
+
+
+class Store(Protocol):
+    """Durable state behind one interface. Every method is safe to call concurrently."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # documents: rollout state ("rollout:{route}"), learned stats ("policy:{route}"), secrets, ...
+    async def get(self, key: str) -> Any | None: ...
+
+    async def put(self, key: str, value: Any) -> None: ...
+
+    # audit log: append-only, newest last
+    async def audit_append(self, entry: dict[str, Any]) -> None: ...
+
+    async def audit_list(self, limit: int = 200, route: str | None = None) -> list[dict[str, Any]]: ...
+
+    # feedback: durable before return; returns, per record, True if stored or False if its
+    # token_id was already stored (duplicate). Records older than `ttl` may be pruned.
+    async def feedback_add(self, records: list[FeedbackRecord]) -> list[bool]: ...
+
+    # records of a route with seq > after_seq, oldest first (replay after a restart)
+    async def feedback_since(self, route: str, after_seq: int) -> list[FeedbackRecord]: ...
+
+    async def feedback_prune(self, older_than: float) -> int: ...
