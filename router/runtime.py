@@ -1,0 +1,427 @@
+"""The live routing table: backends, routes and their engines, matching, selection and reload.
+
+`Runtime.create(config, store=..., metrics=..., audit=...)` builds and starts everything;
+the data plane calls `match`, `RouteRuntime.select` and `RouteRuntime.record` per request,
+the admin API calls `status`, `reload_from_file` and engine actions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import numpy as np
+
+from policies.base import Context, Decision
+from policies.weighted import sticky_bucket
+from router.config_types import BackendConfig, Config, Override, RouteConfig
+from router.engines import Engine, Services, engine_for
+
+if TYPE_CHECKING:
+    from router.audit import Audit
+    from router.http import Request
+    from router.metrics import BoundRequest, Metrics
+    from router.store.base import Store
+
+log = logging.getLogger("modelrouter.runtime")
+
+HEALTH_FAILS_DOWN = 2  # consecutive failed checks before a backend is marked down
+
+
+class BackendRuntime:
+    """One configured backend: its config, health and (set by the data plane) connection pool."""
+
+    __slots__ = ("_fails", "cfg", "name", "pool", "up")
+
+    def __init__(self, cfg: BackendConfig) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.up = True
+        self.pool: Any = None  # router.upstream.UpstreamPool, created lazily by the proxy
+        self._fails = 0
+
+
+@dataclass(slots=True)
+class Selection:
+    """Where one request goes and why."""
+
+    backend: BackendRuntime
+    arm: str | None  # the policy arm; None when an override chose the backend
+    decision: Decision | None
+    context: Context | None
+    token: str | None  # x-modelrouter-decision on learning routes
+
+
+class _OverrideMatcher:
+    __slots__ = ("backend", "kind", "name", "regex", "value")
+
+    def __init__(self, o: Override, backend: BackendRuntime) -> None:
+        self.kind, self.name, self.value, self.backend = o.kind, o.name, o.value, backend
+        self.regex = re.compile(o.value) if o.kind == "header_regex" else None
+
+    def matches(self, req: Request) -> bool:
+        if self.kind == "cookie":
+            return req.cookie(self.name) == self.value
+        v = req.header(self.name)
+        if v is None:
+            return False
+        if self.kind == "header":
+            return v == self.value
+        if self.kind == "header_prefix":
+            return v.startswith(self.value)
+        assert self.regex is not None
+        return self.regex.search(v) is not None
+
+
+class RouteRuntime:
+    """A configured route with its engine; `select` and `record` are the per-request hot path."""
+
+    def __init__(
+        self,
+        cfg: RouteConfig,
+        engine: Engine,
+        backends: dict[str, BackendRuntime],
+        metrics: Metrics,
+        runtime: Runtime,
+    ) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.engine = engine
+        self.prefix = cfg.match.path_prefix
+        self.methods = cfg.match.methods
+        self._runtime = runtime
+        self._backends = {b: backends[b] for b in cfg.backends}
+        self._overrides = tuple(_OverrideMatcher(o, backends[o.backend]) for o in cfg.overrides)
+        self._bound: dict[str, BoundRequest] = {b: metrics.bind(cfg.name, b) for b in cfg.backends}
+        make_context = getattr(engine, "make_context", None)
+        self._make_context: Callable[[Request, int | None], Context] | None = make_context
+        self.needs_body: bool = bool(getattr(engine, "needs_body", False))
+        sticky = cfg.sticky
+        self._sticky: Callable[[Request], str | None] | None = None
+        if sticky is not None:
+            name = sticky.name
+            getter = {"header": "header", "cookie": "cookie", "query": "query_param"}[sticky.source]
+            self._sticky = lambda req: getattr(req, getter)(name)
+
+    def bind(self, backend: str) -> BoundRequest:
+        return self._bound[backend]
+
+    def select(self, req: Request) -> Selection:
+        for o in self._overrides:
+            if o.matches(req):
+                return Selection(o.backend, None, None, None, None)
+        bucket = None
+        if self._sticky is not None:
+            key = self._sticky(req)
+            if key is not None:
+                bucket = sticky_bucket(key)
+        ctx = (
+            self._make_context(req, bucket)
+            if self._make_context is not None
+            else Context(bucket=bucket)
+        )
+        engine = self.engine
+        decision = engine.choose(ctx)
+        backend = self._backends[decision.arm]
+        if not backend.up:
+            backend, decision = self._failover(decision)
+        token = self._runtime.issue_token(self.name, decision, ctx) if engine.learns else None
+        return Selection(backend, decision.arm, decision, ctx, token)
+
+    def _failover(self, decision: Decision) -> tuple[BackendRuntime, Decision]:
+        """The chosen backend is down: the healthy arm with the largest share serves instead."""
+        shares = self.engine.shares()
+        for arm in sorted(shares, key=shares.__getitem__, reverse=True):
+            b = self._backends.get(arm)
+            if b is not None and b.up and shares[arm] > 0:
+                return b, Decision(arm, decision.propensity)
+        return self._backends[decision.arm], decision  # nothing healthy: the proxy answers 503
+
+    def record(self, sel: Selection, status: int, latency: float, error: str | None) -> None:
+        bound = self._bound[sel.backend.name]
+        bound.observe(status, latency)
+        if error is not None:
+            bound.upstream_error(error)
+        if sel.arm is not None:
+            self.engine.observe(sel.arm, status, latency, error)
+
+
+class Runtime:
+    """Everything the data plane and the admin API share, swapped atomically on reload."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store,
+        metrics: Metrics,
+        audit: Audit,
+        config_path: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.store = store
+        self.metrics = metrics
+        self.audit = audit
+        self.clock = clock
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.generation = 1
+        self.draining = False
+        self.routes: tuple[RouteRuntime, ...] = ()
+        self.backends: dict[str, BackendRuntime] = {}
+        self.http: aiohttp.ClientSession | None = None
+        self.signer: Any = None  # router.feedback.TokenSigner
+        self.feedback: Any = None  # router.feedback.FeedbackHandler
+        self._health: dict[str, asyncio.Task[None]] = {}
+        self._reload_lock = asyncio.Lock()
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls,
+        config: Config,
+        *,
+        store: Store,
+        metrics: Metrics,
+        audit: Audit,
+        config_path: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: np.random.Generator | None = None,
+    ) -> Runtime:
+        """Build backends and routes, restore engine state from the store, start health checks."""
+        rt = cls(config, store=store, metrics=metrics, audit=audit, config_path=config_path,
+                 clock=clock, rng=rng)
+        await rt._open()
+        return rt
+
+    async def _open(self) -> None:
+        self.http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=30), headers={"User-Agent": "modelrouter"}
+        )
+        await self._open_feedback()
+        self.backends = {n: BackendRuntime(c) for n, c in self.config.backends.items()}
+        self.routes = await self._build_routes(self.config, self.backends, {})
+        self._start_health(self.backends.values())
+        for b in self.backends.values():
+            self.metrics.set_backend_up(b.name, b.up)
+
+    async def _open_feedback(self) -> None:
+        try:
+            from router.feedback import FeedbackHandler, TokenSigner, load_secret
+        except ImportError:  # pragma: no cover - while router/feedback.py is being written
+            return
+        self.signer = TokenSigner(await load_secret(self.config, self.store))
+        self.feedback = FeedbackHandler(self)
+
+    async def close(self) -> None:
+        """Stop health checks and engines (they persist their state), close connections."""
+        for t in self._health.values():
+            t.cancel()
+        await asyncio.gather(*self._health.values(), return_exceptions=True)
+        self._health.clear()
+        for r in self.routes:
+            await r.engine.stop()
+        for b in self.backends.values():
+            if b.pool is not None:
+                b.pool.close()
+        if self.http is not None:
+            await self.http.close()
+
+    # ---- per request --------------------------------------------------------------------------
+
+    def match(self, method: str, path: str) -> RouteRuntime | None:
+        for r in self.routes:
+            if path.startswith(r.prefix) and (r.methods is None or method in r.methods):
+                return r
+        return None
+
+    def issue_token(self, route: str, decision: Decision, ctx: Context) -> str | None:
+        if self.signer is None:
+            return None
+        features = None if ctx.features is None else tuple(ctx.features.tolist())
+        token: str = self.signer.issue(
+            route, decision.arm, decision.propensity, self.generation, features, ctx.label,
+            self.clock(),
+        )
+        return token
+
+    async def handle_feedback(self, body: bytes) -> tuple[int, bytes]:
+        if self.feedback is None:
+            return 503, b'{"error": "feedback is not available", "status": 503}'
+        result: tuple[int, bytes] = await self.feedback.handle(body)
+        return result
+
+    # ---- admin ------------------------------------------------------------------------------
+
+    def route(self, name: str) -> RouteRuntime:
+        for r in self.routes:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        r = self.route(name)
+        out: dict[str, Any] = {"route": r.name, "kind": r.engine.kind}
+        out.update(r.engine.status())
+        out.setdefault("shares", r.engine.shares())
+        out["backends"] = {
+            b: {"up": rb.up, "version": rb.cfg.version} for b, rb in r._backends.items()
+        }
+        return out
+
+    def ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        for r in self.routes:
+            if not any(b.up for b in r._backends.values()):
+                return False, f"route '{r.name}' has no healthy backend"
+        return True, "ready"
+
+    async def reload_from_file(self) -> dict[str, Any]:
+        """Re-read the config file and apply it; raises ConfigError and keeps the old config."""
+        from router.config import load_config
+
+        if self.config_path is None:
+            raise RuntimeError("this router was not started from a config file")
+        try:
+            new = load_config(self.config_path)
+        except Exception:
+            self.metrics.config_reload("failure")
+            raise
+        return await self.reload(new)
+
+    async def reload(self, new: Config) -> dict[str, Any]:
+        """Apply a validated config atomically; unchanged routes keep their engines and state.
+
+        Changed routes get a new engine that restores what the old one persisted, so learned
+        statistics and rollout progress carry over where the arms still exist.
+        """
+        async with self._reload_lock:
+            try:
+                changes = await self._reload(new)
+            except Exception:
+                self.metrics.config_reload("failure")
+                raise
+            self.metrics.config_reload("success")
+            await self.audit.record("*", "reload", "reload", None, **changes)
+            return changes
+
+    async def _reload(self, new: Config) -> dict[str, Any]:
+        old_cfg, old_routes, old_backends = self.config, self.routes, self.backends
+        backends: dict[str, BackendRuntime] = {}
+        for n, c in new.backends.items():
+            prev = old_backends.get(n)
+            backends[n] = prev if prev is not None and prev.cfg == c else BackendRuntime(c)
+        by_name = {r.name: r for r in old_routes}
+        keep: dict[str, RouteRuntime] = {}
+        for rc in new.routes:
+            prev_route = by_name.get(rc.name)
+            if prev_route is not None and prev_route.cfg == rc and all(
+                backends[b] is old_backends.get(b) for b in rc.backends
+            ):
+                keep[rc.name] = prev_route
+        # engines of changed routes persist first, so their successors restore the newest state
+        for r in old_routes:
+            if r.name not in keep:
+                await r.engine.stop()
+        self.generation += 1
+        routes = await self._build_routes(new, backends, keep)
+        self.config, self.routes, self.backends = new, routes, backends
+        new_names = {r.name for r in routes}
+        for r in old_routes:
+            if r.name not in new_names:
+                self.metrics.forget_route(r.name)
+        gone = [b for n, b in old_backends.items() if backends.get(n) is not b]
+        for b in gone:
+            task = self._health.pop(b.name, None)
+            if task is not None:
+                task.cancel()
+            if b.pool is not None:
+                b.pool.close()
+        self._start_health(b for b in backends.values() if b.name not in self._health)
+        restart = [
+            k for k in ("listen", "admin", "state") if getattr(old_cfg, k) != getattr(new, k)
+        ]
+        return {
+            "generation": self.generation,
+            "added": sorted(new_names - set(by_name)),
+            "removed": sorted(set(by_name) - new_names),
+            "changed": sorted(n for n in new_names & set(by_name) if n not in keep),
+            "unchanged": sorted(keep),
+            "backends_changed": sorted(
+                n for n in backends if old_backends.get(n) is not backends[n]
+            ),
+            "restart_required": restart,
+        }
+
+    async def _build_routes(
+        self, config: Config, backends: dict[str, BackendRuntime], keep: dict[str, RouteRuntime]
+    ) -> tuple[RouteRuntime, ...]:
+        services = Services(
+            config=config, store=self.store, metrics=self.metrics, audit=self.audit,
+            backends=config.backends, clock=self.clock, rng=self.rng, http=self.http,
+        )
+        routes: list[RouteRuntime] = []
+        started: list[Engine] = []
+        try:
+            for rc in config.routes:
+                kept = keep.get(rc.name)
+                if kept is not None:
+                    routes.append(kept)
+                    continue
+                engine = engine_for(rc.policy.kind)(rc, services)
+                await engine.start()
+                started.append(engine)
+                routes.append(RouteRuntime(rc, engine, backends, self.metrics, self))
+        except BaseException:
+            for e in started:
+                await e.stop()
+            raise
+        return tuple(routes)
+
+    # ---- health -----------------------------------------------------------------------------
+
+    def _start_health(self, backends: Iterable[BackendRuntime]) -> None:
+        for b in backends:
+            if b.cfg.health is not None:
+                self._health[b.name] = asyncio.create_task(
+                    self._check_loop(b), name=f"health:{b.name}"
+                )
+
+    async def _check_loop(self, b: BackendRuntime) -> None:
+        assert b.cfg.health is not None
+        url = f"http://{b.cfg.host}:{b.cfg.port}{b.cfg.base_path}{b.cfg.health.path}"
+        timeout = aiohttp.ClientTimeout(total=min(b.cfg.timeout, b.cfg.health.interval, 5.0))
+        while True:
+            ok = False
+            try:
+                assert self.http is not None
+                async with self.http.get(url, timeout=timeout) as resp:
+                    await resp.read()
+                    ok = resp.status < 400
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                ok = False
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let a health check take the router down
+                log.exception("health check of backend '%s' failed unexpectedly", b.name)
+            self._set_health(b, ok)
+            await asyncio.sleep(b.cfg.health.interval)
+
+    def _set_health(self, b: BackendRuntime, ok: bool) -> None:
+        was = b.up
+        b._fails = 0 if ok else b._fails + 1
+        b.up = ok or (was and b._fails < HEALTH_FAILS_DOWN)
+        if b.up != was:
+            log.warning("backend '%s' is %s", b.name, "up" if b.up else "DOWN")
+        self.metrics.set_backend_up(b.name, b.up)

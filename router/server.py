@@ -1,0 +1,174 @@
+"""`modelrouter serve`: build the store, metrics, runtime, data plane and admin listener; run them.
+
+SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, persist, exit 0); SIGHUP reloads
+the config file with the same all-or-nothing path as `POST /admin/reload`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from router.config_types import Config
+
+log = logging.getLogger("modelrouter")
+
+DRAIN_TIMEOUT = 30.0
+
+
+class Server:
+    """One router process: data plane + admin listener over one Runtime."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | Path | None = None,
+        *,
+        proxy_port: int | None = None,
+        admin_port: int | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self._proxy_port_override = proxy_port
+        self._admin_port_override = admin_port
+        self.runtime: Any = None
+        self.proxy: Any = None
+        self._admin_runner: web.AppRunner | None = None
+        self._admin_site: web.TCPSite | None = None
+        self.proxy_port = 0
+        self.admin_port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        from router.admin import create_admin_app
+        from router.audit import Audit
+        from router.metrics import Metrics
+        from router.proxy import start_proxy
+        from router.runtime import Runtime
+        from router.store import open_store
+
+        cfg = self.config
+        base_dir = Path(self.config_path).resolve().parent if self.config_path else Path.cwd()
+        store = open_store(cfg.state, base_dir)
+        await store.open()
+        metrics = Metrics()
+        audit = Audit(store)
+        self.runtime = await Runtime.create(
+            cfg, store=store, metrics=metrics, audit=audit, config_path=self.config_path
+        )
+        port = cfg.listen.port if self._proxy_port_override is None else self._proxy_port_override
+        self.proxy = await start_proxy(self.runtime, cfg.listen.host, port)
+        self.proxy_port = self.proxy.port
+        token = os.environ.get(cfg.admin.token_env) or None
+        app = create_admin_app(self.runtime, token=token)
+        self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._admin_runner.setup()
+        aport = cfg.admin.listen.port if self._admin_port_override is None else self._admin_port_override
+        self._admin_site = web.TCPSite(self._admin_runner, cfg.admin.listen.host, aport)
+        await self._admin_site.start()
+        server = self._admin_site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.admin_port = sockets[0].getsockname()[1] if sockets else aport
+        if token is None:
+            log.warning(
+                "no admin token: set %s to allow admin actions (read-only admin API until then)",
+                cfg.admin.token_env,
+            )
+        log.info(
+            "modelrouter serving on %s:%d (admin %s:%d), %d routes",
+            cfg.listen.host, self.proxy_port, cfg.admin.listen.host, self.admin_port,
+            len(cfg.routes),
+        )
+
+    async def reload(self) -> None:
+        from router.config import ConfigError
+
+        try:
+            changes = await self.runtime.reload_from_file()
+        except ConfigError as e:
+            log.error("reload rejected, the old config keeps serving:\n%s", "\n".join(e.errors))
+            return
+        except Exception:
+            log.exception("reload failed, the old config keeps serving")
+            return
+        log.info("reloaded config: %s", changes)
+
+    async def drain_and_stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Refuse new connections, let in-flight requests finish, persist state, close."""
+        if self.runtime is not None:
+            self.runtime.draining = True
+        if self.proxy is not None:
+            await self.proxy.drain(timeout)
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        if self.runtime is not None:
+            await self.runtime.close()
+            await self.runtime.store.close()
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Start, then serve until SIGTERM/SIGINT; SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        await self.start()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        await stop.wait()
+        log.info("draining: finishing in-flight requests (up to %.0fs)", DRAIN_TIMEOUT)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await self.drain_and_stop()
+        log.info("stopped")
+
+
+def setup_logging() -> None:
+    level = os.environ.get("MODELROUTER_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def run_server(server: Server) -> None:
+    """Run a server on uvloop until it is told to stop."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(server.run())
+
+
+def serve_main(config_path: str, workers: int = 1) -> int:
+    """Entry point of `modelrouter serve`; returns the process exit code."""
+    from router.config import ConfigError, load_config
+
+    setup_logging()
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        return 2
+    if workers != 1:
+        print(
+            "modelrouter: --workers N > 1 is not supported yet: one process serves ~20k "
+            "requests/s; run several replicas behind a load balancer with `state: {store: "
+            "redis}` to scale out",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        run_server(Server(config, config_path))
+    except OSError as e:
+        print(f"modelrouter: cannot start: {e}", file=sys.stderr)
+        return 1
+    return 0
