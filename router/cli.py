@@ -1,0 +1,543 @@
+"""The `modelrouter` command: serve, validate, demo, simulate, and the admin-API commands.
+
+Exit codes: 0 ok, 1 runtime failure or an error from the admin API, 2 usage or config errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from router.adminclient import DEFAULT_ADMIN_URL, TOKEN_ENV, AdminClient, AdminError
+
+__all__ = ["COMMANDS", "format_status", "main", "parse_weights"]
+
+PROG = "modelrouter"
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as `modelrouter: message`, exit 2."""
+
+
+# ---- pure helpers (tested directly) ---------------------------------------------------------
+
+
+def parse_weights(pairs: Sequence[str]) -> dict[str, float]:
+    """`["a=70", "b=30"]` -> `{"a": 70.0, "b": 30.0}`; raises UsageError naming the bad pair."""
+    if not pairs:
+        raise UsageError("set-weights needs at least one NAME=WEIGHT pair, e.g. stable=90 cand=10")
+    weights: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name = name.strip()
+        if not sep:
+            raise UsageError(f"'{pair}': expected NAME=WEIGHT, e.g. {pair}=50")
+        if not name:
+            raise UsageError(f"'{pair}': the backend name before '=' is empty")
+        try:
+            w = float(raw)
+        except ValueError:
+            raise UsageError(f"'{pair}': weight must be a number, got '{raw}'") from None
+        if not math.isfinite(w) or w < 0:
+            raise UsageError(f"'{pair}': weight must be a non-negative number, got '{raw}'")
+        if name in weights:
+            raise UsageError(f"'{pair}': backend '{name}' is given twice")
+        weights[name] = w
+    if sum(weights.values()) <= 0:
+        raise UsageError("weights must not all be zero")
+    return weights
+
+
+def _map(x: Any) -> Mapping[str, Any]:
+    return x if isinstance(x, Mapping) else {}
+
+
+def _pct(x: Any) -> str:
+    return f"{x * 100:.1f}%" if isinstance(x, int | float) else "-"
+
+
+def _num(x: Any, digits: int = 4) -> str:
+    if isinstance(x, bool) or x is None:
+        return "-" if x is None else str(x)
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    out = [indent + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for r in rows:
+        out.append(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return out
+
+
+def _describe_item(item: Any) -> str:
+    if isinstance(item, Mapping):
+        for key in ("message", "reason", "detail"):
+            if isinstance(item.get(key), str):
+                return str(item[key])
+        return ", ".join(
+            f"{k}={_num(v)}" for k, v in item.items() if not isinstance(v, dict | list)
+        )
+    return str(item)
+
+
+def format_status(status: Mapping[str, Any]) -> str:
+    """One route's status JSON as a readable block: header, per-backend table, test, analysis."""
+    head = [f"route {status.get('route', '?')}", f"kind {status.get('kind', '?')}"]
+    if status.get("phase") is not None:
+        head.append(f"phase {status['phase']}")
+    if status.get("step") is not None:
+        step = f"step {status['step']}"
+        steps = status.get("steps")
+        if isinstance(steps, list) and steps:
+            step += f" of {len(steps)}"
+        head.append(step)
+    if status.get("regret") is not None:
+        head.append(f"regret {_num(status['regret'])}")
+    lines = ["  ".join(head)]
+    for key in ("reason", "message"):
+        if isinstance(status.get(key), str) and status[key]:
+            lines.append(f"  {key}: {status[key]}")
+            break
+
+    shares = _map(status.get("shares"))
+    arms = _map(status.get("arms"))
+    backends = _map(status.get("backends"))
+    test = _map(status.get("test"))
+    prob_best = _map(test.get("prob_best"))
+    p_values = _map(test.get("p_values"))
+    names = list(dict.fromkeys([*shares, *arms]))
+    if names:
+        header = ["backend", "version", "share", "decisions", "rewards", "reward_mean"]
+        if prob_best:
+            header.append("prob_best")
+        if p_values:
+            header.append("p_value")
+        if backends:
+            header.append("up")
+        rows = []
+        for name in names:
+            arm = _map(arms.get(name))
+            be = _map(backends.get(name))
+            version = arm.get("version") or be.get("version")
+            mean = arm.get("reward_mean")
+            if mean is None and arm.get("rewards"):
+                mean = arm.get("reward_sum", 0.0) / arm["rewards"]
+            row = [
+                str(name),
+                str(version) if version else "-",
+                _pct(shares.get(name)),
+                _num(arm.get("decisions")),
+                _num(arm.get("rewards")),
+                _num(mean),
+            ]
+            if prob_best:
+                row.append(_num(prob_best.get(name), 3))
+            if p_values:
+                row.append(_num(p_values.get(name), 3))
+            if backends:
+                up = be.get("up")
+                row.append("-" if up is None else ("yes" if up else "DOWN"))
+            rows.append(row)
+        lines.extend(_table(header, rows))
+    if test:
+        scalars = ", ".join(
+            f"{k} {_num(v, 3)}" for k, v in test.items() if not isinstance(v, dict | list)
+        )
+        if scalars:
+            lines.append(f"  test: {scalars}")
+    analysis = status.get("analysis")
+    if isinstance(analysis, list) and analysis:
+        lines.append("  analysis (latest):")
+        lines.extend(f"    {_describe_item(a)}" for a in analysis[-3:])
+    return "\n".join(lines)
+
+
+def format_audit(entries: Sequence[Mapping[str, Any]]) -> str:
+    if not entries:
+        return "(no audit entries)"
+    rows = []
+    for e in entries:
+        ts = e.get("ts")
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+            if isinstance(ts, int | float)
+            else "-"
+        )
+        extra = ", ".join(
+            f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}"
+            for k, v in e.items()
+            if k not in ("ts", "route", "action", "actor", "reason")
+        )
+        rows.append(
+            [
+                when,
+                str(e.get("route") or "-"),
+                str(e.get("action") or "-"),
+                str(e.get("actor") or "-"),
+                str(e.get("reason") or "-"),
+                extra,
+            ]
+        )
+    return "\n".join(_table(["time", "route", "action", "actor", "reason", "details"], rows, ""))
+
+
+def _summary(status: Mapping[str, Any]) -> str:
+    parts = [str(status.get("route", "?"))]
+    if status.get("phase") is not None:
+        parts.append(f"phase {status['phase']}")
+    if status.get("step") is not None:
+        parts.append(f"step {status['step']}")
+    shares = status.get("shares")
+    if isinstance(shares, Mapping) and shares:
+        parts.append("shares " + " ".join(f"{k} {_pct(v)}" for k, v in shares.items()))
+    return ", ".join(parts)
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def _admin_url(args: argparse.Namespace) -> tuple[str, str]:
+    """The admin URL and token variable: --admin, else admin.listen of --config, else default."""
+    if args.admin:
+        return args.admin, TOKEN_ENV
+    if args.config:
+        from router.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as e:
+            raise UsageError(
+                f"--config {args.config} is not valid:\n" + "\n".join(e.errors)
+            ) from None
+        host = cfg.admin.listen.host
+        # a wildcard listen address is reached through loopback
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{cfg.admin.listen.port}", cfg.admin.token_env
+    return DEFAULT_ADMIN_URL, TOKEN_ENV
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    url, token_env = _admin_url(args)
+    token = os.environ.get(token_env) or os.environ.get(TOKEN_ENV)
+    try:
+        return AdminClient(url, token, timeout=args.timeout)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    statuses = [client.route(args.route)] if args.route else client.routes()
+    if args.json:
+        _print_json(statuses[0] if args.route else statuses)
+        return 0
+    if not statuses:
+        print("(no routes configured)")
+    print("\n\n".join(format_status(s) for s in statuses))
+    return 0
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    client = _client(args)
+    status = client.action(args.route, args.command, args.reason, getattr(args, "full", False))
+    if args.json:
+        _print_json(status)
+    else:
+        print(f"{args.command}: {_summary(status)}")
+    return 0
+
+
+def cmd_set_weights(args: argparse.Namespace) -> int:
+    weights = parse_weights(args.weights)
+    client = _client(args)
+    status = client.set_weights(args.route, weights, args.reason)
+    if args.json:
+        _print_json(status)
+    else:
+        print(f"set-weights: {_summary(status)}")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        changes = client.reload(args.reason)
+    except AdminError as e:
+        if e.status == 400 and e.errors:
+            print(f"{PROG}: reload rejected, the old config keeps serving:", file=sys.stderr)
+            for line in e.errors:
+                print(line, file=sys.stderr)
+            return 2
+        raise
+    if args.json:
+        _print_json(changes)
+        return 0
+    parts = []
+    for key in ("added", "removed", "changed", "unchanged"):
+        v = changes.get(key)
+        if isinstance(v, list):
+            parts.append(f"{key}: {', '.join(map(str, v)) or '-'}")
+    gen = changes.get("generation")
+    print(
+        "reloaded" + (f" (generation {gen})" if gen is not None else "") + ": " + "; ".join(parts)
+    )
+    restart = changes.get("restart_required")
+    if isinstance(restart, list) and restart:
+        print(f"note: changes to {', '.join(map(str, restart))} take effect after a restart")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    client = _client(args)
+    entries = client.audit(args.route, args.limit)
+    if args.json:
+        _print_json(entries)
+    else:
+        print(format_audit(entries))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from router.server import serve_main
+
+    code: int = serve_main(args.config, args.workers)
+    return code
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from router.config import validate_main
+
+    code: int = validate_main(args.config)
+    return code
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from router.simulate_cli import simulate_main
+
+    code: int = simulate_main(
+        args.scenario, horizon=args.horizon, seeds=args.seeds, out=args.out, as_json=args.json
+    )
+    return code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from router.demo import demo_main
+
+    code: int = demo_main(args)
+    return code
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": cmd_serve,
+    "validate": cmd_validate,
+    "status": cmd_status,
+    "promote": cmd_action,
+    "abort": cmd_action,
+    "pause": cmd_action,
+    "resume": cmd_action,
+    "switch": cmd_action,
+    "set-weights": cmd_set_weights,
+    "reload": cmd_reload,
+    "audit": cmd_audit,
+    "simulate": cmd_simulate,
+    "demo": cmd_demo,
+}
+
+
+# ---- parser -----------------------------------------------------------------------------------
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        v = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{raw}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{raw}'")
+    return v
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got '{raw}'") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got '{raw}'")
+    return v
+
+
+def _port(raw: str) -> int:
+    try:
+        v = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got '{raw}'") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got '{raw}'")
+    return v
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("modelrouter")
+    except Exception:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Async reverse proxy for model servers: canary, blue-green, A/B tests, "
+        "bandits, with reward, regret and Prometheus metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    admin = argparse.ArgumentParser(add_help=False)
+    g = admin.add_argument_group("admin API")
+    g.add_argument(
+        "--admin",
+        metavar="URL",
+        help=f"admin API base URL (default: admin.listen of --config, else {DEFAULT_ADMIN_URL})",
+    )
+    g.add_argument("--config", metavar="CONFIG", help="take the admin URL from this config file")
+    g.add_argument(
+        "--timeout", type=_positive_float, default=10.0, metavar="S", help="seconds (default 10)"
+    )
+    g.add_argument("--json", action="store_true", help="print the raw JSON answer")
+
+    p = sub.add_parser("serve", help="run the proxy and the admin listener")
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N")
+
+    p = sub.add_parser("validate", help="check a config file; exit 2 with every error")
+    p.add_argument("config", metavar="CONFIG")
+
+    p = sub.add_parser(
+        "status",
+        parents=[admin],
+        help="phase, step, shares, arm statistics, regret and tests of the routes",
+        epilog=f"The admin token is read from {TOKEN_ENV}.",
+    )
+    p.add_argument("route", nargs="?", metavar="ROUTE")
+
+    for name, what in (
+        ("promote", "advance a rollout one step (--full: to 100%%)"),
+        ("abort", "roll back at once: 100%% to stable, no analysis"),
+        ("pause", "hold a rollout at its current step"),
+        ("resume", "continue a paused rollout"),
+        ("switch", "blue-green: make preview the active side"),
+    ):
+        p = sub.add_parser(
+            name, parents=[admin], help=what, epilog=f"The admin token is read from {TOKEN_ENV}."
+        )
+        p.add_argument("route", metavar="ROUTE")
+        p.add_argument("--reason", metavar="TEXT", help="recorded in the audit log")
+        if name == "promote":
+            p.add_argument("--full", action="store_true", help="promote to 100%% at once")
+
+    p = sub.add_parser(
+        "set-weights",
+        parents=[admin],
+        help="change the weights of a weighted route",
+        epilog=f"Example: {PROG} set-weights clf resnet50=70 resnet101=30",
+    )
+    p.add_argument("route", metavar="ROUTE")
+    p.add_argument("weights", nargs="*", metavar="NAME=W")
+    p.add_argument("--reason", metavar="TEXT", help="recorded in the audit log")
+
+    p = sub.add_parser("reload", parents=[admin], help="re-read the config file of the router")
+    p.add_argument("--reason", metavar="TEXT", help="recorded in the audit log")
+
+    p = sub.add_parser("audit", parents=[admin], help="admin actions and automatic transitions")
+    p.add_argument("--route", metavar="ROUTE")
+    p.add_argument("--limit", type=_positive_int, default=50, metavar="N")
+
+    p = sub.add_parser("simulate", help="offline policy run against a simulated environment")
+    p.add_argument("scenario", metavar="SCENARIO")
+    p.add_argument("--horizon", type=_positive_int, metavar="T")
+    p.add_argument("--seeds", type=_positive_int, metavar="N")
+    p.add_argument("--out", metavar="FILE.csv")
+    p.add_argument("--json", action="store_true", help="print one JSON line of results")
+
+    p = sub.add_parser("demo", help="toy model servers + router + synthetic client, live view")
+    p.add_argument("--duration", type=_positive_float, metavar="S")
+    p.add_argument("--bad-canary", action="store_true", help="the candidate fails often")
+    p.add_argument("--port", type=_port, default=None, metavar="P")
+    p.add_argument("--admin-port", type=_port, default=None, metavar="P")
+    return parser
+
+
+def _unknown_command(argv: Sequence[str]) -> str | None:
+    """The message for a mistyped command, with a suggestion; None when the command is known."""
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        if arg in COMMANDS:
+            return None
+        close = difflib.get_close_matches(arg, list(COMMANDS), n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return (
+            f"{PROG}: unknown command '{arg}'.{hint}\n"
+            f"commands: {', '.join(COMMANDS)}\n"
+            f"run '{PROG} COMMAND --help' for the options of one command"
+        )
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 runtime/API error, 2 usage/config)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    message = _unknown_command(argv)
+    if message is not None:
+        print(parser.format_usage().rstrip(), file=sys.stderr)
+        print(message, file=sys.stderr)
+        return 2
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help/--version exit 0, usage errors exit 2
+        return e.code if isinstance(e.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"{PROG} {args.command}: {e}", file=sys.stderr)
+        return 2
+    except AdminError as e:
+        print(f"{PROG}: {e.message}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("router."):
+            print(f"{PROG}: '{args.command}' is not available in this build ({e})", file=sys.stderr)
+            return 1
+        raise
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Shadow traffic: copy a share of a route's requests to a mirror backend and compare answers.
+
+The mirrored call runs off the request path on the runtime's aiohttp session; its answer is
+never returned to the client. Only requests whose body the proxy holds in full (up to
+`MAX_MIRROR_BODY`) are mirrored, so mirroring never makes the proxy buffer a large body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from router.config_types import BackendConfig, Mirror
+
+if TYPE_CHECKING:
+    from router.metrics import Metrics
+
+log = logging.getLogger("modelrouter.mirror")
+
+MAX_MIRROR_BODY = 64 * 1024
+MAX_IN_FLIGHT = 64  # beyond this, mirrored copies are dropped (result "dropped")
+_SKIP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
+
+
+class Mirrorer:
+    """Sends copies of sampled requests to one mirror backend and counts how answers compare."""
+
+    def __init__(
+        self,
+        route: str,
+        spec: Mirror,
+        backend: BackendConfig,
+        metrics: Metrics,
+        session: aiohttp.ClientSession,
+        rng_random: object,
+    ) -> None:
+        self.route = route
+        self.backend = backend
+        self._threshold = spec.percent / 100.0
+        self._metrics = metrics
+        self._session = session
+        self._random = rng_random
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timeout = aiohttp.ClientTimeout(total=backend.timeout)
+
+    def sample(self) -> bool:
+        """Whether this request is mirrored (call once per request, before forwarding)."""
+        return len(self._tasks) < MAX_IN_FLIGHT and self._random() < self._threshold  # type: ignore[operator]
+
+    def send(
+        self,
+        method: str,
+        path_qs: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        primary: asyncio.Future[tuple[int, bytes | None]],
+    ) -> None:
+        """Start the mirrored call; `primary` resolves to the served (status, body or None)."""
+        if len(body) > MAX_MIRROR_BODY:
+            self._metrics.mirror(self.route, self.backend.name, "skipped")
+            return
+        task = asyncio.create_task(self._run(method, path_qs, headers, body, primary))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self,
+        method: str,
+        path_qs: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        primary: asyncio.Future[tuple[int, bytes | None]],
+    ) -> None:
+        b = self.backend
+        url = f"http://{b.host}:{b.port}{b.base_path}{path_qs}"
+        hdrs = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in headers
+            if k.lower().decode("latin-1") not in _SKIP_HEADERS
+        ]
+        hdrs.append(("x-modelrouter-mirror", "1"))
+        try:
+            async with self._session.request(
+                method, url, data=body, headers=hdrs, timeout=self._timeout,
+                auto_decompress=False,
+            ) as resp:
+                shadow_body = await resp.read()
+                shadow_status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            log.debug("mirror to %s failed: %s", b.name, e)
+            self._metrics.mirror(self.route, b.name, "error")
+            return
+        try:
+            status, served = await asyncio.wait_for(asyncio.shield(primary), b.timeout + 30)
+        except (TimeoutError, asyncio.CancelledError):
+            self._metrics.mirror(self.route, b.name, "error")
+            return
+        same = status == shadow_status and (served is None or served == shadow_body)
+        self._metrics.mirror(self.route, b.name, "match" if same else "mismatch")
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
