@@ -98,7 +98,13 @@ class RouteRuntime:
         self.methods = cfg.match.methods
         self._runtime = runtime
         self._backends = {b: backends[b] for b in cfg.backends}
+        # a rollout engine may refuse a backend (not blessed yet, rolled back): then its
+        # overrides do not apply either
+        admits: Callable[[str], bool] | None = getattr(engine, "admits", None)
+        self._admits = admits
         self._overrides = tuple(_OverrideMatcher(o, backends[o.backend]) for o in cfg.overrides)
+        # blue-green preview traffic arrives through overrides; its analysis must see it
+        self._observe_overrides = bool(getattr(engine, "observes_overrides", False))
         self._bound: dict[str, BoundRequest] = {b: metrics.bind(cfg.name, b) for b in cfg.backends}
         make_context = getattr(engine, "make_context", None)
         self._make_context: Callable[[Request, int | None], Context] | None = make_context
@@ -115,7 +121,7 @@ class RouteRuntime:
 
     def select(self, req: Request) -> Selection:
         for o in self._overrides:
-            if o.matches(req):
+            if o.matches(req) and (self._admits is None or self._admits(o.backend.name)):
                 return Selection(o.backend, None, None, None, None)
         bucket = None
         if self._sticky is not None:
@@ -151,6 +157,8 @@ class RouteRuntime:
             bound.upstream_error(error)
         if sel.arm is not None:
             self.engine.observe(sel.arm, status, latency, error)
+        elif self._observe_overrides:
+            self.engine.observe(sel.backend.name, status, latency, error)
 
 
 class Runtime:

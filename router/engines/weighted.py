@@ -23,9 +23,8 @@ class WeightedEngine:
         self._spec = route.policy
         self._services = services
         self.policy = WeightedPolicy(route.policy.weights, services.rng)
-        self.choose = self.policy.choose  # the hot path calls the policy directly
 
-    def choose(self, ctx: Context) -> Decision:  # replaced per instance in __init__
+    def choose(self, ctx: Context) -> Decision:
         return self.policy.choose(ctx)
 
     def observe(self, arm: str, status: int, latency: float, error: str | None) -> None:

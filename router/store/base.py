@@ -40,7 +40,9 @@ class Store(Protocol):
     # audit log: append-only, newest last
     async def audit_append(self, entry: dict[str, Any]) -> None: ...
 
-    async def audit_list(self, limit: int = 200, route: str | None = None) -> list[dict[str, Any]]: ...
+    async def audit_list(
+        self, limit: int = 200, route: str | None = None
+    ) -> list[dict[str, Any]]: ...
 
     # feedback: durable before return; returns, per record, True if stored or False if its
     # token_id was already stored (duplicate). Records older than `ttl` may be pruned.

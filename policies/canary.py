@@ -1,0 +1,846 @@
+"""Pure rollout logic for canary and blue-green: from (state, observations, spec, now) to the next
+state and the transitions it made. No clock, no I/O: `router/rollout.py` drives it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "HISTORY_LIMIT",
+    "AnalysisResult",
+    "ArmObs",
+    "Blessing",
+    "Event",
+    "Observations",
+    "Phase",
+    "PromResult",
+    "RolloutState",
+    "Totals",
+    "TransitionError",
+    "abort",
+    "analyse",
+    "analysis_due",
+    "blue_green_step",
+    "initial_state",
+    "pause",
+    "promote",
+    "resume",
+    "sequential_error_test",
+    "step",
+    "switch",
+    "validated",
+    "weights_for",
+]
+
+HISTORY_LIMIT = 200  # analysis results kept in the state (and the store)
+MIN_REWARDS = 30  # rewards per arm before reward_mean is judged (capped by min_requests)
+SEQUENTIAL_TAU = 0.05  # mSPRT mixing sd on the error-rate difference: effects of ~5 points
+SEQUENTIAL_MIN_REQUESTS = 10  # per side, so the normal approximation is not absurd
+
+Outcome = Literal["pass", "fail", "inconclusive"]
+
+
+class Phase(StrEnum):
+    """Where a rollout is; `promoted` and `rolled_back` are final."""
+
+    VALIDATING = "validating"
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.PROMOTED, Phase.ROLLED_BACK)
+
+
+class TransitionError(Exception):
+    """An action that does not apply to the rollout's current state (the admin API answers 409)."""
+
+
+# ---- the spec shapes this module reads (router/config_types.py satisfies them) -------------------
+
+
+class CheckLike(Protocol):
+    @property
+    def metric(self) -> str: ...
+    @property
+    def max(self) -> float | None: ...
+    @property
+    def min(self) -> float | None: ...
+    @property
+    def min_relative_to_stable(self) -> float | None: ...
+    @property
+    def max_relative_to_stable(self) -> float | None: ...
+    @property
+    def query(self) -> str | None: ...
+
+
+class AnalysisLike(Protocol):
+    @property
+    def min_requests(self) -> int: ...
+    @property
+    def failure_limit(self) -> int: ...
+    @property
+    def checks(self) -> Sequence[CheckLike]: ...
+    @property
+    def compare(self) -> str: ...
+    @property
+    def alpha(self) -> float: ...
+
+
+class CanaryLike(Protocol):
+    @property
+    def kind(self) -> str: ...
+    @property
+    def stable(self) -> str: ...
+    @property
+    def candidate(self) -> str: ...
+    @property
+    def steps(self) -> Sequence[float]: ...
+    @property
+    def interval(self) -> float: ...
+    @property
+    def analysis(self) -> AnalysisLike: ...
+    @property
+    def gate(self) -> str: ...
+
+
+class BlueGreenLike(Protocol):
+    @property
+    def kind(self) -> str: ...
+    @property
+    def active(self) -> str: ...
+    @property
+    def preview(self) -> str: ...
+    @property
+    def analysis(self) -> AnalysisLike | None: ...
+    @property
+    def auto_switch(self) -> bool: ...
+    @property
+    def interval(self) -> float: ...
+
+
+Spec = CanaryLike | BlueGreenLike
+
+
+# ---- state ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisResult:
+    """One judgement of the candidate (or preview) on the traffic of one window."""
+
+    at: float
+    step: int
+    outcome: Outcome
+    reasons: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "step": self.step,
+            "outcome": self.outcome,
+            "reasons": list(self.reasons),
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> AnalysisResult:
+        outcome = d["outcome"]
+        if outcome not in ("pass", "fail", "inconclusive"):
+            raise ValueError(f"bad analysis outcome {outcome!r}")
+        return cls(float(d["at"]), int(d["step"]), outcome, tuple(str(r) for r in d["reasons"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Blessing:
+    """The outcome of infra validation of the candidate / preview backend."""
+
+    backend: str
+    at: float
+    ok: bool
+    results: tuple[str, ...]  # one line per validation request
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "at": self.at,
+            "ok": self.ok,
+            "results": list(self.results),
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Blessing:
+        return cls(str(d["backend"]), float(d["at"]), bool(d["ok"]), tuple(map(str, d["results"])))
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Requests and errors per side over the closed windows of the rollout (sequential test)."""
+
+    stable_requests: int = 0
+    stable_errors: int = 0
+    candidate_requests: int = 0
+    candidate_errors: int = 0
+
+    def plus(self, obs: Observations) -> Totals:
+        return Totals(
+            self.stable_requests + obs.stable.requests,
+            self.stable_errors + obs.stable.errors,
+            self.candidate_requests + obs.candidate.requests,
+            self.candidate_errors + obs.candidate.errors,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutState:
+    """Everything a rollout needs to resume exactly where it was after a restart.
+
+    `step` indexes the spec's steps (-1: before the first one). The analysis window starts at
+    `window_started_at`; the driver resets its per-window counters whenever that changes.
+    `active` is the serving side of a blue-green route. `gate_waiting`: paused at the manual gate
+    (canary) or passed analysis and waiting for `switch` (blue-green).
+    """
+
+    phase: Phase = Phase.VALIDATING
+    step: int = 0
+    step_started_at: float = 0.0
+    window_started_at: float = 0.0
+    next_analysis_at: float = 0.0
+    failures: int = 0
+    history: tuple[AnalysisResult, ...] = ()
+    blessing: Blessing | None = None
+    paused_reason: str | None = None
+    active: str | None = None
+    gate_waiting: bool = False
+    totals: Totals = field(default_factory=Totals)
+    reason: str | None = None  # why the current phase was entered
+    changed_at: float = 0.0
+
+    @property
+    def blessed(self) -> bool:
+        return self.blessing is not None and self.blessing.ok
+
+    def to_json(self) -> dict[str, Any]:
+        t = self.totals
+        return {
+            "phase": self.phase.value,
+            "step": self.step,
+            "step_started_at": self.step_started_at,
+            "window_started_at": self.window_started_at,
+            "next_analysis_at": self.next_analysis_at,
+            "failures": self.failures,
+            "history": [h.to_json() for h in self.history],
+            "blessing": self.blessing.to_json() if self.blessing else None,
+            "paused_reason": self.paused_reason,
+            "active": self.active,
+            "gate_waiting": self.gate_waiting,
+            "totals": [
+                t.stable_requests,
+                t.stable_errors,
+                t.candidate_requests,
+                t.candidate_errors,
+            ],
+            "reason": self.reason,
+            "changed_at": self.changed_at,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> RolloutState:
+        """Rebuild a stored state; raises ValueError (naming the field) when the document is bad."""
+        try:
+            b = d.get("blessing")
+            t = d.get("totals") or [0, 0, 0, 0]
+            return cls(
+                phase=Phase(d["phase"]),
+                step=int(d["step"]),
+                step_started_at=float(d["step_started_at"]),
+                window_started_at=float(d["window_started_at"]),
+                next_analysis_at=float(d["next_analysis_at"]),
+                failures=int(d["failures"]),
+                history=tuple(AnalysisResult.from_json(h) for h in d.get("history", ())),
+                blessing=Blessing.from_json(b) if b else None,
+                paused_reason=d.get("paused_reason"),
+                active=d.get("active"),
+                gate_waiting=bool(d.get("gate_waiting", False)),
+                totals=Totals(*(int(x) for x in t)),
+                reason=d.get("reason"),
+                changed_at=float(d.get("changed_at", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"stored rollout state is unreadable: {type(e).__name__}: {e}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A transition: a phase change, a step change, or a failed analysis that did not roll back."""
+
+    from_phase: Phase
+    to_phase: Phase
+    reason: str
+    step: int
+
+
+# ---- observations --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ArmObs:
+    """What one side saw in the current analysis window."""
+
+    requests: int = 0
+    errors: int = 0  # status >= 500 or a transport error
+    latency_p99: float | None = None  # seconds; None without samples
+    rewards: int = 0
+    reward_sum: float = 0.0
+    reward_sq_sum: float = 0.0
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def reward_mean(self) -> float | None:
+        return self.reward_sum / self.rewards if self.rewards else None
+
+
+@dataclass(frozen=True, slots=True)
+class PromResult:
+    """One Prometheus query answer: a value, or why there is none."""
+
+    query: str
+    value: float | None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Observations:
+    """The window's traffic: stable (blue-green: the serving side) and candidate (preview)."""
+
+    stable: ArmObs = field(default_factory=ArmObs)
+    candidate: ArmObs = field(default_factory=ArmObs)
+    prometheus: tuple[PromResult, ...] = ()
+
+
+# ---- analysis ------------------------------------------------------------------------------------
+
+
+def _fmt(x: float, unit: str = "") -> str:
+    if unit == "s":
+        return f"{x * 1000:.4g}ms" if abs(x) < 1 else f"{x:.4g}s"
+    return f"{x:.4g}"
+
+
+def _judge(
+    name: str,
+    value: float,
+    check: CheckLike,
+    base: float | None,
+    suffix: str,
+    unit: str = "",
+) -> tuple[Outcome, str]:
+    """Compare a value with the check's limits; the message shows value against limit."""
+    v = _fmt(value, unit)
+    sfx = f" {suffix}" if suffix else ""
+    if check.max is not None and value > check.max:
+        return "fail", f"{name} {v} > max {_fmt(check.max, unit)}{sfx}"
+    if check.min is not None and value < check.min:
+        return "fail", f"{name} {v} < min {_fmt(check.min, unit)}{sfx}"
+    limits = []
+    if check.max is not None:
+        limits.append(f"max {_fmt(check.max, unit)}")
+    if check.min is not None:
+        limits.append(f"min {_fmt(check.min, unit)}")
+    relative = (
+        ("min", "<", check.min_relative_to_stable),
+        ("max", ">", check.max_relative_to_stable),
+    )
+    for word, cmp, ratio in relative:
+        if ratio is None:
+            continue
+        if base is None:
+            return "inconclusive", f"{name}: stable has no data to compare with{sfx}"
+        limit = ratio * base
+        rel = f"{word} {ratio:g} x stable {_fmt(base, unit)} = {_fmt(limit, unit)}"
+        if (value < limit) if word == "min" else (value > limit):
+            return "fail", f"{name} {v} {cmp} {rel}{sfx}"
+        limits.append(rel)
+    within = ", ".join(limits) if limits else "no limit"
+    return "pass", f"{name} {v} ok ({within}){sfx}"
+
+
+def _check(check: CheckLike, obs: Observations, min_requests: int) -> tuple[Outcome, str]:
+    c, s = obs.candidate, obs.stable
+    if check.metric == "error_rate":
+        return _judge(
+            "error_rate", c.errors / c.requests, check, s.error_rate, f"over {c.requests} requests"
+        )
+    if check.metric == "latency_p99":
+        if c.latency_p99 is None:
+            return "inconclusive", "latency_p99: no latency samples"
+        return _judge(
+            "latency_p99", c.latency_p99, check, s.latency_p99, f"over {c.requests} requests", "s"
+        )
+    if check.metric == "reward_mean":
+        need = max(1, min(MIN_REWARDS, min_requests))
+        relative = (
+            check.min_relative_to_stable is not None or check.max_relative_to_stable is not None
+        )
+        if c.rewards < need or (relative and s.rewards < need):
+            got = f"candidate {c.rewards}" + (f", stable {s.rewards}" if relative else "")
+            return "inconclusive", f"reward_mean: too few rewards ({got}; need {need} per arm)"
+        return _judge(
+            "reward_mean",
+            c.reward_sum / c.rewards,
+            check,
+            s.reward_mean,
+            f"over {c.rewards} rewards",
+        )
+    if check.metric == "prometheus":
+        q = check.query or ""
+        found = [r for r in obs.prometheus if r.query == q]
+        if not found:
+            return "inconclusive", f"prometheus {q!r}: not queried"
+        r = found[-1]
+        if r.error is not None:
+            return "inconclusive", f"prometheus {q!r}: {r.error}"
+        if r.value is None or not math.isfinite(r.value):
+            return "inconclusive", f"prometheus {q!r}: no usable value ({r.value})"
+        return _judge(f"prometheus {q!r}", r.value, check, None, "")
+    return "inconclusive", f"unknown check metric {check.metric!r}"
+
+
+def sequential_error_test(
+    stable_n: int,
+    stable_e: int,
+    cand_n: int,
+    cand_e: int,
+    alpha: float,
+    tau: float = SEQUENTIAL_TAU,
+) -> tuple[bool, str]:
+    """Always-valid mSPRT (normal mixture, Johari et al.) on the error-rate difference.
+
+    Returns (candidate significantly worse at level alpha, message). It only ever fails a
+    candidate: an insignificant result is not a pass. Valid under continuous monitoring, so the
+    controller may look at every tick.
+    """
+    if stable_n < SEQUENTIAL_MIN_REQUESTS or cand_n < SEQUENTIAL_MIN_REQUESTS:
+        return False, (
+            f"sequential: too few requests (stable {stable_n}, candidate {cand_n}; "
+            f"need {SEQUENTIAL_MIN_REQUESTS} each)"
+        )
+    ps, pc = stable_e / stable_n, cand_e / cand_n
+    d = pc - ps
+    # smoothed rates keep the variance positive when a side has no (or only) errors
+    qs, qc = (stable_e + 0.5) / (stable_n + 1), (cand_e + 0.5) / (cand_n + 1)
+    v = qs * (1 - qs) / stable_n + qc * (1 - qc) / cand_n
+    t2 = tau * tau
+    log_lambda = 0.5 * math.log(v / (v + t2)) + t2 * d * d / (2 * v * (v + t2))
+    threshold = math.log(1 / alpha)
+    msg = (
+        f"error_rate {pc:.4g} vs stable {ps:.4g} over {cand_n}/{stable_n} requests, "
+        f"mSPRT likelihood ratio {math.exp(min(log_lambda, 700)):.3g}"
+    )
+    if d > 0 and log_lambda >= threshold:
+        return True, f"{msg} >= {1 / alpha:.3g} (candidate worse at alpha {alpha:g})"
+    return False, f"{msg} < {1 / alpha:.3g}"
+
+
+def analyse(
+    obs: Observations, analysis: AnalysisLike, step: int, now: float, need_stable: bool = True
+) -> AnalysisResult:
+    """Judge one window. Too little traffic, or any inconclusive check without a failure, is
+    inconclusive: never a pass."""
+    n = analysis.min_requests
+    short = []
+    if obs.candidate.requests < n:
+        short.append(f"candidate {obs.candidate.requests}")
+    if need_stable and obs.stable.requests < n:
+        short.append(f"stable {obs.stable.requests}")
+    if short:
+        reason = f"too few requests ({', '.join(short)} < min_requests {n})"
+        return AnalysisResult(now, step, "inconclusive", (reason,))
+    results = [_check(c, obs, n) for c in analysis.checks]
+    reasons = tuple(r for _, r in results)
+    outcomes = {o for o, _ in results}
+    if "fail" in outcomes:
+        failed = tuple(r for o, r in results if o == "fail")
+        return AnalysisResult(
+            now, step, "fail", failed + tuple(r for o, r in results if o != "fail")
+        )
+    if "inconclusive" in outcomes:
+        return AnalysisResult(now, step, "inconclusive", reasons)
+    if not reasons:
+        reasons = (f"{obs.candidate.requests} requests, no checks configured",)
+    return AnalysisResult(now, step, "pass", reasons)
+
+
+# ---- canary --------------------------------------------------------------------------------------
+
+
+def initial_state(spec: Spec, now: float) -> RolloutState:
+    """A new rollout: validating, no candidate (preview) traffic."""
+    active = spec.active if spec.kind == "blue_green" else None  # type: ignore[union-attr]
+    return RolloutState(
+        phase=Phase.VALIDATING,
+        step=0,
+        step_started_at=now,
+        window_started_at=now,
+        next_analysis_at=now + spec.interval,
+        active=active,
+        reason="infra validation of the new version",
+        changed_at=now,
+    )
+
+
+def weights_for(state: RolloutState, spec: Spec) -> dict[str, float]:
+    """Relative weights for the route's WeightedPolicy (stable / active first)."""
+    if spec.kind == "blue_green":
+        bg: BlueGreenLike = spec  # type: ignore[assignment]
+        active = state.active or bg.active
+        other = bg.preview if active == bg.active else bg.active
+        return {active: 1.0, other: 0.0}
+    c: CanaryLike = spec  # type: ignore[assignment]
+    if state.phase is Phase.PROMOTED:
+        pct = 100.0
+    elif state.phase in (Phase.VALIDATING, Phase.ROLLED_BACK) or not state.blessed:
+        pct = 0.0  # an unblessed backend never gets live traffic
+    elif state.step < 0:
+        pct = 0.0  # paused at the manual gate before the only step
+    else:
+        pct = float(c.steps[min(state.step, len(c.steps) - 1)])
+    return {c.stable: 100.0 - pct, c.candidate: pct}
+
+
+def analysis_due(state: RolloutState, spec: Spec, now: float) -> bool:
+    """Whether the next analysis window has closed (the driver then queries Prometheus)."""
+    if state.phase is not Phase.PROGRESSING or state.gate_waiting:
+        return False
+    if spec.kind == "blue_green" and spec.analysis is None:
+        return False
+    return now >= state.next_analysis_at
+
+
+def _new_window(state: RolloutState, obs: Observations, spec: Spec, now: float) -> RolloutState:
+    return replace(
+        state,
+        window_started_at=now,
+        next_analysis_at=now + spec.interval,
+        totals=state.totals.plus(obs),
+    )
+
+
+def _with_result(state: RolloutState, result: AnalysisResult) -> RolloutState:
+    return replace(state, history=(*state.history, result)[-HISTORY_LIMIT:])
+
+
+def _pct(spec: CanaryLike, i: int) -> str:
+    return f"step {i} ({spec.steps[i]:g}%)"
+
+
+def _enter(
+    state: RolloutState, spec: CanaryLike, idx: int, now: float, reason: str, via_gate: bool
+) -> tuple[RolloutState, list[Event]]:
+    """Move to step `idx`: the manual gate pauses before the final step; a final 100% step (or
+    passing the last one) is promotion."""
+    last = len(spec.steps) - 1
+    before = state.phase
+    if idx > last or (
+        idx == last and spec.steps[last] >= 100 and (via_gate or spec.gate != "manual")
+    ):
+        new = replace(
+            state,
+            phase=Phase.PROMOTED,
+            paused_reason=None,
+            gate_waiting=False,
+            reason=reason,
+            changed_at=now,
+        )
+        return new, [Event(before, Phase.PROMOTED, reason, new.step)]
+    if idx == last and spec.gate == "manual" and not via_gate:
+        why = f"{reason}; manual gate: waiting for promote before {_pct(spec, idx)}"
+        new = replace(
+            state,
+            phase=Phase.PAUSED,
+            gate_waiting=True,
+            paused_reason=why,
+            reason=why,
+            changed_at=now,
+        )
+        return new, [Event(before, Phase.PAUSED, why, new.step)]
+    new = replace(
+        state,
+        phase=Phase.PROGRESSING,
+        step=idx,
+        step_started_at=now,
+        window_started_at=now,
+        next_analysis_at=now + spec.interval,
+        paused_reason=None,
+        gate_waiting=False,
+        reason=reason,
+        changed_at=now,
+    )
+    return new, [Event(before, Phase.PROGRESSING, f"{reason}; now at {_pct(spec, idx)}", idx)]
+
+
+def _roll_back(state: RolloutState, now: float, reason: str) -> tuple[RolloutState, list[Event]]:
+    new = replace(
+        state,
+        phase=Phase.ROLLED_BACK,
+        paused_reason=None,
+        gate_waiting=False,
+        reason=reason,
+        changed_at=now,
+    )
+    return new, [Event(state.phase, Phase.ROLLED_BACK, reason, state.step)]
+
+
+def _sequential(state: RolloutState, obs: Observations, analysis: AnalysisLike) -> tuple[bool, str]:
+    t = state.totals.plus(obs)
+    return sequential_error_test(
+        t.stable_requests, t.stable_errors, t.candidate_requests, t.candidate_errors, analysis.alpha
+    )
+
+
+def _judge_window(
+    state: RolloutState, obs: Observations, analysis: AnalysisLike, now: float, need_stable: bool
+) -> tuple[RolloutState, AnalysisResult | None, str | None]:
+    """Shared by canary and blue-green: (state with history, this window's result, rollback
+    reason). The result is None when nothing was due."""
+    if analysis.compare == "sequential":
+        worse, msg = _sequential(state, obs, analysis)
+        if worse:
+            result = AnalysisResult(now, state.step, "fail", (msg,))
+            return _with_result(state, result), result, f"sequential test failed: {msg}"
+    if now < state.next_analysis_at:
+        return state, None, None
+    result = analyse(obs, analysis, state.step, now, need_stable)
+    if analysis.compare == "sequential" and result.outcome != "inconclusive":
+        result = replace(result, reasons=(*result.reasons, _sequential(state, obs, analysis)[1]))
+    state = _with_result(state, result)
+    if result.outcome == "fail":
+        failures = state.failures + 1
+        state = replace(state, failures=failures)
+        if failures >= analysis.failure_limit:
+            why = f"analysis failed {failures}/{analysis.failure_limit}: {result.reasons[0]}"
+            return state, result, why
+    return state, result, None
+
+
+def step(
+    state: RolloutState, obs: Observations, spec: CanaryLike, now: float
+) -> tuple[RolloutState, list[Event]]:
+    """Advance a canary by one tick: the sequential test may fail it at any tick; every
+    `interval` the window is judged and the rollout advances, waits, or rolls back."""
+    if state.phase is not Phase.PROGRESSING:
+        return state, []
+    analysed, result, rollback = _judge_window(state, obs, spec.analysis, now, True)
+    if rollback is not None:
+        return _roll_back(analysed, now, f"{_pct(spec, state.step)}: {rollback}")
+    if result is None:
+        return state, []
+    if result.outcome == "inconclusive":
+        # keep the window's traffic and look again one interval later
+        return replace(analysed, next_analysis_at=now + spec.interval), []
+    closed = _new_window(analysed, obs, spec, now)
+    if result.outcome == "fail":
+        why = (
+            f"{_pct(spec, state.step)}: analysis failed "
+            f"{closed.failures}/{spec.analysis.failure_limit}: {result.reasons[0]}"
+        )
+        return closed, [Event(state.phase, state.phase, why, state.step)]
+    return _enter(
+        closed,
+        spec,
+        state.step + 1,
+        now,
+        f"{_pct(spec, state.step)} passed: {result.reasons[0]}",
+        via_gate=False,
+    )
+
+
+def validated(
+    state: RolloutState, spec: Spec, now: float, backend: str, ok: bool, results: Sequence[str]
+) -> tuple[RolloutState, list[Event]]:
+    """Record infra validation: blessed -> first step (blue-green: preview ready), else rollback."""
+    if state.phase is not Phase.VALIDATING:
+        return state, []  # aborted meanwhile
+    blessing = Blessing(backend, now, ok, tuple(results))
+    state = replace(state, blessing=blessing)
+    if not ok:
+        failing = next((r for r in results if "FAIL" in r), results[-1] if results else "no answer")
+        return _roll_back(state, now, f"infra validation of {backend} failed: {failing}")
+    reason = f"{backend} blessed: {len(results)} validation request(s) passed"
+    if spec.kind == "blue_green":
+        bg: BlueGreenLike = spec  # type: ignore[assignment]
+        if bg.auto_switch and bg.analysis is None:
+            return _do_switch(state, bg, now, f"{reason}; auto_switch without analysis")
+        new = replace(
+            state,
+            phase=Phase.PROGRESSING,
+            window_started_at=now,
+            next_analysis_at=now + bg.interval,
+            reason=reason,
+            changed_at=now,
+        )
+        return new, [Event(Phase.VALIDATING, Phase.PROGRESSING, reason, new.step)]
+    c: CanaryLike = spec  # type: ignore[assignment]
+    if len(c.steps) == 1 and c.gate == "manual":
+        state = replace(state, step=-1)
+    return _enter(state, c, 0, now, reason, via_gate=False)
+
+
+# ---- actions (pure; the engine maps TransitionError to 409) --------------------------------------
+
+
+def _by(actor: str, action: str, reason: str | None) -> str:
+    return f"{action} by {actor}" + (f": {reason}" if reason else "")
+
+
+def promote(
+    state: RolloutState,
+    spec: Spec,
+    now: float,
+    full: bool = False,
+    reason: str | None = None,
+    actor: str = "admin",
+) -> tuple[RolloutState, list[Event]]:
+    """Canary: next step without analysis (or straight to 100% with `full`); blue-green: switch."""
+    if state.phase is Phase.ROLLED_BACK and spec.kind == "canary":
+        raise TransitionError(
+            "the rollout was rolled back; promote does not apply. Start a new rollout by changing "
+            "the candidate in the config (or use abort/resume semantics on a new one)"
+        )
+    if state.phase is Phase.PROMOTED:
+        raise TransitionError("the rollout is already promoted")
+    if state.phase is Phase.VALIDATING or not state.blessed:
+        raise TransitionError(
+            "the new version has not passed infra validation yet; it may not receive traffic"
+        )
+    if spec.kind == "blue_green":
+        return switch(state, spec, now, reason, actor)
+    c: CanaryLike = spec  # type: ignore[assignment]
+    why = _by(actor, "promote --full" if full else "promote", reason)
+    if full:
+        return _enter(state, c, len(c.steps), now, why, via_gate=True)
+    return _enter(state, c, state.step + 1, now, why, via_gate=True)
+
+
+def abort(
+    state: RolloutState, spec: Spec, now: float, reason: str | None = None, actor: str = "admin"
+) -> tuple[RolloutState, list[Event]]:
+    """Everything to stable (blue-green: the original active side) at once, no analysis."""
+    if state.phase is Phase.ROLLED_BACK and (
+        spec.kind == "canary" or state.active in (None, spec.active)  # type: ignore[union-attr]
+    ):
+        raise TransitionError("the rollout is already rolled back")
+    if spec.kind == "blue_green":
+        state = replace(state, active=spec.active)  # type: ignore[union-attr]
+    return _roll_back(state, now, _by(actor, "abort", reason))
+
+
+def pause(
+    state: RolloutState, spec: Spec, now: float, reason: str | None = None, actor: str = "admin"
+) -> tuple[RolloutState, list[Event]]:
+    """Hold the current weights and suspend analysis until resume."""
+    if state.phase is not Phase.PROGRESSING:
+        raise TransitionError(
+            f"only a progressing rollout can be paused; it is {state.phase.value}"
+        )
+    why = _by(actor, "pause", reason)
+    new = replace(state, phase=Phase.PAUSED, paused_reason=why, reason=why, changed_at=now)
+    return new, [Event(state.phase, Phase.PAUSED, why, state.step)]
+
+
+def resume(
+    state: RolloutState, spec: Spec, now: float, reason: str | None = None, actor: str = "admin"
+) -> tuple[RolloutState, list[Event]]:
+    """Continue a paused rollout with a fresh analysis window."""
+    if state.phase is not Phase.PAUSED:
+        raise TransitionError(f"only a paused rollout can be resumed; it is {state.phase.value}")
+    if state.gate_waiting:
+        raise TransitionError("the rollout waits at the manual gate: use promote to continue")
+    why = _by(actor, "resume", reason)
+    new = replace(
+        state,
+        phase=Phase.PROGRESSING,
+        paused_reason=None,
+        window_started_at=now,
+        next_analysis_at=now + spec.interval,
+        reason=why,
+        changed_at=now,
+    )
+    return new, [Event(Phase.PAUSED, Phase.PROGRESSING, why, state.step)]
+
+
+def _do_switch(
+    state: RolloutState, spec: BlueGreenLike, now: float, reason: str
+) -> tuple[RolloutState, list[Event]]:
+    current = state.active or spec.active
+    target = spec.preview if current == spec.active else spec.active
+    phase = Phase.PROMOTED if target == spec.preview else Phase.ROLLED_BACK
+    why = f"{reason}; {target} now serves, {current} kept ready"
+    new = replace(
+        state,
+        phase=phase,
+        active=target,
+        gate_waiting=False,
+        paused_reason=None,
+        reason=why,
+        changed_at=now,
+    )
+    return new, [Event(state.phase, phase, why, state.step)]
+
+
+def switch(
+    state: RolloutState, spec: Spec, now: float, reason: str | None = None, actor: str = "admin"
+) -> tuple[RolloutState, list[Event]]:
+    """Blue-green: swap the serving side atomically; switching back is the same action."""
+    if spec.kind != "blue_green":
+        raise TransitionError("switch applies to blue_green routes; a canary uses promote")
+    if state.phase is Phase.VALIDATING or not state.blessed:
+        raise TransitionError(
+            "the preview has not passed infra validation; it may not receive traffic"
+        )
+    bg: BlueGreenLike = spec  # type: ignore[assignment]
+    return _do_switch(state, bg, now, _by(actor, "switch", reason))
+
+
+# ---- blue-green ----------------------------------------------------------------------------------
+
+
+def blue_green_step(
+    state: RolloutState, obs: Observations, spec: BlueGreenLike, now: float
+) -> tuple[RolloutState, list[Event]]:
+    """Judge the preview on its (override) traffic; pass -> switch (auto_switch) or wait."""
+    a = spec.analysis
+    if state.phase is not Phase.PROGRESSING or state.gate_waiting or a is None:
+        return state, []
+    relative = a.compare == "sequential" or any(
+        c.min_relative_to_stable is not None or c.max_relative_to_stable is not None
+        for c in a.checks
+    )
+    analysed, result, rollback = _judge_window(state, obs, a, now, relative)
+    if rollback is not None:
+        return _roll_back(analysed, now, f"preview {spec.preview}: {rollback}")
+    if result is None:
+        return state, []
+    if result.outcome == "inconclusive":
+        return replace(analysed, next_analysis_at=now + spec.interval), []
+    closed = _new_window(analysed, obs, spec, now)
+    if result.outcome == "fail":
+        why = (
+            f"preview {spec.preview}: analysis failed {closed.failures}/{a.failure_limit}: "
+            f"{result.reasons[0]}"
+        )
+        return closed, [Event(state.phase, state.phase, why, state.step)]
+    why = f"preview {spec.preview} passed analysis: {result.reasons[0]}"
+    if spec.auto_switch:
+        return _do_switch(closed, spec, now, f"{why}; auto_switch")
+    new = replace(closed, gate_waiting=True, reason=f"{why}; waiting for switch", changed_at=now)
+    return new, [Event(state.phase, state.phase, new.reason or why, state.step)]

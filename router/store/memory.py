@@ -1,0 +1,77 @@
+"""In-process state store: for tests and for `store: memory` (nothing survives a restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from router.store.base import FeedbackRecord
+
+
+def _copy(value: Any) -> Any:
+    # a JSON round trip: the same documents (and the same errors) as the durable stores
+    return json.loads(json.dumps(value, allow_nan=False))
+
+
+class MemoryStore:
+    """Dictionaries and lists behind the Store interface."""
+
+    def __init__(self) -> None:
+        self._kv: dict[str, Any] = {}
+        self._audit: list[dict[str, Any]] = []
+        self._feedback: list[FeedbackRecord] = []
+        self._tokens: set[str] = set()
+        self._seq = 0
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def get(self, key: str) -> Any | None:
+        v = self._kv.get(key)
+        return None if v is None else _copy(v)
+
+    async def put(self, key: str, value: Any) -> None:
+        self._kv[key] = _copy(value)
+
+    async def audit_append(self, entry: dict[str, Any]) -> None:
+        self._audit.append(_copy(entry))
+
+    async def audit_list(self, limit: int = 200, route: str | None = None) -> list[dict[str, Any]]:
+        rows = [e for e in self._audit if route is None or e.get("route") == route]
+        return [_copy(e) for e in rows[-limit:]] if limit > 0 else []
+
+    async def feedback_add(self, records: list[FeedbackRecord]) -> list[bool]:
+        out: list[bool] = []
+        async with self._lock:
+            for r in records:
+                if r.token_id in self._tokens:
+                    out.append(False)
+                    continue
+                self._seq += 1
+                self._tokens.add(r.token_id)
+                self._feedback.append(_with_seq(r, self._seq))
+                out.append(True)
+        return out
+
+    async def feedback_since(self, route: str, after_seq: int) -> list[FeedbackRecord]:
+        return [r for r in self._feedback if r.route == route and r.seq > after_seq]
+
+    async def feedback_prune(self, older_than: float) -> int:
+        async with self._lock:
+            keep = [r for r in self._feedback if r.received_at >= older_than]
+            gone = len(self._feedback) - len(keep)
+            # a pruned token is past its ttl, so the feedback endpoint rejects it as expired
+            self._tokens = {r.token_id for r in keep}
+            self._feedback = keep
+        return gone
+
+
+def _with_seq(r: FeedbackRecord, seq: int) -> FeedbackRecord:
+    return FeedbackRecord(
+        r.token_id, r.route, r.arm, r.reward, r.decided_at, r.received_at, r.context, r.label, seq
+    )

@@ -1,0 +1,318 @@
+"""The shared store on Redis (`state: {store: redis, url: ...}`): many router replicas share rollout
+state, learned statistics, the audit log and accepted feedback through one Redis database.
+
+Durability: a write is as durable as the server's persistence settings. Accepted feedback survives
+a `kill -9` of any router replica as soon as `feedback_add` returns (it is in Redis), but it only
+survives a crash of Redis itself with `appendonly yes`: `appendfsync always` loses nothing that was
+acknowledged, `appendfsync everysec` (the usual trade-off) may lose the last second. `open()` logs
+a WARNING when it can see that the AOF is off. Single-node Redis (or a primary with replicas) only:
+the Lua scripts touch keys they compute, so they are not Redis Cluster slot-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from router.store.base import FeedbackRecord
+from router.store.sqlite import StoreError
+
+__all__ = ["RedisStore", "StoreUnavailable"]
+
+log = logging.getLogger(__name__)
+
+# Records per script call: each call is atomic and blocks Redis while it runs, so keep it short.
+_ADD_CHUNK = 256
+_PRUNE_BATCH = 1000
+
+# KEYS: seq counter, received-at index, then (dedup id key, route zset) per record.
+# ARGV: dedup ttl seconds, call nonce, then (doc, received_at, route) per record.
+# Returns per record: the new seq, -1 when this very call stored it on an earlier attempt (a
+# client retry after a lost reply must not turn an accepted reward into a duplicate), 0 for a
+# duplicate. INCR and ZADD in one script: a reader never sees seq N+1 before seq N, which the
+# learning engine's `feedback_since(route, watermark)` replay relies on.
+_ADD = """
+local out = {}
+local n = (#KEYS - 2) / 2
+for i = 1, n do
+  local id_key, route_key = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local doc, recv, route = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  local mark = ARGV[2] .. ':' .. i
+  if redis.call('SET', id_key, mark, 'NX', 'EX', ARGV[1]) then
+    local seq = redis.call('INCR', KEYS[1])
+    redis.call('ZADD', route_key, seq, doc)
+    redis.call('ZADD', KEYS[2], recv, seq .. ':' .. route)
+    out[i] = seq
+  elseif redis.call('GET', id_key) == mark then
+    out[i] = -1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+# KEYS: received-at index. ARGV: exclusive bound, route zset key prefix, batch size.
+_PRUNE = """
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1],
+                         'LIMIT', 0, tonumber(ARGV[3]))
+for _, m in ipairs(items) do
+  local c = string.find(m, ':', 1, true)
+  local seq = string.sub(m, 1, c - 1)
+  redis.call('ZREMRANGEBYSCORE', ARGV[2] .. string.sub(m, c + 1), seq, seq)
+  redis.call('ZREM', KEYS[1], m)
+end
+return #items
+"""
+
+
+class StoreUnavailable(StoreError):
+    """Redis cannot be reached (refused, timed out, dropped); the message names the URL."""
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by `***`, fit for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user, _, host = netloc.rpartition("@")
+            name = user.partition(":")[0]
+            netloc = f"{name}:***@{host}"
+        query = parts.query
+        if "password=" in query:
+            query = urlencode(
+                [(k, "***" if k == "password" else v) for k, v in parse_qsl(query)], safe="*"
+            )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "<unparseable redis url>"
+
+
+class RedisStore:
+    """The Store interface on one Redis database; every key starts with `prefix`."""
+
+    _add: AsyncScript  # registered by open()
+    _prune: AsyncScript
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "modelrouter:",
+        dedup_ttl: float = 7200.0,
+        audit_maxlen: int = 100_000,
+        timeout: float = 5.0,
+        max_connections: int = 64,
+    ) -> None:
+        self.url = url
+        self.where = redact(url)
+        try:
+            parse_url(url)
+        except (ValueError, TypeError) as e:
+            raise StoreError(f"state.url: not a usable Redis URL {self.where}: {e}") from None
+        if not (math.isfinite(dedup_ttl) and dedup_ttl >= 1):
+            raise ValueError(f"dedup_ttl must be at least 1 second, got {dedup_ttl}")
+        self.prefix = prefix
+        # feedback ids outlive the feedback ttl (keep them >= 2x) so late duplicates are caught
+        self.dedup_ttl = math.ceil(dedup_ttl)
+        self.audit_maxlen = audit_maxlen
+        self._timeout = timeout
+        self._max_connections = max_connections
+        self._r: aioredis.Redis | None = None
+        self._seq_key = f"{prefix}fb:seq"
+        self._recv_key = f"{prefix}fb:recv"
+        self._audit_key = f"{prefix}audit"
+
+    # ---- lifecycle ----
+
+    async def open(self) -> None:
+        if self._r is not None:
+            return
+        # a blocking pool: a burst of callers waits for a connection instead of opening hundreds
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self._max_connections,
+            timeout=self._timeout,
+            decode_responses=True,
+            socket_connect_timeout=self._timeout,
+            socket_timeout=self._timeout,
+            health_check_interval=30,
+        )
+        r = aioredis.Redis.from_pool(pool)
+        try:
+            with self._errors():
+                await r.ping()
+                await self._check_persistence(r)
+        except BaseException:
+            await r.aclose()
+            raise
+        self._add = r.register_script(_ADD)
+        self._prune = r.register_script(_PRUNE)
+        self._r = r
+
+    async def _check_persistence(self, r: aioredis.Redis) -> None:
+        try:
+            conf: Any = await r.config_get("append*")
+        except ResponseError:
+            return  # CONFIG renamed away or denied by an ACL: nothing to check
+        if conf.get("appendonly") == "no":
+            log.warning(
+                "state store %s: Redis runs with appendonly no, so accepted feedback is lost if "
+                "Redis crashes; set appendonly yes and appendfsync everysec (or always)",
+                self.where,
+            )
+        elif conf.get("appendfsync") == "no":
+            log.warning(
+                "state store %s: Redis runs with appendfsync no; set everysec or always so "
+                "accepted feedback survives a Redis crash",
+                self.where,
+            )
+
+    async def close(self) -> None:
+        r, self._r = self._r, None
+        if r is not None:
+            await r.aclose()  # from_pool: closes the pool too
+
+    def _db(self) -> aioredis.Redis:
+        if self._r is None:
+            raise StoreError(f"state store {self.where} is not open")
+        return self._r
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            raise StoreUnavailable(f"cannot reach state store {self.where}: {e}") from e
+        except RedisError as e:
+            raise StoreError(f"state store {self.where}: {e}") from e
+
+    # ---- documents ----
+
+    async def get(self, key: str) -> Any | None:
+        db = self._db()
+        with self._errors():
+            text = await db.get(f"{self.prefix}kv:{key}")
+        return None if text is None else json.loads(text)
+
+    async def put(self, key: str, value: Any) -> None:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        db = self._db()
+        with self._errors():
+            await db.set(f"{self.prefix}kv:{key}", text)
+
+    # ---- audit ----
+
+    async def audit_append(self, entry: dict[str, Any]) -> None:
+        text = json.dumps(entry, allow_nan=False, separators=(",", ":"))
+        route = entry.get("route")
+        db = self._db()
+        with self._errors():
+            # one stream for all, one per route so a filtered read costs O(limit), not a scan
+            async with db.pipeline(transaction=True) as pipe:
+                pipe.xadd(self._audit_key, {"j": text}, maxlen=self.audit_maxlen, approximate=True)
+                if isinstance(route, str):
+                    pipe.xadd(
+                        f"{self._audit_key}:route:{route}",
+                        {"j": text},
+                        maxlen=self.audit_maxlen,
+                        approximate=True,
+                    )
+                await pipe.execute()
+
+    async def audit_list(self, limit: int = 200, route: str | None = None) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        key = self._audit_key if route is None else f"{self._audit_key}:route:{route}"
+        db = self._db()
+        with self._errors():
+            rows: Any = await db.xrevrange(key, count=limit)
+        return [json.loads(fields["j"]) for _, fields in reversed(rows)]
+
+    # ---- feedback ----
+
+    async def feedback_add(self, records: list[FeedbackRecord]) -> list[bool]:
+        out: list[bool] = []
+        for i in range(0, len(records), _ADD_CHUNK):
+            out += await self._add_chunk(records[i : i + _ADD_CHUNK], uuid.uuid4().hex)
+        return out
+
+    async def _add_chunk(self, records: list[FeedbackRecord], nonce: str) -> list[bool]:
+        keys = [self._seq_key, self._recv_key]
+        args: list[str | int] = [self.dedup_ttl, nonce]
+        for r in records:
+            keys += [f"{self.prefix}fb:id:{r.token_id}", f"{self.prefix}fb:route:{r.route}"]
+            doc = [
+                r.token_id,
+                r.arm,
+                float(r.reward),
+                float(r.decided_at),
+                float(r.received_at),
+                None if r.context is None else [float(x) for x in r.context],
+                r.label,
+            ]
+            args += [
+                json.dumps(doc, allow_nan=False, separators=(",", ":")),
+                repr(float(r.received_at)),
+                r.route,
+            ]
+        self._db()
+        with self._errors():
+            result = await self._add(keys=keys, args=args)
+        return [int(x) != 0 for x in result]
+
+    async def feedback_since(self, route: str, after_seq: int) -> list[FeedbackRecord]:
+        db = self._db()
+        with self._errors():
+            rows: Any = await db.zrangebyscore(
+                f"{self.prefix}fb:route:{route}", f"({int(after_seq)}", "+inf", withscores=True
+            )
+        out: list[FeedbackRecord] = []
+        for text, score in rows:
+            token_id, arm, reward, decided_at, received_at, ctx, label = json.loads(text)
+            out.append(
+                FeedbackRecord(
+                    token_id,
+                    route,
+                    arm,
+                    float(reward),
+                    float(decided_at),
+                    float(received_at),
+                    None if ctx is None else tuple(float(x) for x in ctx),
+                    label,
+                    int(score),
+                )
+            )
+        return out
+
+    async def feedback_prune(self, older_than: float) -> int:
+        # records only: the dedup ids expire on their own after dedup_ttl, so a pruned reward's
+        # token stays a duplicate until then
+        self._db()
+        bound = repr(float(older_than))
+        total = 0
+        while True:
+            with self._errors():
+                n = int(
+                    await self._prune(
+                        keys=[self._recv_key],
+                        args=[bound, f"{self.prefix}fb:route:", _PRUNE_BATCH],
+                    )
+                )
+            total += n
+            if n < _PRUNE_BATCH:
+                return total
