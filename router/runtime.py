@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelrouter.runtime")
 
 HEALTH_FAILS_DOWN = 2  # consecutive failed checks before a backend is marked down
+PRUNE_EVERY = 300.0  # seconds between prunes of feedback older than twice the feedback TTL
 
 
 class BackendRuntime:
@@ -190,6 +191,7 @@ class Runtime:
         self.signer: Any = None  # router.feedback.TokenSigner
         self.feedback: Any = None  # router.feedback.FeedbackHandler
         self._health: dict[str, asyncio.Task[None]] = {}
+        self._prune_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
 
     # ---- life cycle -------------------------------------------------------------------------
@@ -222,6 +224,18 @@ class Runtime:
         self._start_health(self.backends.values())
         for b in self.backends.values():
             self.metrics.set_backend_up(b.name, b.up)
+        self._prune_task = asyncio.create_task(self._prune_loop(), name="feedback-prune")
+
+    async def _prune_loop(self) -> None:
+        """Keep the feedback log bounded: duplicates only matter within the feedback TTL."""
+        while True:
+            await asyncio.sleep(PRUNE_EVERY)
+            try:
+                n = await self.store.feedback_prune(self.clock() - 2 * self.config.feedback.ttl)
+                if n:
+                    log.info("pruned %d feedback records older than twice the TTL", n)
+            except Exception:
+                log.exception("pruning old feedback failed; will retry")
 
     async def _open_feedback(self) -> None:
         try:
@@ -233,9 +247,10 @@ class Runtime:
 
     async def close(self) -> None:
         """Stop health checks and engines (they persist their state), close connections."""
-        for t in self._health.values():
+        tasks = [*self._health.values(), *([self._prune_task] if self._prune_task else [])]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._health.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._health.clear()
         for r in self.routes:
             await r.engine.stop()

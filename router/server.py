@@ -56,7 +56,7 @@ class Server:
 
         cfg = self.config
         base_dir = Path(self.config_path).resolve().parent if self.config_path else Path.cwd()
-        store = open_store(cfg.state, base_dir)
+        store = open_store(cfg.state, base_dir, feedback_ttl=cfg.feedback.ttl)
         await store.open()
         metrics = Metrics()
         audit = Audit(store)

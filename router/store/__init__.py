@@ -5,14 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from router.config_types import StateConfig
-from router.store.base import FeedbackRecord, Store
+from router.store.base import FeedbackRecord, Store, StoreError
 from router.store.memory import MemoryStore
-from router.store.sqlite import SqliteStore, StoreError
+from router.store.redis import RedisStore
+from router.store.sqlite import SqliteStore
 
-__all__ = ["FeedbackRecord", "MemoryStore", "SqliteStore", "Store", "StoreError", "open_store"]
+__all__ = [
+    "FeedbackRecord",
+    "MemoryStore",
+    "RedisStore",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "open_store",
+]
 
 
-def open_store(cfg: StateConfig, base_dir: Path) -> Store:
+def open_store(cfg: StateConfig, base_dir: Path, *, feedback_ttl: float = 3600.0) -> Store:
     """Build (not yet open) the configured store; relative sqlite paths resolve against base_dir."""
     if cfg.store == "memory":
         return MemoryStore()
@@ -20,13 +29,8 @@ def open_store(cfg: StateConfig, base_dir: Path) -> Store:
         path = Path(cfg.path)
         return SqliteStore(path if path.is_absolute() else base_dir / path)
     if cfg.store == "redis":
-        try:
-            from router.store.redis import RedisStore
-        except ImportError:
-            raise StoreError(
-                "state.store: redis is not available in this build; use store: sqlite"
-            ) from None
         if not cfg.url:
             raise StoreError("state.url: required for store: redis (e.g. redis://127.0.0.1:6379/0)")
-        return RedisStore(cfg.url)
+        # duplicate detection must outlive the window in which rewards are accepted
+        return RedisStore(cfg.url, dedup_ttl=max(7200.0, 2 * feedback_ttl))
     raise StoreError(f"state.store: unknown store {cfg.store!r}; allowed: sqlite, redis, memory")

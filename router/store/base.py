@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 
+class StoreError(Exception):
+    """The store cannot be used (unopenable file, unreachable server, closed)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FeedbackRecord:
     """One accepted reward, durably stored before the feedback endpoint answers 202."""
@@ -51,4 +55,6 @@ class Store(Protocol):
     # records of a route with seq > after_seq, oldest first (replay after a restart)
     async def feedback_since(self, route: str, after_seq: int) -> list[FeedbackRecord]: ...
 
+    # forget records received before `older_than`; a token stays a duplicate at least until
+    # its record is pruned, so callers prune only records older than the feedback TTL
     async def feedback_prune(self, older_than: float) -> int: ...

@@ -15,10 +15,11 @@ import contextlib
 import json
 import logging
 import math
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
@@ -27,8 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from router.store.base import FeedbackRecord
-from router.store.sqlite import StoreError
+from router.store.base import FeedbackRecord, StoreError
 
 __all__ = ["RedisStore", "StoreUnavailable"]
 
@@ -85,21 +85,18 @@ class StoreUnavailable(StoreError):
 
 def redact(url: str) -> str:
     """The URL with any password replaced by `***`, fit for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            user, _, host = netloc.rpartition("@")
-            name = user.partition(":")[0]
-            netloc = f"{name}:***@{host}"
-        query = parts.query
-        if "password=" in query:
-            query = urlencode(
-                [(k, "***" if k == "password" else v) for k, v in parse_qsl(query)], safe="*"
-            )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "<unparseable redis url>"
+    url = re.sub(r"(://[^/@:]*:)[^/]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+
+
+def _check_url(url: str) -> None:
+    parse_url(url)  # scheme, port, query options
+    parts = urlsplit(url)
+    # redis-py silently reads a malformed database path as db 0: a shared db by accident
+    if parts.scheme in ("redis", "rediss") and parts.path not in ("", "/"):
+        db = parts.path.lstrip("/")
+        if not db.isdigit():
+            raise ValueError(f"database must be a number, got {db!r}")
 
 
 class RedisStore:
@@ -121,7 +118,7 @@ class RedisStore:
         self.url = url
         self.where = redact(url)
         try:
-            parse_url(url)
+            _check_url(url)
         except (ValueError, TypeError) as e:
             raise StoreError(f"state.url: not a usable Redis URL {self.where}: {e}") from None
         if not (math.isfinite(dedup_ttl) and dedup_ttl >= 1):
@@ -214,6 +211,15 @@ class RedisStore:
         db = self._db()
         with self._errors():
             await db.set(f"{self.prefix}kv:{key}", text)
+
+    async def put_if_absent(self, key: str, value: Any) -> Any:
+        """Store `value` unless `key` exists; return what the key holds afterwards (not yet in
+        the Store protocol: proposed so replicas agree on one generated secret)."""
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        db = self._db()
+        with self._errors():
+            old: Any = await db.set(f"{self.prefix}kv:{key}", text, nx=True, get=True)
+        return json.loads(text) if old is None else json.loads(old)
 
     # ---- audit ----
 

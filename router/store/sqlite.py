@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from router.store.base import FeedbackRecord
+from router.store.base import FeedbackRecord, StoreError
 
 T = TypeVar("T")
 
@@ -39,10 +39,6 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE INDEX IF NOT EXISTS feedback_route ON feedback (route, seq);
 CREATE INDEX IF NOT EXISTS feedback_received ON feedback (received_at);
 """
-
-
-class StoreError(Exception):
-    """The store cannot be used (unopenable file, not a database, closed)."""
 
 
 class SqliteStore:
