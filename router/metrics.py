@@ -208,6 +208,11 @@ class Metrics:
             "Posterior probability that the arm is the best one.",
             ("route", "arm"),
         )
+        self._srm = gauge(
+            "experiment_srm",
+            "1 while the route's A/B test shows a sample-ratio mismatch (chi-square p < 0.001).",
+            ("route",),
+        )
         self._mirror = counter(
             "mirror_requests",
             "Shadow requests to a route's mirror backend by result "
@@ -228,6 +233,7 @@ class Metrics:
             self._p_value,
             self._prob_best,
             self._mirror,
+            self._srm,
         )
         self._phases_seen: dict[str, set[str]] = {}
         # cached children for per-request verbs that are not pre-bound
@@ -328,6 +334,10 @@ class Metrics:
             _remove(self._prob_best, route, arm)
         else:
             self._prob_best.labels(route, arm).set(p)
+
+    def set_srm(self, route: str, flagged: bool) -> None:
+        """Whether the route's A/B split shows a sample-ratio mismatch."""
+        self._srm.labels(route).set(1.0 if flagged else 0.0)
 
     def mirror(self, route: str, backend: str, result: str) -> None:
         """A mirrored (shadow) request finished with `result`: match, mismatch, error, skipped."""
