@@ -1,4 +1,4 @@
-"""The validated configuration as frozen dataclasses: what `config.py` produces and everything else reads.
+"""The validated configuration as frozen dataclasses: what `config.py` produces, all else reads.
 
 Dicts never leave `config.py`; the rest of the code sees only these types. Durations are float
 seconds, sizes are int bytes, percents/weights are floats.
@@ -78,7 +78,7 @@ class BackendConfig:
     scheme: str  # "http" only for now
     host: str
     port: int
-    base_path: str  # path part of url without trailing slash, prefixed to every request path ("" if none)
+    base_path: str  # path of url without trailing slash, prefixed to every request path, or ""
     version: str | None = None
     timeout: float = 30.0
     health: HealthConfig | None = None
@@ -313,3 +313,5 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     source: str = "<string>"  # the file it was read from
+    # non-fatal findings (e.g. a route shadowed by an earlier one), formatted like errors
+    warnings: tuple[str, ...] = field(default=(), compare=False)
