@@ -1253,7 +1253,15 @@ def _ab_test(m: MapReader, refs: _Refs) -> ABTestSpec:
             arms_m.key_reader(arm).error(
                 f"invalid arm name {arm!r}: use letters, digits, '_', '.', '-'"
             )
-        arms[arm] = refs.backend(br)
+        backend = refs.backend(br)
+        # the serving backend identifies the arm in metrics, tokens and feedback
+        same = [a for a, b in arms.items() if b == backend and backend]
+        if same:
+            br.error(
+                f"arms '{same[0]}' and '{arm}' both use backend '{backend}'; each arm needs its "
+                "own backend (for an A/A test, declare the same url twice under two names)"
+            )
+        arms[arm] = backend
     if m["arms"].present and not arms_m.quiet and len(arms) < 2:
         m["arms"].error(f"an A/B test needs at least 2 arms, got {len(arms)}")
     if m["split"].present:

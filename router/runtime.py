@@ -157,7 +157,7 @@ class RouteRuntime:
         if error is not None:
             bound.upstream_error(error)
         if sel.arm is not None:
-            self.engine.observe(sel.arm, status, latency, error)
+            self.engine.observe(sel.arm, status, latency, error, sel.context)
         elif self._observe_overrides:
             self.engine.observe(sel.backend.name, status, latency, error)
 

@@ -36,7 +36,9 @@ class _RolloutEngine:
     def choose(self, ctx: Context) -> Decision:
         return self._choose(ctx)
 
-    def observe(self, arm: str, status: int, latency: float, error: str | None) -> None:
+    def observe(
+        self, arm: str, status: int, latency: float, error: str | None, ctx: Context | None = None
+    ) -> None:
         self._observe(arm, status, latency, error)
 
     def feedback(self, arm: str, reward: float, ctx: Context) -> None:

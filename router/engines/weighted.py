@@ -27,7 +27,9 @@ class WeightedEngine:
     def choose(self, ctx: Context) -> Decision:
         return self.policy.choose(ctx)
 
-    def observe(self, arm: str, status: int, latency: float, error: str | None) -> None:
+    def observe(
+        self, arm: str, status: int, latency: float, error: str | None, ctx: Context | None = None
+    ) -> None:
         return None
 
     def feedback(self, arm: str, reward: float, ctx: Context) -> None:

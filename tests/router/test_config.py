@@ -66,6 +66,11 @@ def errors_of(text: str, source: str = "cfg.yaml") -> list[str]:
 
 # (id, config text, regex the single error line must match)
 BAD: list[tuple[str, str, str]] = [
+    (
+        "ab-arms-share-a-backend",
+        route("policy: {kind: ab_test, arms: {A: a, B: a}}"),
+        r"routes\[0\]\.policy\.arms\.B: arms 'A' and 'B' both use backend 'a'",
+    ),
     # -- unknown keys, with the allowed ones listed
     (
         "unknown-top-key",

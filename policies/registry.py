@@ -1,0 +1,75 @@
+"""Build the stateful policy object for a policy spec: the same objects serve traffic and simulate.
+
+Specs are duck-typed (router.config_types has the real dataclasses; `policies` never imports
+`router`). Kinds are looked up in `BUILDERS`, a dict, so adding one is a single entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from policies.abtest import ABTestPolicy
+from policies.bandits import BanditPolicy
+from policies.contextual import LinearPolicy
+from policies.features import FeatureEncoder
+
+__all__ = ["BUILDERS", "build_encoder", "build_policy"]
+
+
+def _bandit(spec: Any, rng: np.random.Generator, dim: int | None) -> BanditPolicy:
+    return BanditPolicy(
+        spec.arms,
+        spec.algorithm,
+        rng=rng,
+        reward_type=spec.reward.type,
+        params=spec.params,
+        min_share=spec.min_share,
+        discount=spec.discount,
+    )
+
+
+def _contextual(spec: Any, rng: np.random.Generator, dim: int | None) -> LinearPolicy:
+    d = dim if dim is not None else FeatureEncoder(spec.features).dim
+    return LinearPolicy(spec.arms, spec.algorithm, dim=d, rng=rng, params=spec.params)
+
+
+def _ab(spec: Any, rng: np.random.Generator, dim: int | None) -> ABTestPolicy:
+    return ABTestPolicy(
+        {a: spec.split.get(a, 0.0) for a in spec.arms},
+        rng=rng,
+        reward_type=spec.reward.type,
+        method=spec.test.method,
+        alpha=spec.test.alpha,
+        min_samples=spec.test.min_samples,
+        tau2=spec.test.tau,
+        conclude=spec.conclude,
+    )
+
+
+BUILDERS: dict[str, Callable[[Any, np.random.Generator, int | None], Any]] = {
+    "bandit": _bandit,
+    "contextual_bandit": _contextual,
+    "ab_test": _ab,
+}
+
+
+def build_policy(spec: Any, rng: np.random.Generator, dim: int | None = None) -> Any:
+    """A fresh learning policy for `spec` (kinds: bandit, contextual_bandit, ab_test).
+
+    `dim` overrides the feature dimension of a contextual policy (the `linear` simulation
+    environment supplies raw feature vectors instead of encoded request features).
+    """
+    builder = BUILDERS.get(spec.kind)
+    if builder is None:
+        raise ValueError(f"no learning policy for kind {spec.kind!r}; one of {sorted(BUILDERS)}")
+    return builder(spec, rng, dim)
+
+
+def build_encoder(spec: Any) -> FeatureEncoder | None:
+    """The feature encoder of a contextual spec, else None."""
+    if spec.kind != "contextual_bandit":
+        return None
+    return FeatureEncoder(spec.features)
