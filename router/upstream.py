@@ -1,0 +1,406 @@
+"""Keep-alive connections to one backend: an httptools response parser per connection, a pool.
+
+A connection parses responses and hands the exchange using it three events (head, body chunk,
+done) plus failures; the pool hands out idle connections, opens new ones up to a cap and queues
+at most `limits.max_pending` requests waiting for one (the proxy answers 503 beyond).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+from typing import Any, Protocol, cast
+
+import httptools
+
+from router.config_types import BackendConfig, Limits
+
+__all__ = ["PoolFull", "UpstreamConnection", "UpstreamPool", "UpstreamUser", "pool_for"]
+
+MAX_CONNECTIONS = 512  # per backend; beyond, requests wait (up to max_pending) for a free one
+IDLE_TIMEOUT = 30.0  # close idle connections before typical upstream keep-alive timeouts hit
+
+# response headers never passed to the client (hop-by-hop, or re-framed by the proxy)
+_HOP = 1
+_CLEN = 2
+_TE = 3
+_CONN = 4
+_RESP_SPECIAL: dict[bytes, int] = {
+    b"connection": _CONN,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+    b"transfer-encoding": _TE,
+    b"upgrade": _HOP,
+    b"proxy-authenticate": _HOP,
+    b"proxy-authorization": _HOP,
+    b"x-request-id": _HOP,  # the proxy sets its own (the client's, or a generated one)
+    b"content-length": _CLEN,
+}
+
+
+class PoolFull(Exception):
+    """More than `max_pending` requests already wait for a connection to this backend."""
+
+
+class UpstreamUser(Protocol):
+    """What a connection reports to the exchange using it (see router.proxy.Exchange)."""
+
+    def u_connected(self, conn: UpstreamConnection) -> None: ...
+    def u_connect_failed(self, exc: BaseException) -> None: ...
+    def u_head(self, conn: UpstreamConnection) -> None: ...
+    def u_body(self, data: bytes) -> None: ...
+    def u_done(self, conn: UpstreamConnection) -> None: ...
+    def u_lost(self, conn: UpstreamConnection, exc: BaseException | None) -> None: ...
+    def u_error(self, conn: UpstreamConnection, exc: BaseException) -> None: ...
+    def u_activity(self) -> None: ...
+    def u_flush(self) -> None: ...
+    def u_pause_writing(self) -> None: ...
+    def u_resume_writing(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP connection to a backend; parses the responses of the requests sent on it."""
+
+    __slots__ = (
+        "chunked",
+        "clen",
+        "closed",
+        "conn_tokens",
+        "counted",
+        "got_bytes",
+        "headers",
+        "idle_since",
+        "parser",
+        "pool",
+        "read_paused",
+        "reused",
+        "skip_body",
+        "status",
+        "transport",
+        "user",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.user: UpstreamUser | None = None
+        self.closed = False
+        self.counted = True  # still counted in pool.size
+        self.reused = False
+        self.read_paused = False
+        self.idle_since = 0.0
+        self.skip_body = False  # the request was HEAD: the response has no body
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: list[bytes] = []
+        self.clen: bytes | None = None
+        self.chunked = False
+        self.conn_tokens: list[bytes] | None = None
+        self.got_bytes = False
+
+    # ---- transport events ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast("asyncio.Transport", transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not a TCP socket
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        user = self.user
+        if user is None:  # bytes on an idle connection: the upstream is confused, drop it
+            self.close()
+            return
+        self.got_bytes = True
+        user.u_activity()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            user = self.user
+            if user is not None:
+                user.u_error(self, e)
+            self.close()
+            return
+        user = self.user
+        if user is not None:
+            user.u_flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool._forget(self)
+        user = self.user
+        if user is not None:
+            self.user = None
+            user.u_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.user is not None:
+            self.user.u_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.user is not None:
+            self.user.u_resume_writing()
+
+    # ---- httptools callbacks -------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        kind = _RESP_SPECIAL.get(name.lower())
+        if kind is None:
+            self.headers += (name, b": ", value, b"\r\n")
+        elif kind == _CLEN:
+            self.clen = value
+            self.headers += (name, b": ", value, b"\r\n")
+        elif kind == _TE:
+            self.chunked = True  # llhttp rejects any other final coding with a body
+        elif kind == _CONN:
+            for tok in value.lower().split(b","):
+                tok = tok.strip()
+                if tok and tok not in (b"close", b"keep-alive"):
+                    if self.conn_tokens is None:
+                        self.conn_tokens = []
+                    self.conn_tokens.append(tok)
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:  # 1xx: informational, the final response follows on the same message
+            self._reset()
+            return
+        self.status = status
+        if self.conn_tokens is not None:
+            self._strip_connection_named()
+        user = self.user
+        if user is not None:
+            user.u_head(self)
+            if self.skip_body and self.user is user:
+                # llhttp cannot be told a response has no body (HEAD): finish here and never
+                # reuse this connection, so its parser state does not matter any more
+                self.pool.discard(self)
+                user.u_done(self)
+
+    def _strip_connection_named(self) -> None:
+        drop = set(self.conn_tokens or ())
+        h = self.headers
+        kept: list[bytes] = []
+        for i in range(0, len(h), 4):
+            if h[i].lower() not in drop:
+                kept += h[i : i + 4]
+        self.headers = kept
+
+    def on_body(self, body: bytes) -> None:
+        user = self.user
+        if user is not None and self.status:
+            user.u_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.status:  # end of a 1xx message
+            return
+        user = self.user
+        if user is not None:
+            user.u_done(self)
+
+    # ---- for the exchange ----------------------------------------------------------------------
+
+    def reusable(self) -> bool:
+        return not self.closed and self.parser.should_keep_alive()
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        assert self.transport is not None
+        # one joined write: uvloop's writelines costs far more per piece than a join
+        self.transport.write(data[0] if len(data) == 1 else b"".join(data))
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+        self.pool._forget(self)
+
+    def __repr__(self) -> str:
+        return f"<UpstreamConnection {self.pool.cfg.name} closed={self.closed}>"
+
+
+class UpstreamPool:
+    """Keep-alive connections to one backend, plus the requests waiting for one."""
+
+    def __init__(
+        self,
+        cfg: BackendConfig,
+        limits: Limits,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        self.cfg = cfg
+        self.max_pending = limits.max_pending
+        self.max_connections = max_connections
+        self.idle: list[UpstreamConnection] = []
+        self.waiters: deque[UpstreamUser] = deque()
+        self.size = 0  # open or connecting
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # pre-encoded per backend, used by the proxy for every request
+        self.name_b = cfg.name.encode()
+        self.host_line = f"host: {cfg.host}:{cfg.port}\r\n".encode("idna")
+        self.backend_line = b"x-modelrouter-backend: " + self.name_b + b"\r\n"
+        self.base_path = cfg.base_path.encode("latin-1")
+        rw = cfg.rewrite
+        self.rw_from = rw.from_.encode("latin-1") if rw is not None else None
+        self.rw_to = rw.to.encode("latin-1") if rw is not None else b""
+
+    def target(self, path: bytes) -> bytes:
+        """The upstream request path for client `path`: rewrite prefix, then base_path."""
+        rf = self.rw_from
+        if rf is not None and path.startswith(rf):
+            path = self.rw_to + path[len(rf) :]
+            if not path.startswith(b"/"):
+                path = b"/" + path
+        return self.base_path + path if self.base_path else path
+
+    def acquire(self, user: UpstreamUser, *, fresh: bool = False) -> UpstreamConnection | None:
+        """An idle connection now, or None and `user.u_connected`/`u_connect_failed` later.
+
+        Raises PoolFull when max_pending requests already wait. `fresh` skips idle connections.
+        """
+        if not fresh:
+            idle = self.idle
+            while idle:
+                c = idle.pop()
+                if not c.closed:
+                    c.user = user
+                    c.reused = True
+                    return c
+        if self.size < self.max_connections and not self._closed:
+            self.size += 1
+            self._connect(user)
+            return None
+        if len(self.waiters) >= self.max_pending:
+            raise PoolFull(self.cfg.name)
+        self.waiters.append(user)
+        return None
+
+    def cancel(self, user: UpstreamUser) -> None:
+        """`user` no longer wants a connection (client gone, timeout)."""
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(user)
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        """Give back a connection after its response; closed unless `reusable`."""
+        conn.user = None
+        conn.skip_body = False
+        if not reusable or conn.closed or self._closed:
+            conn.close()
+            return
+        conn.resume_reading()
+        conn._reset()
+        if self.waiters:
+            user = self.waiters.popleft()
+            conn.user = user
+            conn.reused = True
+            user.u_connected(conn)
+            return
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
+        self.idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """Never reuse `conn`: it is closed once its user lets go."""
+        conn.user = None
+        conn.close()
+
+    def _forget(self, conn: UpstreamConnection) -> None:
+        if conn.counted:
+            conn.counted = False
+            self.size -= 1
+            if self.waiters and self.size < self.max_connections and not self._closed:
+                self.size += 1
+                self._connect(self.waiters.popleft())
+
+    def _connect(self, user: UpstreamUser) -> None:
+        task = asyncio.get_running_loop().create_task(self._open(user))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self, user: UpstreamUser) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.cfg.timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self), self.cfg.host, self.cfg.port
+                )
+        except (OSError, TimeoutError) as e:
+            self.size -= 1
+            if self.waiters and self.size < self.max_connections and not self._closed:
+                self.size += 1
+                self._connect(self.waiters.popleft())
+            user.u_connect_failed(e)
+            return
+        except asyncio.CancelledError:
+            self.size -= 1
+            raise
+        if conn.closed:  # closed between connect and now
+            user.u_connect_failed(ConnectionResetError("connection closed right after connect"))
+            return
+        conn.user = user
+        user.u_connected(conn)
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle for longer than IDLE_TIMEOUT."""
+        idle = self.idle
+        if idle and now - idle[0].idle_since > IDLE_TIMEOUT:
+            keep = []
+            for c in idle:
+                if c.closed:
+                    continue
+                if now - c.idle_since > IDLE_TIMEOUT:
+                    c.close()
+                else:
+                    keep.append(c)
+            self.idle = keep
+
+    def close(self) -> None:
+        """Close idle connections and stop opening new ones (busy ones close on release)."""
+        self._closed = True
+        idle, self.idle = self.idle, []
+        for c in idle:
+            c.close()
+        for t in self._tasks:
+            t.cancel()
+
+    def stats(self) -> dict[str, Any]:
+        return {"size": self.size, "idle": len(self.idle), "waiting": len(self.waiters)}
+
+
+def pool_for(backend: Any, limits: Limits) -> UpstreamPool:
+    """The pool of a runtime backend (`.cfg`, `.pool`), created on first use or config change."""
+    pool: UpstreamPool | None = backend.pool
+    if pool is None or pool.cfg is not backend.cfg:
+        pool = backend.pool = UpstreamPool(backend.cfg, limits)
+    return pool
