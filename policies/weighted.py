@@ -59,7 +59,9 @@ def sticky_bucket(key: str | bytes) -> int:
 class WeightedPolicy:
     """Fixed relative weights over arms; sticky keys keep their arm while weights allow it."""
 
-    def __init__(self, weights: Mapping[str, float], rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self, weights: Mapping[str, float], rng: np.random.Generator | None = None
+    ) -> None:
         self._rng = rng if rng is not None else np.random.default_rng()
         self._random: list[int] = []
         self.arms: tuple[str, ...] = ()

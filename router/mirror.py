@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -35,7 +36,7 @@ class Mirrorer:
         backend: BackendConfig,
         metrics: Metrics,
         session: aiohttp.ClientSession,
-        rng_random: object,
+        rng_random: Callable[[], float],
     ) -> None:
         self.route = route
         self.backend = backend
@@ -48,7 +49,7 @@ class Mirrorer:
 
     def sample(self) -> bool:
         """Whether this request is mirrored (call once per request, before forwarding)."""
-        return len(self._tasks) < MAX_IN_FLIGHT and self._random() < self._threshold  # type: ignore[operator]
+        return len(self._tasks) < MAX_IN_FLIGHT and self._random() < self._threshold
 
     def send(
         self,

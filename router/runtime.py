@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ from policies.base import Context, Decision
 from policies.weighted import sticky_bucket
 from router.config_types import BackendConfig, Config, Override, RouteConfig
 from router.engines import Engine, Services, engine_for
+from router.mirror import Mirrorer
 
 if TYPE_CHECKING:
     from router.audit import Audit
@@ -110,6 +112,12 @@ class RouteRuntime:
         make_context = getattr(engine, "make_context", None)
         self._make_context: Callable[[Request, int | None], Context] | None = make_context
         self.needs_body: bool = bool(getattr(engine, "needs_body", False))
+        self.mirror: Mirrorer | None = None
+        if cfg.mirror is not None and runtime.http is not None:
+            self.mirror = Mirrorer(
+                cfg.name, cfg.mirror, backends[cfg.mirror.backend].cfg, metrics, runtime.http,
+                random.Random(int(runtime.rng.integers(1 << 62))).random,
+            )
         sticky = cfg.sticky
         self._sticky: Callable[[Request], str | None] | None = None
         if sticky is not None:

@@ -70,7 +70,9 @@ class Server:
         app = create_admin_app(self.runtime, token=token)
         self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._admin_runner.setup()
-        aport = cfg.admin.listen.port if self._admin_port_override is None else self._admin_port_override
+        aport = self._admin_port_override
+        if aport is None:
+            aport = cfg.admin.listen.port
         self._admin_site = web.TCPSite(self._admin_runner, cfg.admin.listen.host, aport)
         await self._admin_site.start()
         server = self._admin_site._server

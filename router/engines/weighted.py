@@ -88,7 +88,9 @@ class WeightedEngine:
         for arm in self.policy.arms:
             w = new.get(arm, 0.0)
             if isinstance(w, bool) or not isinstance(w, int | float) or w != w or w < 0:
-                raise ActionError(400, f"weight of '{arm}' must be a non-negative number, got {w!r}")
+                raise ActionError(
+                    400, f"weight of '{arm}' must be a non-negative number, got {w!r}"
+                )
             weights[arm] = float(w)
         if sum(weights.values()) <= 0:
             raise ActionError(400, "weights must not all be zero")

@@ -91,6 +91,15 @@ async def upstreams() -> AsyncIterator[Callable[..., Awaitable[Upstream]]]:
         await up.runner.cleanup()
 
 
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A 127.0.0.1 port that refuses connections: bound but not listening, so nothing else can
+    take it while the test runs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
 class Router:
     """`modelrouter serve CONFIG` in a subprocess, with its ports and helpers."""
 
@@ -114,11 +123,17 @@ class Router:
         return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     def start(self) -> None:
-        env = dict(os.environ, MODELROUTER_ADMIN_TOKEN=ADMIN_TOKEN,
-                   MODELROUTER_FEEDBACK_SECRET="e2e-feedback-secret")
+        env = dict(
+            os.environ,
+            MODELROUTER_ADMIN_TOKEN=ADMIN_TOKEN,
+            MODELROUTER_FEEDBACK_SECRET="e2e-feedback-secret",
+        )
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [MODELROUTER, "serve", str(self.config_path)], stdout=log, stderr=log, env=env,
+            [MODELROUTER, "serve", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+            env=env,
             cwd=self.config_path.parent,
         )
 

@@ -16,7 +16,7 @@ import pytest
 
 from router.feedback import TokenSigner
 from tests.e2e.conftest import HEAD, Router, Upstream
-from tests.e2e.test_rollout_e2e import get_metrics, get_status, metric, wait_status
+from tests.e2e.helpers import get_metrics, get_status, metric, wait_status
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.e2e
 
 
 def weighted_config(a: Any, b: Any, wa: int, wb: int, extra: str = "") -> str:
-    return HEAD + f"""
+    return (
+        HEAD
+        + f"""
 backends:
   a: {{url: "{a.url}", version: 1.0.0, timeout: 5s}}
   b: {{url: "{b.url}", version: 1.1.0, timeout: 5s}}
@@ -29,6 +31,7 @@ routes:
         backend: b
     policy: {{kind: weighted, weights: {{a: {wa}, b: {wb}}}}}
 {extra}"""
+    )
 
 
 async def hammer(
@@ -64,8 +67,11 @@ async def test_split_headers_and_overrides(upstreams: Any, router: Any) -> None:
     assert 0.10 - 0.025 < share_b < 0.10 + 0.025, backends
 
     async with aiohttp.ClientSession() as s:
-        async with s.post(f"{r.url}/v1/models/clf:predict", json={},
-                          headers={"x-user-group": "canary", "x-request-id": "req-123"}) as resp:
+        async with s.post(
+            f"{r.url}/v1/models/clf:predict",
+            json={},
+            headers={"x-user-group": "canary", "x-request-id": "req-123"},
+        ) as resp:
             assert resp.status == 200
             assert resp.headers["x-modelrouter-backend"] == "b"
             assert resp.headers["x-request-id"] == "req-123"
@@ -91,8 +97,9 @@ async def test_set_weights_then_reload_under_traffic_without_failures(
     traffic = asyncio.create_task(hammer(url, 6000, concurrency=8))
     async with aiohttp.ClientSession(headers=r.headers) as s:
         # the course lab: 100/0, then 70/30 at run time
-        async with s.put(f"{r.admin}/admin/routes/clf/weights",
-                         json={"weights": {"a": 70, "b": 30}}) as resp:
+        async with s.put(
+            f"{r.admin}/admin/routes/clf/weights", json={"weights": {"a": 70, "b": 30}}
+        ) as resp:
             assert resp.status == 200, await resp.text()
         for _ in range(3):
             r.config_path.write_text(

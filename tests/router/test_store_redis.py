@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from router.store.base import FeedbackRecord, Store
+from router.store.base import FeedbackRecord, Store, StoreError
 from router.store.redis import RedisStore, StoreUnavailable, redact
-from router.store.base import StoreError
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
