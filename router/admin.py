@@ -91,7 +91,9 @@ class AdminRuntime(Protocol):
 
     def ready(self) -> tuple[bool, str]: ...
 
-    async def reload_from_file(self) -> dict[str, Any]: ...
+    async def reload_from_file(
+        self, actor: str = "reload", reason: str | None = None
+    ) -> dict[str, Any]: ...
 
 
 RUNTIME_KEY: web.AppKey[AdminRuntime] = web.AppKey("runtime")
@@ -354,7 +356,7 @@ async def _reload(request: web.Request) -> web.Response:
     reason = _reason(body)
     try:
         # the runtime counts config_reloads_total and audits a successful reload
-        changes = await runtime.reload_from_file()
+        changes = await runtime.reload_from_file(actor="admin", reason=reason)
     except ConfigError as e:
         await runtime.audit.record("*", "reload_rejected", "admin", reason, errors=len(e.errors))
         return web.json_response(

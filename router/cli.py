@@ -86,6 +86,12 @@ def _describe_item(item: Any) -> str:
         for key in ("message", "reason", "detail"):
             if isinstance(item.get(key), str):
                 return str(item[key])
+        reasons = item.get("reasons")
+        if isinstance(reasons, list) and reasons:
+            head = " ".join(
+                f"{k} {item[k]}" for k in ("step", "outcome") if item.get(k) is not None
+            )
+            return f"{head}: {'; '.join(str(r) for r in reasons)}"
         return ", ".join(
             f"{k}={_num(v)}" for k, v in item.items() if not isinstance(v, dict | list)
         )
@@ -116,7 +122,13 @@ def format_status(status: Mapping[str, Any]) -> str:
     backends = _map(status.get("backends"))
     test = _map(status.get("test"))
     prob_best = _map(test.get("prob_best"))
-    p_values = _map(test.get("p_values"))
+    # A/B results are keyed by experiment arm; the table rows are backends
+    arm_backend = {_map(v).get("arm"): b for b, v in arms.items() if _map(v).get("arm")}
+    p_values = {
+        arm_backend.get(a) or a: v
+        for a, v in _map(test.get("p_value") or test.get("p_values")).items()
+    }
+    prob_best = {arm_backend.get(a) or a: v for a, v in prob_best.items()}
     names = list(dict.fromkeys([*shares, *arms]))
     if names:
         header = ["backend", "version", "share", "decisions", "rewards", "reward_mean"]
@@ -157,6 +169,10 @@ def format_status(status: Mapping[str, Any]) -> str:
         )
         if scalars:
             lines.append(f"  test: {scalars}")
+        srm = _map(test.get("srm"))
+        if srm:
+            flag = "MISMATCH: the split is broken" if srm.get("flagged") else "ok"
+            lines.append(f"  sample ratio: {flag} (chi-square p {_num(srm.get('p_value'), 3)})")
     analysis = status.get("analysis")
     if isinstance(analysis, list) and analysis:
         lines.append("  analysis (latest):")
@@ -537,6 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `modelrouter status --json | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -318,7 +318,9 @@ class Runtime:
                 return False, f"route '{r.name}' has no healthy backend"
         return True, "ready"
 
-    async def reload_from_file(self) -> dict[str, Any]:
+    async def reload_from_file(
+        self, actor: str = "reload", reason: str | None = None
+    ) -> dict[str, Any]:
         """Re-read the config file and apply it; raises ConfigError and keeps the old config."""
         from router.config import load_config
 
@@ -329,9 +331,11 @@ class Runtime:
         except Exception:
             self.metrics.config_reload("failure")
             raise
-        return await self.reload(new)
+        return await self.reload(new, actor=actor, reason=reason)
 
-    async def reload(self, new: Config) -> dict[str, Any]:
+    async def reload(
+        self, new: Config, *, actor: str = "reload", reason: str | None = None
+    ) -> dict[str, Any]:
         """Apply a validated config atomically; unchanged routes keep their engines and state.
 
         Changed routes get a new engine that restores what the old one persisted, so learned
@@ -344,7 +348,7 @@ class Runtime:
                 self.metrics.config_reload("failure")
                 raise
             self.metrics.config_reload("success")
-            await self.audit.record("*", "reload", "reload", None, **changes)
+            await self.audit.record("*", "reload", actor, reason, **changes)
             return changes
 
     async def _reload(self, new: Config) -> dict[str, Any]:

@@ -93,9 +93,12 @@ class Server:
         from router.config import ConfigError
 
         try:
-            changes = await self.runtime.reload_from_file()
+            changes = await self.runtime.reload_from_file(actor="signal", reason="SIGHUP")
         except ConfigError as e:
             log.error("reload rejected, the old config keeps serving:\n%s", "\n".join(e.errors))
+            await self.runtime.audit.record(
+                "*", "reload_rejected", "signal", "SIGHUP", errors=len(e.errors)
+            )
             return
         except Exception:
             log.exception("reload failed, the old config keeps serving")

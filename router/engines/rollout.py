@@ -8,7 +8,7 @@ from typing import Any
 from policies import canary
 from policies.base import Context, Decision
 from policies.canary import Event, RolloutState
-from router.config_types import BlueGreenSpec, CanarySpec, RouteConfig
+from router.config_types import BlueGreenSpec, CanarySpec, RouteConfig, policy_backends
 from router.engines.base import ActionError, EngineFactory, Services
 from router.rollout import RolloutController, RolloutSpec
 
@@ -24,9 +24,18 @@ class _RolloutEngine:
     learns = False
     observes_overrides = True  # arms are backend names: override traffic counts for analysis
 
+    reward_type = "continuous"  # rewards for reward_mean checks: any finite number
+
     def __init__(self, route: RouteConfig, spec: RolloutSpec, services: Services) -> None:
         self._route = route.name
         self._spec = spec
+        self.arms = policy_backends(spec)
+        # a reward_mean check needs rewards: the route then issues decision tokens and the
+        # feedback endpoint credits them, exactly as on learning routes
+        analysis = spec.analysis
+        self.learns = analysis is not None and any(
+            c.metric == "reward_mean" for c in analysis.checks
+        )
         self._services = services
         self.controller = RolloutController(route.name, spec, services)
         self.policy = self.controller.policy
@@ -41,7 +50,9 @@ class _RolloutEngine:
     ) -> None:
         self._observe(arm, status, latency, error)
 
-    def feedback(self, arm: str, reward: float, ctx: Context) -> None:
+    def feedback(
+        self, arm: str, reward: float, ctx: Context, token_id: str | None = None
+    ) -> None:
         self.controller.reward(arm, reward)
         self.policy.update(arm, reward, ctx)
 
