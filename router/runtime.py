@@ -24,6 +24,7 @@ from policies.base import Context, Decision
 from policies.weighted import sticky_bucket
 from router.config_types import BackendConfig, Config, Override, RouteConfig
 from router.engines import Engine, Services, engine_for
+from router.feedback import FeedbackHandler, TokenSigner, load_secret
 from router.mirror import Mirrorer
 
 if TYPE_CHECKING:
@@ -60,6 +61,9 @@ class Selection:
     decision: Decision | None
     context: Context | None
     token: str | None  # x-modelrouter-decision on learning routes
+
+
+_NO_CONTEXT = Context()  # shared by plain routes; nothing writes to a Context
 
 
 class _OverrideMatcher:
@@ -124,6 +128,17 @@ class RouteRuntime:
             name = sticky.name
             getter = {"header": "header", "cookie": "cookie", "query": "query_param"}[sticky.source]
             self._sticky = lambda req: getattr(req, getter)(name)
+        # a plain route looks at nothing of the request: the proxy skips building the Request
+        # view and calls select_plain(), which reuses one Selection per policy Decision
+        self.plain: bool = (
+            not self._overrides
+            and self._sticky is None
+            and self._make_context is None
+            and not self.needs_body
+            and not engine.learns
+        )
+        self._choose = engine.choose
+        self._plain_sel: dict[int, Selection] = {}  # id(decision) -> Selection (it pins decision)
 
     def bind(self, backend: str) -> BoundRequest:
         return self._bound[backend]
@@ -149,6 +164,21 @@ class RouteRuntime:
             backend, decision = self._failover(decision)
         token = self._runtime.issue_token(self.name, decision, ctx) if engine.learns else None
         return Selection(backend, decision.arm, decision, ctx, token)
+
+    def select_plain(self) -> Selection:
+        """`select` for a plain route (see `plain`): no Request view, a shared empty Context."""
+        decision = self._choose(_NO_CONTEXT)
+        sel = self._plain_sel.get(id(decision))
+        if sel is None:
+            if len(self._plain_sel) >= 64:  # weights changed many times: drop old decisions
+                self._plain_sel.clear()
+            backend = self._backends[decision.arm]
+            sel = Selection(backend, decision.arm, decision, _NO_CONTEXT, None)
+            self._plain_sel[id(decision)] = sel
+        if not sel.backend.up:
+            backend, decision = self._failover(decision)
+            return Selection(backend, decision.arm, decision, _NO_CONTEXT, None)
+        return sel
 
     def _failover(self, decision: Decision) -> tuple[BackendRuntime, Decision]:
         """The chosen backend is down: the healthy arm with the largest share serves instead."""
@@ -196,8 +226,8 @@ class Runtime:
         self.routes: tuple[RouteRuntime, ...] = ()
         self.backends: dict[str, BackendRuntime] = {}
         self.http: aiohttp.ClientSession | None = None
-        self.signer: Any = None  # router.feedback.TokenSigner
-        self.feedback: Any = None  # router.feedback.FeedbackHandler
+        self.signer: TokenSigner | None = None
+        self.feedback: FeedbackHandler | None = None
         self._health: dict[str, asyncio.Task[None]] = {}
         self._prune_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
@@ -246,10 +276,6 @@ class Runtime:
                 log.exception("pruning old feedback failed; will retry")
 
     async def _open_feedback(self) -> None:
-        try:
-            from router.feedback import FeedbackHandler, TokenSigner, load_secret
-        except ImportError:  # pragma: no cover - while router/feedback.py is being written
-            return
         self.signer = TokenSigner(await load_secret(self.config, self.store))
         self.feedback = FeedbackHandler(self)
 
