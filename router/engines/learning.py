@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -83,10 +83,20 @@ class LearningEngine:
 
     # ---- hot path ---------------------------------------------------------------------------
 
-    def choose(self, ctx: Context) -> Decision:
+    def choose(self, ctx: Context, healthy: Callable[[str], bool] | None = None) -> Decision:
+        """Pick an arm and account the decision; returns the backend to send the request to.
+
+        With `healthy` (backend name -> up?), a pick whose backend is down is moved to a healthy
+        arm before anything is counted, so decisions, missing-reward trials and regret all name
+        the arm that really served (see `_failover`).
+        """
         d: Decision = self.policy.choose(ctx)
         arm = d.arm
         backend = self._to_backend[arm]
+        if healthy is not None and not all(healthy(b) for b in self.arms):
+            d = self._failover(d, healthy)
+            arm = d.arm
+            backend = self._to_backend[arm]
         self._metrics.decision(self.route, backend)
         self.regret.decision(arm, ctx.label)
         if self._missing is not None:
@@ -95,6 +105,36 @@ class LearningEngine:
             self.regret.reward(arm, self._missing, ctx.label, trial=True)
         self._dirty = True
         return d if backend == arm else Decision(backend, d.propensity)
+
+    def _failover(self, d: Decision, healthy: Callable[[str], bool]) -> Decision:
+        """Some backend is down: a pick of a down arm moves to a healthy arm drawn in proportion
+        to its share, and the served arm's propensity becomes P(pick it) + P(pick a down arm) *
+        share / healthy_total, i.e. share / healthy_total for context-free policies (exact: their
+        shares are the choice probabilities). Contextual shares are the decision mix so far, so
+        there the part that comes from down arms is an estimate. With no healthy arm the pick
+        stands (the proxy answers 503, and a response reward counts the failure).
+        """
+        shares = self.policy.shares()
+        up = [(a, s) for a, s in shares.items() if s > 0.0 and healthy(self._to_backend[a])]
+        total = sum(s for _, s in up)
+        if not up or total <= 0.0:
+            return d
+        down = max(0.0, 1.0 - total)
+        if healthy(self._to_backend[d.arm]):
+            own = shares.get(d.arm, 0.0)
+            return Decision(d.arm, min(1.0, d.propensity + down * own / total))
+        u = float(self._svc.rng.random()) * total
+        arm, share = up[-1]
+        for a, s in up:
+            u -= s
+            if u < 0.0:
+                arm, share = a, s
+                break
+        stats = self.policy.stats()
+        # the policy counted the decision for the arm it picked; it belongs to the one serving
+        stats[d.arm].decisions -= 1
+        stats[arm].decisions += 1
+        return Decision(arm, min(1.0, share / total))
 
     def observe(
         self, arm: str, status: int, latency: float, error: str | None, ctx: Context | None = None
@@ -163,11 +203,13 @@ class LearningEngine:
             if b != arm:
                 entry["arm"] = arm
             arms[b] = entry
+        regret, regret_uniform = self.regret.estimate()
         out: dict[str, Any] = {
             "phase": self.phase,
             "shares": self.shares(),
             "arms": arms,
-            "regret": self.regret.regret,
+            "regret": regret,
+            "regret_uniform": regret_uniform,
             "reward": {"type": self.reward_type, "from": self._reward.source},
         }
         algorithm = getattr(self.spec, "algorithm", None)
@@ -278,6 +320,7 @@ class LearningEngine:
                 p_value=srm["p_value"],
             )
         self._srm_flagged = bool(srm["flagged"])
+        self._metrics.set_srm(self.route, self._srm_flagged)
         if test["decided"] and not self._decided:
             self._dirty = True
             await audit.record(

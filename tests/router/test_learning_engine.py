@@ -285,3 +285,70 @@ async def test_contextual_context_from_request() -> None:
 
 def test_registry() -> None:
     assert set(ENGINES) == {"ab_test", "bandit", "contextual_bandit"}
+
+
+async def test_status_regret_uses_current_estimates_and_uniform_baseline() -> None:
+    e = await make(BANDIT, missing="0")
+    try:
+        env = np.random.default_rng(2)
+        for _ in range(300):
+            d = e.choose(Context())
+            e.feedback(d.arm, float(env.random() < (0.2 if d.arm == "a" else 0.6)), Context())
+        st = e.status()
+        mu = {a: s.reward_sum / s.rewards for a, s in e.policy.stats().items()}
+        gap = mu["b"] - mu["a"]
+        n_a = e.policy.stats()["a"].decisions
+        assert st["regret"] == pytest.approx(n_a * gap)
+        assert st["regret_uniform"] == pytest.approx(300 * gap / 2)
+        assert st["regret"] < st["regret_uniform"]
+        await e.tick()
+        assert metric(e, "modelrouter_regret", route="r") == pytest.approx(st["regret"])
+    finally:
+        await e.stop()
+
+
+async def test_srm_metric_follows_the_test() -> None:
+    e = await make(AB.replace("z_test", "bayesian"))
+    try:
+        for _ in range(200):
+            e.choose(Context())
+        await e.tick()
+        assert metric(e, "modelrouter_experiment_srm", route="r") == 0.0
+        for _ in range(3000):
+            e.choose(Context(bucket=0))
+        await e.tick()
+        assert metric(e, "modelrouter_experiment_srm", route="r") == 1.0
+    finally:
+        await e.stop()
+
+
+@pytest.mark.parametrize("missing", ["null", "0"])
+async def test_failover_counts_the_arm_that_served(missing: str) -> None:
+    e = await make(BANDIT, missing=missing)
+    try:
+        up = {"a": False, "b": True}
+        for _ in range(50):
+            d = e.choose(Context(), healthy=up.__getitem__)
+            assert d.arm == "b" and d.propensity == pytest.approx(1.0)
+        st = e.policy.stats()
+        assert st["a"].decisions == 0 and st["b"].decisions == 50
+        assert st["a"].rewards == 0
+        assert st["b"].rewards == (50 if missing == "0" else 0)
+        assert e.regret.decisions() == {"b": 50.0}
+        assert metric(e, "modelrouter_decisions_total", route="r", backend="a") is None
+        assert metric(e, "modelrouter_decisions_total", route="r", backend="b") == 50
+        # nothing healthy: the pick stands (the proxy answers 503)
+        d = e.choose(Context(), healthy=lambda _b: False)
+        assert e.policy.stats()[d.arm].decisions >= 1
+    finally:
+        await e.stop()
+
+
+async def test_failover_on_ab_test_maps_backends_and_propensity() -> None:
+    e = await make(AB)
+    try:
+        d = e.choose(Context(bucket=0), healthy=lambda b: b != "a")
+        assert d.arm == "b" and d.propensity == pytest.approx(1.0)
+        assert e.policy.stats()["A"].decisions == 0 and e.policy.stats()["B"].decisions == 1
+    finally:
+        await e.stop()
