@@ -284,7 +284,11 @@ class Thompson:
 
     def __init__(self, params: Mapping[str, float], reward_type: str) -> None:
         self.binary = reward_type == "binary"
-        self.cold_first = not self.binary  # a Beta(1, 1) prior explores; a Normal needs data
+        self.cold_first = not self.binary  # a Beta prior explores; a Normal needs data
+        self.prior_a = float(params.get("prior_alpha", 1.0))
+        self.prior_b = float(params.get("prior_beta", 1.0))
+        if self.prior_a <= 0 or self.prior_b <= 0:
+            raise ValueError("prior_alpha and prior_beta must be > 0")
         self.normal_above = float(params.get("normal_above", 50.0))
         self.wh_above = float(params.get("wh_above", _WH_MIN))
         self._plan: list[tuple[int, float, float, float, float]] = []
@@ -295,8 +299,8 @@ class Thompson:
         plan = []
         lim = self.normal_above
         for j in range(len(b.n)):
-            a1 = 1.0 + b.s[j]
-            b1 = 1.0 + max(0.0, b.n[j] - b.s[j])
+            a1 = self.prior_a + b.s[j]
+            b1 = self.prior_b + max(0.0, b.n[j] - b.s[j])
             if a1 > lim and b1 > lim:
                 t = a1 + b1
                 plan.append((0, a1 / t, math.sqrt(a1 * b1 / (t * t * (t + 1.0))), 0.0, 0.0))
@@ -349,7 +353,9 @@ class Thompson:
         n = np.asarray(b.n)
         s = np.asarray(b.s)
         if self.binary:
-            draws = g.beta(1.0 + s, 1.0 + np.maximum(0.0, n - s), size=(_MC_DRAWS, k))
+            draws = g.beta(
+                self.prior_a + s, self.prior_b + np.maximum(0.0, n - s), size=(_MC_DRAWS, k)
+            )
         else:
             pooled = b.pooled_var()
             sd = np.array([math.sqrt(b.arm_var(j, pooled) / max(b.n[j], 1e-9)) for j in range(k)])
@@ -435,14 +441,20 @@ class KLUCB(_Deterministic):
 
 
 class EpsilonGreedy:
-    """With probability epsilon a uniform arm, else the best estimated mean."""
+    """With probability epsilon a uniform arm, else the best estimated mean.
+
+    `decay` > 0 lowers exploration as trials accumulate: epsilon_t = epsilon / (1 + decay * t).
+    """
 
     cold_first = True
 
     def __init__(self, params: Mapping[str, float], reward_type: str) -> None:
         self.epsilon = float(params.get("epsilon", 0.1))
+        self.decay = float(params.get("decay", 0.0))
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+        if self.decay < 0.0:
+            raise ValueError(f"decay must be >= 0, got {self.decay}")
 
     def pick(self, b: BanditPolicy) -> int:
         return _sample(self.probs(b), b._rnd.random())
@@ -453,7 +465,8 @@ class EpsilonGreedy:
     def _probs(self, b: BanditPolicy) -> list[float]:
         k = len(b.n)
         greedy = _argmax_probs([s / n for n, s in zip(b.n, b.s, strict=True)])
-        return [self.epsilon / k + (1.0 - self.epsilon) * g for g in greedy]
+        eps = self.epsilon / (1.0 + self.decay * sum(b.n)) if self.decay else self.epsilon
+        return [eps / k + (1.0 - eps) * g for g in greedy]
 
 
 class Softmax:

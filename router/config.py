@@ -1014,12 +1014,11 @@ class _Bound(NamedTuple):
 _POSITIVE: Final = _Bound(gt=0.0)
 _NONNEG: Final = _Bound(min=0.0)
 _UNIT: Final = _Bound(min=0.0, max=1.0)
-_ANY: Final = _Bound()
 
 # Allowed params per algorithm (thompson depends on the reward type).
 _BANDIT_PARAMS: Final[dict[str, dict[str, _Bound]]] = {
     "thompson/binary": {"prior_alpha": _POSITIVE, "prior_beta": _POSITIVE},
-    "thompson/continuous": {"prior_mean": _ANY, "prior_sd": _POSITIVE},
+    "thompson/continuous": {},
     "ucb1": {"c": _NONNEG},
     "kl_ucb": {"c": _NONNEG},
     "epsilon_greedy": {"epsilon": _UNIT, "decay": _NONNEG},
@@ -1027,7 +1026,7 @@ _BANDIT_PARAMS: Final[dict[str, dict[str, _Bound]]] = {
 }
 _CONTEXTUAL_PARAMS: Final[dict[str, dict[str, _Bound]]] = {
     "linucb": {"alpha": _NONNEG, "lambda": _POSITIVE},
-    "lin_ts": {"v": _POSITIVE, "lambda": _POSITIVE},
+    "lin_ts": {"alpha": _POSITIVE, "lambda": _POSITIVE},
     "epsilon_greedy": {"epsilon": _UNIT, "lambda": _POSITIVE},
 }
 

@@ -90,9 +90,10 @@ def _bandit_defaults(algorithm: str, reward: str = "binary") -> Callable[[], Map
 
         p = BanditPolicy(("x", "y"), algorithm, rng=np.random.default_rng(0), reward_type=reward)
         algo = p._algo
+        names = {"prior_a": "prior_alpha", "prior_b": "prior_beta"}
         return {
-            k: _fmt(getattr(algo, k), "number")
-            for k in ("c", "epsilon", "temperature")
+            names.get(k, k): _fmt(getattr(algo, k), "number")
+            for k in ("c", "epsilon", "decay", "temperature", "prior_a", "prior_b")
             if hasattr(algo, k)
         }
 
@@ -112,8 +113,6 @@ def _linear_defaults(algorithm: str) -> Callable[[], Mapping[str, str]]:
 
     return read
 
-
-_UNUSED = "accepted by the validator but not read by the policy yet"
 
 # Every key the validator accepts must be described here; `generate()` fails otherwise.
 _SECTIONS: tuple[Section, ...] = (
@@ -638,15 +637,8 @@ def _params_sections() -> tuple[Section, ...]:
         "thompson": (
             "binary",
             {
-                "prior_alpha": Key("number", f"Beta prior; {_UNUSED} (Beta(1, 1)).", default="—"),
-                "prior_beta": Key("number", f"Beta prior; {_UNUSED} (Beta(1, 1)).", default="—"),
-            },
-        ),
-        "thompson ": (
-            "continuous",
-            {
-                "prior_mean": Key("number", f"Normal prior; {_UNUSED}.", default="—"),
-                "prior_sd": Key("number", f"Normal prior; {_UNUSED}.", default="—"),
+                "prior_alpha": Key("number", "Beta prior successes + 1 (Beta(1, 1): uniform)."),
+                "prior_beta": Key("number", "Beta prior failures + 1 (Beta(1, 1): uniform)."),
             },
         ),
         "ucb1": ("binary", {"c": Key("number", "Width of the confidence bonus.")}),
@@ -655,7 +647,7 @@ def _params_sections() -> tuple[Section, ...]:
             "binary",
             {
                 "epsilon": Key("number", "Probability of a uniformly random arm (0-1)."),
-                "decay": Key("number", f"{_UNUSED}.", default="—"),
+                "decay": Key("number", "Exploration decay: epsilon / (1 + decay * trials)."),
             },
         ),
         "softmax": ("binary", {"temperature": Key("number", "Boltzmann temperature.")}),
@@ -683,12 +675,7 @@ def _params_sections() -> tuple[Section, ...]:
             "lambda": Key("number", "Ridge regularisation."),
         },
         "lin_ts": {
-            "v": Key(
-                "number",
-                f"Posterior scale; {_UNUSED} (the policy scales by `alpha`, "
-                "which the validator does not accept for lin_ts).",
-                default="—",
-            ),
+            "alpha": Key("number", "Posterior scale: draws from N(theta, alpha^2 A^-1)."),
             "lambda": Key("number", "Ridge regularisation."),
         },
         "epsilon_greedy": {

@@ -172,3 +172,29 @@ def test_state_restore_round_trip() -> None:
 def test_bad_parameters(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BanditPolicy(["a", "b"], rng=np.random.default_rng(0), **kwargs)  # type: ignore[arg-type]
+
+
+def test_thompson_prior_weighs_against_early_data() -> None:
+    def share_of_a(params: dict[str, float]) -> float:
+        p = BanditPolicy(("a", "b"), "thompson", rng=np.random.default_rng(0), params=params)
+        for _ in range(5):
+            p.update("a", 1.0, Context())
+        return sum(p.choose(Context()).arm == "a" for _ in range(2000)) / 2000
+
+    # Beta(1, 1): five successes make "a" clearly better; Beta(1000, 1000): barely
+    assert share_of_a({}) > 0.75
+    assert share_of_a({"prior_alpha": 1000.0, "prior_beta": 1000.0}) < 0.65
+
+
+def test_epsilon_decay_lowers_exploration_as_trials_accumulate() -> None:
+    p = BanditPolicy(
+        ("a", "b"),
+        "epsilon_greedy",
+        rng=np.random.default_rng(0),
+        params={"epsilon": 0.5, "decay": 0.1},
+    )
+    for _ in range(200):
+        d = p.choose(Context())
+        p.update(d.arm, 1.0 if d.arm == "a" else 0.0, Context())
+    # epsilon_t = 0.5 / (1 + 0.1 * 200) ~ 0.024: the worse arm keeps ~1.2%
+    assert p.choose(Context()).propensity > 0.97 or p.shares()["b"] < 0.05

@@ -886,14 +886,22 @@ def test_bandit_params_and_reward_from_response() -> None:
     p2 = (
         parse_config(
             route(
-                "policy: {kind: bandit, arms: [a, b], reward: {type: continuous},"
-                " params: {prior_mean: 0, prior_sd: 2}}"
+                "policy: {kind: bandit, arms: [a, b], algorithm: thompson,"
+                " params: {prior_alpha: 1, prior_beta: 19}}"
             )
         )
         .routes[0]
         .policy
     )
-    assert isinstance(p2, BanditSpec) and p2.params == {"prior_mean": 0.0, "prior_sd": 2.0}
+    assert isinstance(p2, BanditSpec) and p2.params == {"prior_alpha": 1.0, "prior_beta": 19.0}
+    # continuous Thompson learns its Normal posterior from data alone: no params
+    with pytest.raises(ConfigError, match="unknown key 'prior_mean'"):
+        parse_config(
+            route(
+                "policy: {kind: bandit, arms: [a, b], reward: {type: continuous},"
+                " params: {prior_mean: 0}}"
+            )
+        )
 
 
 def test_contextual_features() -> None:
@@ -905,7 +913,7 @@ def test_contextual_features() -> None:
               kind: contextual_bandit
               arms: [a, b, c]
               algorithm: lin_ts
-              params: {v: 0.5, lambda: 1}
+              params: {alpha: 0.5, lambda: 1}
               features:
                 - {name: climate, from: "header:X-Climate", type: categorical, values: [hot, cold]}
                 - {name: age, from: "json:/instances/0/age", type: numeric,
@@ -918,7 +926,7 @@ def test_contextual_features() -> None:
         .policy
     )
     assert isinstance(p, ContextualSpec)
-    assert p.algorithm == "lin_ts" and p.params == {"v": 0.5, "lambda": 1.0}
+    assert p.algorithm == "lin_ts" and p.params == {"alpha": 0.5, "lambda": 1.0}
     f = p.features
     assert (f[0].source, f[0].key, f[0].values) == ("header", "x-climate", ("hot", "cold"))
     assert (f[1].source, f[1].key, f[1].scale, f[1].default) == (
