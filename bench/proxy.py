@@ -83,9 +83,14 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    return int(fields[11]) / TICK, int(fields[12]) / TICK  # utime, stime
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def nginx_conf(tmp: Path, body: str) -> str:
@@ -184,7 +189,7 @@ routes:
         return p, port
 
     def wrk(self, port: int, conns: int, pid: int | None) -> dict[str, float]:
-        cpu0 = cpu_seconds(pid) if pid else 0.0
+        u0, s0 = cpu_split(pid) if pid else (0.0, 0.0)
         out = subprocess.run(
             [
                 WRK,
@@ -199,7 +204,8 @@ routes:
             timeout=self.duration + 30,
             check=True,
         ).stdout
-        cpu = (cpu_seconds(pid) - cpu0) if pid else 0.0
+        u1, s1 = cpu_split(pid) if pid else (0.0, 0.0)
+        cpu = (u1 - u0) + (s1 - s0)
         reqs = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         sock_err = re.search(r"Socket errors: (.*)", out)
@@ -208,6 +214,7 @@ routes:
             "p50": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
             "p99": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
             "cpu_us": cpu / reqs * 1e6 if reqs and pid else float("nan"),
+            "sys_us": (s1 - s0) / reqs * 1e6 if reqs and pid else float("nan"),
             "bad": float(errors.group(1)) if errors else 0.0,
             "sockerr": 1.0 if sock_err else 0.0,
         }
@@ -229,6 +236,7 @@ routes:
                 timeout=30,
                 check=False,
             )
+        self.load_before = load_average()
         results: dict[tuple[str, int], list[dict[str, float]]] = {}
         for rnd in range(self.rounds):
             for conns in (32, 128):
@@ -246,18 +254,21 @@ routes:
 
         print(
             f"\nwrk -t1, {self.rounds} interleaved rounds x {self.duration}s, 90/10 weighted, "
-            f"backends: {'nginx' if NGINX else 'uvloop'}; medians (2 shared cores: noisy)"
+            f"backends: {'nginx' if NGINX else 'uvloop'}; medians ({os.cpu_count()} cores, "
+            f"load average {self.load_before} before, {load_average()} after)"
         )
         print(
             f"{'setup':<12} {'c':>4} {'RPS':>9} {'p50 ms':>8} {'p99 ms':>8} "
-            f"{'CPU µs/req':>11} {'non-2xx':>8}"
+            f"{'CPU µs/req':>11} {'of it sys':>10} {'non-2xx':>8}"
         )
         for c in (32, 128):
             for n in names:
                 cpu = med(n, c, "cpu_us")
+                sys_us = med(n, c, "sys_us")
                 print(
                     f"{n:<12} {c:>4} {med(n, c, 'rps'):>9.0f} {med(n, c, 'p50'):>8.2f} "
                     f"{med(n, c, 'p99'):>8.2f} {'-' if cpu != cpu else f'{cpu:.1f}':>11} "
+                    f"{'-' if sys_us != sys_us else f'{sys_us:.1f}':>10} "
                     f"{sum(r['bad'] for r in results[(n, c)]):>8.0f}"
                 )
         print()
@@ -269,6 +280,9 @@ routes:
             line += f"modelrouter/direct RPS = {mr / med('direct', c, 'rps'):.2f}  "
             added = med("modelrouter", c, "p99") - med("direct", c, "p99")
             line += f"added p99 vs direct = {added:.2f} ms"
+            if "nginx" in names:
+                cpu_ratio = med("modelrouter", c, "cpu_us") / med("nginx", c, "cpu_us")
+                line += f"  CPU/req vs nginx = {cpu_ratio:.1f}x"
             print(line)
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from itertools import count
 from urllib.parse import unquote, unquote_plus
 
 __all__ = [
+    "STATUS_LINES",
     "Request",
     "error_body",
     "error_response",
@@ -94,13 +95,14 @@ def _make_status_line(code: int) -> bytes:
     return f"HTTP/1.1 {code} {phrase}\r\n".encode("latin-1")
 
 
-_STATUS_LINES: list[bytes] = [_make_status_line(c) for c in range(600)]
+# `HTTP/1.1 200 OK\r\n` for every code below 600; the hot path indexes it directly
+STATUS_LINES: tuple[bytes, ...] = tuple(_make_status_line(c) for c in range(600))
 
 
 def status_line(code: int) -> bytes:
     """`HTTP/1.1 200 OK\\r\\n` for `code` (pre-encoded for 0..599)."""
     if 0 <= code < 600:
-        return _STATUS_LINES[code]
+        return STATUS_LINES[code]
     return _make_status_line(code)
 
 

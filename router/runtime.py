@@ -119,7 +119,11 @@ class RouteRuntime:
         self.mirror: Mirrorer | None = None
         if cfg.mirror is not None and runtime.http is not None:
             self.mirror = Mirrorer(
-                cfg.name, cfg.mirror, backends[cfg.mirror.backend].cfg, metrics, runtime.http,
+                cfg.name,
+                cfg.mirror,
+                backends[cfg.mirror.backend].cfg,
+                metrics,
+                runtime.http,
                 random.Random(int(runtime.rng.integers(1 << 62))).random,
             )
         sticky = cfg.sticky
@@ -247,8 +251,15 @@ class Runtime:
         rng: np.random.Generator | None = None,
     ) -> Runtime:
         """Build backends and routes, restore engine state from the store, start health checks."""
-        rt = cls(config, store=store, metrics=metrics, audit=audit, config_path=config_path,
-                 clock=clock, rng=rng)
+        rt = cls(
+            config,
+            store=store,
+            metrics=metrics,
+            audit=audit,
+            config_path=config_path,
+            clock=clock,
+            rng=rng,
+        )
         await rt._open()
         return rt
 
@@ -307,7 +318,12 @@ class Runtime:
             return None
         features = None if ctx.features is None else tuple(ctx.features.tolist())
         token: str = self.signer.issue(
-            route, decision.arm, decision.propensity, self.generation, features, ctx.label,
+            route,
+            decision.arm,
+            decision.propensity,
+            self.generation,
+            features,
+            ctx.label,
             self.clock(),
         )
         return token
@@ -387,8 +403,10 @@ class Runtime:
         keep: dict[str, RouteRuntime] = {}
         for rc in new.routes:
             prev_route = by_name.get(rc.name)
-            if prev_route is not None and prev_route.cfg == rc and all(
-                backends[b] is old_backends.get(b) for b in rc.backends
+            if (
+                prev_route is not None
+                and prev_route.cfg == rc
+                and all(backends[b] is old_backends.get(b) for b in rc.backends)
             ):
                 keep[rc.name] = prev_route
         # engines of changed routes persist first, so their successors restore the newest state
@@ -429,8 +447,14 @@ class Runtime:
         self, config: Config, backends: dict[str, BackendRuntime], keep: dict[str, RouteRuntime]
     ) -> tuple[RouteRuntime, ...]:
         services = Services(
-            config=config, store=self.store, metrics=self.metrics, audit=self.audit,
-            backends=config.backends, clock=self.clock, rng=self.rng, http=self.http,
+            config=config,
+            store=self.store,
+            metrics=self.metrics,
+            audit=self.audit,
+            backends=config.backends,
+            clock=self.clock,
+            rng=self.rng,
+            http=self.http,
         )
         routes: list[RouteRuntime] = []
         started: list[Engine] = []

@@ -17,7 +17,14 @@ import httptools
 
 from router.config_types import BackendConfig, Limits
 
-__all__ = ["PoolFull", "UpstreamConnection", "UpstreamPool", "UpstreamUser", "pool_for"]
+__all__ = [
+    "PoolFull",
+    "UpstreamConnection",
+    "UpstreamPool",
+    "UpstreamUser",
+    "pool_for",
+    "rewrite_path",
+]
 
 MAX_CONNECTIONS = 512  # per backend; beyond, requests wait (up to max_pending) for a free one
 IDLE_TIMEOUT = 30.0  # close idle connections before typical upstream keep-alive timeouts hit
@@ -266,20 +273,18 @@ class UpstreamPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         # pre-encoded per backend, used by the proxy for every request
         self.name_b = cfg.name.encode()
-        self.host_line = f"host: {cfg.host}:{cfg.port}\r\n".encode("idna")
+        # the end of the request line, then Host: one piece of the upstream head
+        self.host_line = f" HTTP/1.1\r\nhost: {cfg.host}:{cfg.port}\r\n".encode("idna")
         self.backend_line = b"x-modelrouter-backend: " + self.name_b + b"\r\n"
         self.base_path = cfg.base_path.encode("latin-1")
         rw = cfg.rewrite
         self.rw_from = rw.from_.encode("latin-1") if rw is not None else None
         self.rw_to = rw.to.encode("latin-1") if rw is not None else b""
+        self.plain_target = rw is None and not self.base_path  # target(path) is path itself
 
     def target(self, path: bytes) -> bytes:
         """The upstream request path for client `path`: rewrite prefix, then base_path."""
-        rf = self.rw_from
-        if rf is not None and path.startswith(rf):
-            path = self.rw_to + path[len(rf) :]
-            if not path.startswith(b"/"):
-                path = b"/" + path
+        path = rewrite_path(self.rw_from, self.rw_to, path)
         return self.base_path + path if self.base_path else path
 
     def acquire(self, user: UpstreamUser, *, fresh: bool = False) -> UpstreamConnection | None:
@@ -309,8 +314,11 @@ class UpstreamPool:
         with contextlib.suppress(ValueError):
             self.waiters.remove(user)
 
-    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
-        """Give back a connection after its response; closed unless `reusable`."""
+    def release(self, conn: UpstreamConnection, reusable: bool, now: float = 0.0) -> None:
+        """Give back a connection after its response; closed unless `reusable`.
+
+        `now` is the loop time if the caller knows it (saves a clock read).
+        """
         conn.user = None
         conn.skip_body = False
         if not reusable or conn.closed or self._closed:
@@ -324,10 +332,12 @@ class UpstreamPool:
             conn.reused = True
             user.u_connected(conn)
             return
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        conn.idle_since = loop.time()
+        if not now:
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            now = loop.time()
+        conn.idle_since = now
         self.idle.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:
@@ -396,6 +406,15 @@ class UpstreamPool:
 
     def stats(self) -> dict[str, Any]:
         return {"size": self.size, "idle": len(self.idle), "waiting": len(self.waiters)}
+
+
+def rewrite_path(rw_from: bytes | None, rw_to: bytes, path: bytes) -> bytes:
+    """`path` with the prefix `rw_from` replaced by `rw_to` (a backend's `rewrite`)."""
+    if rw_from is not None and path.startswith(rw_from):
+        path = rw_to + path[len(rw_from) :]
+        if not path.startswith(b"/"):
+            path = b"/" + path
+    return path
 
 
 def pool_for(backend: Any, limits: Limits) -> UpstreamPool:

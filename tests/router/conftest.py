@@ -121,7 +121,7 @@ async def router() -> AsyncIterator[Callable[..., Awaitable[Router]]]:
         registry = CollectorRegistry()
         metrics = Metrics(registry=registry)
         runtime = await Runtime.create(config, store=store, metrics=metrics, audit=Audit(store))
-        proxy = await start_proxy(runtime, "127.0.0.1", 0)
+        proxy = await start_proxy(runtime, "127.0.0.1", 0, freeze_gc=False)
         r = Router(runtime, proxy, registry)
         made.append(r)
         return r
