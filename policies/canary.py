@@ -8,7 +8,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
+
+from policies.spec import AnalysisSpec, BlueGreenSpec, CanarySpec, Check
 
 __all__ = [
     "HISTORY_LIMIT",
@@ -63,70 +65,7 @@ class TransitionError(Exception):
     """An action that does not apply to the rollout's current state (the admin API answers 409)."""
 
 
-# ---- the spec shapes this module reads (router/config_types.py satisfies them) -------------------
-
-
-class CheckLike(Protocol):
-    @property
-    def metric(self) -> str: ...
-    @property
-    def max(self) -> float | None: ...
-    @property
-    def min(self) -> float | None: ...
-    @property
-    def min_relative_to_stable(self) -> float | None: ...
-    @property
-    def max_relative_to_stable(self) -> float | None: ...
-    @property
-    def query(self) -> str | None: ...
-
-
-class AnalysisLike(Protocol):
-    @property
-    def min_requests(self) -> int: ...
-    @property
-    def failure_limit(self) -> int: ...
-    @property
-    def checks(self) -> Sequence[CheckLike]: ...
-    @property
-    def compare(self) -> str: ...
-    @property
-    def alpha(self) -> float: ...
-
-
-class CanaryLike(Protocol):
-    @property
-    def kind(self) -> str: ...
-    @property
-    def stable(self) -> str: ...
-    @property
-    def candidate(self) -> str: ...
-    @property
-    def steps(self) -> Sequence[float]: ...
-    @property
-    def interval(self) -> float: ...
-    @property
-    def analysis(self) -> AnalysisLike: ...
-    @property
-    def gate(self) -> str: ...
-
-
-class BlueGreenLike(Protocol):
-    @property
-    def kind(self) -> str: ...
-    @property
-    def active(self) -> str: ...
-    @property
-    def preview(self) -> str: ...
-    @property
-    def analysis(self) -> AnalysisLike | None: ...
-    @property
-    def auto_switch(self) -> bool: ...
-    @property
-    def interval(self) -> float: ...
-
-
-Spec = CanaryLike | BlueGreenLike
+Spec = CanarySpec | BlueGreenSpec
 
 
 # ---- state ---------------------------------------------------------------------------------------
@@ -339,7 +278,7 @@ def _fmt(x: float, unit: str = "") -> str:
 def _judge(
     name: str,
     value: float,
-    check: CheckLike,
+    check: Check,
     base: float | None,
     suffix: str,
     unit: str = "",
@@ -374,7 +313,7 @@ def _judge(
     return "pass", f"{name} {v} ok ({within}){sfx}"
 
 
-def _check(check: CheckLike, obs: Observations, min_requests: int) -> tuple[Outcome, str]:
+def _check(check: Check, obs: Observations, min_requests: int) -> tuple[Outcome, str]:
     c, s = obs.candidate, obs.stable
     if check.metric == "error_rate":
         return _judge(
@@ -452,7 +391,7 @@ def sequential_error_test(
 
 
 def analyse(
-    obs: Observations, analysis: AnalysisLike, step: int, now: float, need_stable: bool = True
+    obs: Observations, analysis: AnalysisSpec, step: int, now: float, need_stable: bool = True
 ) -> AnalysisResult:
     """Judge one window. Too little traffic, or any inconclusive check without a failure, is
     inconclusive: never a pass."""
@@ -485,7 +424,7 @@ def analyse(
 
 def initial_state(spec: Spec, now: float) -> RolloutState:
     """A new rollout: validating, no candidate (preview) traffic."""
-    active = spec.active if spec.kind == "blue_green" else None  # type: ignore[union-attr]
+    active = spec.active if spec.kind == "blue_green" else None
     return RolloutState(
         phase=Phase.VALIDATING,
         step=0,
@@ -501,11 +440,11 @@ def initial_state(spec: Spec, now: float) -> RolloutState:
 def weights_for(state: RolloutState, spec: Spec) -> dict[str, float]:
     """Relative weights for the route's WeightedPolicy (stable / active first)."""
     if spec.kind == "blue_green":
-        bg: BlueGreenLike = spec  # type: ignore[assignment]
+        bg: BlueGreenSpec = spec
         active = state.active or bg.active
         other = bg.preview if active == bg.active else bg.active
         return {active: 1.0, other: 0.0}
-    c: CanaryLike = spec  # type: ignore[assignment]
+    c: CanarySpec = spec
     if state.phase is Phase.PROMOTED:
         pct = 100.0
     elif state.phase in (Phase.VALIDATING, Phase.ROLLED_BACK) or not state.blessed:
@@ -539,12 +478,12 @@ def _with_result(state: RolloutState, result: AnalysisResult) -> RolloutState:
     return replace(state, history=(*state.history, result)[-HISTORY_LIMIT:])
 
 
-def _pct(spec: CanaryLike, i: int) -> str:
+def _pct(spec: CanarySpec, i: int) -> str:
     return f"step {i} ({spec.steps[i]:g}%)"
 
 
 def _enter(
-    state: RolloutState, spec: CanaryLike, idx: int, now: float, reason: str, via_gate: bool
+    state: RolloutState, spec: CanarySpec, idx: int, now: float, reason: str, via_gate: bool
 ) -> tuple[RolloutState, list[Event]]:
     """Move to step `idx`: the manual gate pauses before the final step; a final 100% step (or
     passing the last one) is promotion."""
@@ -600,7 +539,7 @@ def _roll_back(state: RolloutState, now: float, reason: str) -> tuple[RolloutSta
     return new, [Event(state.phase, Phase.ROLLED_BACK, reason, state.step)]
 
 
-def _sequential(state: RolloutState, obs: Observations, analysis: AnalysisLike) -> tuple[bool, str]:
+def _sequential(state: RolloutState, obs: Observations, analysis: AnalysisSpec) -> tuple[bool, str]:
     t = state.totals.plus(obs)
     return sequential_error_test(
         t.stable_requests, t.stable_errors, t.candidate_requests, t.candidate_errors, analysis.alpha
@@ -608,7 +547,7 @@ def _sequential(state: RolloutState, obs: Observations, analysis: AnalysisLike) 
 
 
 def _judge_window(
-    state: RolloutState, obs: Observations, analysis: AnalysisLike, now: float, need_stable: bool
+    state: RolloutState, obs: Observations, analysis: AnalysisSpec, now: float, need_stable: bool
 ) -> tuple[RolloutState, AnalysisResult | None, str | None]:
     """Shared by canary and blue-green: (state with history, this window's result, rollback
     reason). The result is None when nothing was due."""
@@ -633,7 +572,7 @@ def _judge_window(
 
 
 def step(
-    state: RolloutState, obs: Observations, spec: CanaryLike, now: float
+    state: RolloutState, obs: Observations, spec: CanarySpec, now: float
 ) -> tuple[RolloutState, list[Event]]:
     """Advance a canary by one tick: the sequential test may fail it at any tick; every
     `interval` the window is judged and the rollout advances, waits, or rolls back."""
@@ -677,7 +616,7 @@ def validated(
         return _roll_back(state, now, f"infra validation of {backend} failed: {failing}")
     reason = f"{backend} blessed: {len(results)} validation request(s) passed"
     if spec.kind == "blue_green":
-        bg: BlueGreenLike = spec  # type: ignore[assignment]
+        bg: BlueGreenSpec = spec
         if bg.auto_switch and bg.analysis is None:
             return _do_switch(state, bg, now, f"{reason}; auto_switch without analysis")
         new = replace(
@@ -689,7 +628,7 @@ def validated(
             changed_at=now,
         )
         return new, [Event(Phase.VALIDATING, Phase.PROGRESSING, reason, new.step)]
-    c: CanaryLike = spec  # type: ignore[assignment]
+    c: CanarySpec = spec
     if len(c.steps) == 1 and c.gate == "manual":
         state = replace(state, step=-1)
     return _enter(state, c, 0, now, reason, via_gate=False)
@@ -724,7 +663,7 @@ def promote(
         )
     if spec.kind == "blue_green":
         return switch(state, spec, now, reason, actor)
-    c: CanaryLike = spec  # type: ignore[assignment]
+    c: CanarySpec = spec
     why = _by(actor, "promote --full" if full else "promote", reason)
     if full:
         return _enter(state, c, len(c.steps), now, why, via_gate=True)
@@ -736,11 +675,11 @@ def abort(
 ) -> tuple[RolloutState, list[Event]]:
     """Everything to stable (blue-green: the original active side) at once, no analysis."""
     if state.phase is Phase.ROLLED_BACK and (
-        spec.kind == "canary" or state.active in (None, spec.active)  # type: ignore[union-attr]
+        spec.kind == "canary" or state.active in (None, spec.active)
     ):
         raise TransitionError("the rollout is already rolled back")
     if spec.kind == "blue_green":
-        state = replace(state, active=spec.active)  # type: ignore[union-attr]
+        state = replace(state, active=spec.active)
     return _roll_back(state, now, _by(actor, "abort", reason))
 
 
@@ -779,7 +718,7 @@ def resume(
 
 
 def _do_switch(
-    state: RolloutState, spec: BlueGreenLike, now: float, reason: str
+    state: RolloutState, spec: BlueGreenSpec, now: float, reason: str
 ) -> tuple[RolloutState, list[Event]]:
     current = state.active or spec.active
     target = spec.preview if current == spec.active else spec.active
@@ -807,7 +746,7 @@ def switch(
         raise TransitionError(
             "the preview has not passed infra validation; it may not receive traffic"
         )
-    bg: BlueGreenLike = spec  # type: ignore[assignment]
+    bg: BlueGreenSpec = spec
     return _do_switch(state, bg, now, _by(actor, "switch", reason))
 
 
@@ -815,7 +754,7 @@ def switch(
 
 
 def blue_green_step(
-    state: RolloutState, obs: Observations, spec: BlueGreenLike, now: float
+    state: RolloutState, obs: Observations, spec: BlueGreenSpec, now: float
 ) -> tuple[RolloutState, list[Event]]:
     """Judge the preview on its (override) traffic; pass -> switch (auto_switch) or wait."""
     a = spec.analysis

@@ -9,33 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-__all__ = ["FeatureEncoder", "FeatureLike", "json_pointer"]
+from policies.spec import Feature
+
+__all__ = ["FeatureEncoder", "json_pointer"]
 
 Getter = Callable[[str, str], "str | float | None"]
 _MISSING = object()
-
-
-class FeatureLike(Protocol):
-    """What the encoder needs of a feature spec (router.config_types.Feature has these fields)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def key(self) -> str: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def values(self) -> tuple[str, ...]: ...
-    @property
-    def scale(self) -> float: ...
-    @property
-    def default(self) -> float: ...
 
 
 class FeatureEncoder:
@@ -49,9 +32,9 @@ class FeatureEncoder:
 
     __slots__ = ("_plan", "dim", "features", "needs_body")
 
-    def __init__(self, features: Sequence[FeatureLike]) -> None:
+    def __init__(self, features: Sequence[Feature]) -> None:
         self.features = tuple(features)
-        plan: list[tuple[FeatureLike, int, dict[str, int]]] = []
+        plan: list[tuple[Feature, int, dict[str, int]]] = []
         offset = 1
         for f in self.features:
             if f.type == "categorical":

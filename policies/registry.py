@@ -1,7 +1,7 @@
 """Build the stateful policy object for a policy spec: the same objects serve traffic and simulate.
 
-Specs are duck-typed (router.config_types has the real dataclasses; `policies` never imports
-`router`). Kinds are looked up in `BUILDERS`, a dict, so adding one is a single entry.
+Specs are the frozen dataclasses of `policies.spec`, the same ones the config loader produces.
+Kinds are looked up in `BUILDERS`, a dict, so adding one is a single entry.
 """
 
 from __future__ import annotations

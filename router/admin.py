@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from router.config_types import Config, RouteConfig, policy_backends
+from policies.spec import Config, RouteConfig, policy_backends
 from router.engines.base import ActionError
 
 __all__ = ["ACTIONS", "RUNTIME_KEY", "AdminRuntime", "ApiError", "create_admin_app"]

@@ -1,4 +1,4 @@
-"""Load and validate the YAML configuration (SPEC §2) into the frozen dataclasses of config_types.
+"""Load and validate the YAML configuration (SPEC §2) into the frozen dataclasses of policies.spec.
 
 Every problem is reported, not only the first, as ``FILE:LINE: yaml.path[2].key: message``
 (``FILE: yaml.path: message`` when no line is known), e.g.
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from router.config_types import (
+from policies.spec import (
     LEARNING_KINDS,
     POLICY_KINDS,
     ROLLOUT_KINDS,

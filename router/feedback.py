@@ -34,7 +34,7 @@ from policies.base import Context
 from router.store.base import FeedbackRecord
 
 if TYPE_CHECKING:
-    from router.config_types import Config
+    from policies.spec import Config
     from router.metrics import Metrics
     from router.store.base import Store
 

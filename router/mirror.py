@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from router.config_types import BackendConfig, Mirror
+from policies.spec import BackendConfig, Mirror
 
 if TYPE_CHECKING:
     from router.metrics import Metrics
@@ -85,7 +85,11 @@ class Mirrorer:
         hdrs.append(("x-modelrouter-mirror", "1"))
         try:
             async with self._session.request(
-                method, url, data=body, headers=hdrs, timeout=self._timeout,
+                method,
+                url,
+                data=body,
+                headers=hdrs,
+                timeout=self._timeout,
                 auto_decompress=False,
             ) as resp:
                 shadow_body = await resp.read()

@@ -40,7 +40,7 @@ from router.mirror import MAX_MIRROR_BODY
 from router.upstream import PoolFull, UpstreamConnection, UpstreamPool, pool_for, rewrite_path
 
 if TYPE_CHECKING:
-    from router.config_types import Limits
+    from policies.spec import Limits
     from router.mirror import Mirrorer
 
 __all__ = ["ProxyServer", "start_proxy"]

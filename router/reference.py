@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from policies.spec import Address, Config
 from router.config import ConfigError, parse_config
-from router.config_types import Address, Config
 from router.metrics import DURATION_BUCKETS, Metrics
 
 __all__ = ["END", "SECTIONS", "START", "ReferenceError", "generate", "main", "splice"]

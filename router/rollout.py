@@ -21,8 +21,7 @@ import aiohttp
 from policies import canary
 from policies.base import Context, Decision
 from policies.canary import ArmObs, Event, Observations, Phase, PromResult, RolloutState
-from policies.weighted import WeightedPolicy
-from router.config_types import (
+from policies.spec import (
     BackendConfig,
     BlueGreenSpec,
     CanarySpec,
@@ -30,6 +29,7 @@ from router.config_types import (
     ValidateSpec,
     Webhook,
 )
+from policies.weighted import WeightedPolicy
 from router.engines.base import ActionError, Services
 
 log = logging.getLogger("modelrouter.rollout")

@@ -21,8 +21,8 @@ import aiohttp
 import numpy as np
 
 from policies.base import Context, Decision
+from policies.spec import BackendConfig, Config, Override, RouteConfig
 from policies.weighted import sticky_bucket
-from router.config_types import BackendConfig, Config, Override, RouteConfig
 from router.engines import Engine, Services, engine_for
 from router.feedback import FeedbackHandler, TokenSigner, load_secret
 from router.mirror import Mirrorer

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from router.config_types import Config
+from policies.spec import Config
 
 log = logging.getLogger("modelrouter")
 
@@ -85,7 +85,10 @@ class Server:
             )
         log.info(
             "modelrouter serving on %s:%d (admin %s:%d), %d routes",
-            cfg.listen.host, self.proxy_port, cfg.admin.listen.host, self.admin_port,
+            cfg.listen.host,
+            self.proxy_port,
+            cfg.admin.listen.host,
+            self.admin_port,
             len(cfg.routes),
         )
 

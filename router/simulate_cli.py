@@ -18,8 +18,8 @@ import numpy as np
 import yaml
 
 from policies import simulate as sim
+from policies.spec import LEARNING_KINDS, PolicySpec
 from router.config import ConfigError, parse_policy
-from router.config_types import LEARNING_KINDS, PolicySpec
 
 __all__ = ["Scenario", "ScenarioError", "load_scenario", "simulate_main"]
 

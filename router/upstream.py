@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 
 import httptools
 
-from router.config_types import BackendConfig, Limits
+from policies.spec import BackendConfig, Limits
 
 __all__ = [
     "PoolFull",

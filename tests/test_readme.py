@@ -38,7 +38,7 @@ def test_reference_is_generated_from_the_code(text: str) -> None:
 
 
 def test_reference_covers_every_metric_and_policy_kind() -> None:
-    from router.config_types import POLICY_KINDS
+    from policies.spec import POLICY_KINDS
 
     out = reference.generate()
     for series, *_ in reference.metric_rows():

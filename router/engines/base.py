@@ -17,8 +17,8 @@ from policies.base import Context, Decision
 if TYPE_CHECKING:
     import aiohttp
 
+    from policies.spec import BackendConfig, Config, RouteConfig
     from router.audit import Audit
-    from router.config_types import BackendConfig, Config, RouteConfig
     from router.http import Request
     from router.metrics import Metrics
     from router.store.base import Store

@@ -26,7 +26,7 @@ from policies.base import ArmStats, Context, Decision
 from policies.features import FeatureEncoder, json_pointer
 from policies.registry import build_encoder, build_policy
 from policies.regret import RegretTracker
-from router.config_types import ABTestSpec, RouteConfig
+from policies.spec import ABTestSpec, RouteConfig
 from router.engines.base import ActionError, EngineFactory, Services
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from typing import Any
 from policies import canary
 from policies.base import Context, Decision
 from policies.canary import Event, RolloutState
-from router.config_types import BlueGreenSpec, CanarySpec, RouteConfig, policy_backends
+from policies.spec import BlueGreenSpec, CanarySpec, RouteConfig, policy_backends
 from router.engines.base import ActionError, EngineFactory, Services
 from router.rollout import RolloutController, RolloutSpec
 
@@ -50,9 +50,7 @@ class _RolloutEngine:
     ) -> None:
         self._observe(arm, status, latency, error)
 
-    def feedback(
-        self, arm: str, reward: float, ctx: Context, token_id: str | None = None
-    ) -> None:
+    def feedback(self, arm: str, reward: float, ctx: Context, token_id: str | None = None) -> None:
         self.controller.reward(arm, reward)
         self.policy.update(arm, reward, ctx)
 

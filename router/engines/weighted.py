@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from policies.base import Context, Decision
+from policies.spec import RouteConfig, WeightedSpec
 from policies.weighted import WeightedPolicy
-from router.config_types import RouteConfig, WeightedSpec
 from router.engines.base import ActionError, Services
 
 
@@ -52,8 +52,15 @@ class WeightedEngine:
                 "reward_sum": s.reward_sum,
                 "reward_mean": s.reward_mean,
             }
-        return {"phase": "active", "step": None, "shares": self.shares(), "arms": arms,
-                "regret": None, "analysis": [], "test": None}
+        return {
+            "phase": "active",
+            "step": None,
+            "shares": self.shares(),
+            "arms": arms,
+            "regret": None,
+            "analysis": [],
+            "test": None,
+        }
 
     async def start(self) -> None:
         saved = await self._services.store.get(f"weights:{self._route}")
@@ -72,8 +79,9 @@ class WeightedEngine:
     ) -> dict[str, Any]:
         if name != "weights":
             raise ActionError(
-                409, f"route '{self._route}' is a weighted route: '{name}' applies to canary and "
-                "blue_green routes; use set-weights (PUT /admin/routes/{route}/weights)"
+                409,
+                f"route '{self._route}' is a weighted route: '{name}' applies to canary and "
+                "blue_green routes; use set-weights (PUT /admin/routes/{route}/weights)",
             )
         new = params.get("weights")
         if not isinstance(new, Mapping) or not new:
@@ -81,8 +89,9 @@ class WeightedEngine:
         unknown = sorted(set(new) - set(self.policy.arms))
         if unknown:
             raise ActionError(
-                400, f"unknown backend(s) {unknown} for route '{self._route}'; "
-                f"allowed: {list(self.policy.arms)}"
+                400,
+                f"unknown backend(s) {unknown} for route '{self._route}'; "
+                f"allowed: {list(self.policy.arms)}",
             )
         weights: dict[str, float] = {}
         for arm in self.policy.arms:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router.config_types import StateConfig
+from policies.spec import StateConfig
 from router.store.base import FeedbackRecord, Store, StoreError
 from router.store.memory import MemoryStore
 from router.store.redis import RedisStore

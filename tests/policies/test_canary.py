@@ -18,7 +18,7 @@ from policies.canary import (
     RolloutState,
     TransitionError,
 )
-from router.config_types import AnalysisSpec, BlueGreenSpec, CanarySpec, Check
+from policies.spec import AnalysisSpec, BlueGreenSpec, CanarySpec, Check
 
 T0 = 1_000.0
 Q = "sum(rate(errors[1m]))"

@@ -22,8 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from policies.base import Context
-from router.audit import Audit
-from router.config_types import (
+from policies.spec import (
     AnalysisSpec,
     BackendConfig,
     BlueGreenSpec,
@@ -38,6 +37,7 @@ from router.config_types import (
     ValidateSpec,
     Webhook,
 )
+from router.audit import Audit
 from router.engines.base import ActionError, Services
 from router.engines.rollout import ENGINES, BlueGreenEngine, CanaryEngine
 from router.metrics import Metrics

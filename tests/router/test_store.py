@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config_types import StateConfig
+from policies.spec import StateConfig
 from router.store import MemoryStore, SqliteStore, Store, StoreError, open_store
 from router.store.base import FeedbackRecord
 from router.store.redis import RedisStore
