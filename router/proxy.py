@@ -1350,7 +1350,8 @@ async def start_proxy(
             srv.protocol, host, port, reuse_port=reuse_port or None, backlog=2048
         )
     srv._server = server
-    socks = server.sockets
+    # uvloop's Server.sockets is a list, not the tuple typeshed says (compiled code checks)
+    socks: Any = cast(Any, server).sockets
     srv.port = socks[0].getsockname()[1] if socks else port
     srv._sweeper = loop.call_later(SWEEP_INTERVAL, srv._sweep)
     srv._ticker = loop.call_later(TICK, srv._tick)

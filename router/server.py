@@ -47,6 +47,7 @@ class Server:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        import router.proxy as proxy_module
         from router.admin import create_admin_app
         from router.audit import Audit
         from router.metrics import Metrics
@@ -83,13 +84,16 @@ class Server:
                 "no admin token: set %s to allow admin actions (read-only admin API until then)",
                 cfg.admin.token_env,
             )
+        # the data plane is compiled with mypyc by a regular install, pure Python otherwise
+        build = "pure Python" if proxy_module.__file__.endswith(".py") else "compiled"
         log.info(
-            "modelrouter serving on %s:%d (admin %s:%d), %d routes",
+            "modelrouter serving on %s:%d (admin %s:%d), %d routes, %s data plane",
             cfg.listen.host,
             self.proxy_port,
             cfg.admin.listen.host,
             self.admin_port,
             len(cfg.routes),
+            build,
         )
 
     async def reload(self) -> None:
