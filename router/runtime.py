@@ -113,6 +113,7 @@ class RouteRuntime:
         # blue-green preview traffic arrives through overrides; its analysis must see it
         self._observe_overrides = bool(getattr(engine, "observes_overrides", False))
         self._bound: dict[str, BoundRequest] = {b: metrics.bind(cfg.name, b) for b in cfg.backends}
+        self._healthy: Callable[[str], bool] = lambda name: self._backends[name].up
         make_context = getattr(engine, "make_context", None)
         self._make_context: Callable[[Request, int | None], Context] | None = make_context
         self.needs_body: bool = bool(getattr(engine, "needs_body", False))
@@ -162,7 +163,9 @@ class RouteRuntime:
             else Context(bucket=bucket)
         )
         engine = self.engine
-        decision = engine.choose(ctx)
+        # learning engines re-pick among healthy arms themselves, so the decision they count
+        # is the arm that serves; others are failed over below
+        decision = engine.choose(ctx, self._healthy)
         backend = self._backends[decision.arm]
         if not backend.up:
             backend, decision = self._failover(decision)

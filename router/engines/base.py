@@ -54,7 +54,7 @@ class Engine(Protocol):
     kind: str
     learns: bool
 
-    def choose(self, ctx: Context) -> Decision: ...
+    def choose(self, ctx: Context, healthy: Callable[[str], bool] | None = None) -> Decision: ...
 
     def observe(
         self, arm: str, status: int, latency: float, error: str | None, ctx: Context | None = None

@@ -42,7 +42,7 @@ class _RolloutEngine:
         self._choose = self.policy.choose
         self._observe = self.controller.observe
 
-    def choose(self, ctx: Context) -> Decision:
+    def choose(self, ctx: Context, healthy: Callable[[str], bool] | None = None) -> Decision:
         return self._choose(ctx)
 
     def observe(

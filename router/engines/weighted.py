@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from policies.base import Context, Decision
@@ -24,7 +24,7 @@ class WeightedEngine:
         self._services = services
         self.policy = WeightedPolicy(route.policy.weights, services.rng)
 
-    def choose(self, ctx: Context) -> Decision:
+    def choose(self, ctx: Context, healthy: Callable[[str], bool] | None = None) -> Decision:
         return self.policy.choose(ctx)
 
     def observe(
