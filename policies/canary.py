@@ -578,29 +578,44 @@ def step(
     `interval` the window is judged and the rollout advances, waits, or rolls back."""
     if state.phase is not Phase.PROGRESSING:
         return state, []
-    analysed, result, rollback = _judge_window(state, obs, spec.analysis, now, True)
+    label = _pct(spec, state.step)
+    closed, events, passed = _analysis_tick(state, obs, spec, spec.analysis, now, True, label)
+    if passed is None:
+        return closed, events
+    return _enter(closed, spec, state.step + 1, now, f"{label} passed: {passed}", via_gate=False)
+
+
+def _analysis_tick(
+    state: RolloutState,
+    obs: Observations,
+    spec: Spec,
+    analysis: AnalysisSpec,
+    now: float,
+    relative: bool,
+    label: str,
+) -> tuple[RolloutState, list[Event], str | None]:
+    """Judge the window when it is due: roll back, wait, count a failure, or report a pass.
+
+    The third value is the first reason of a passing analysis (the caller decides what a pass
+    means), else None and the first two are the outcome.
+    """
+    analysed, result, rollback = _judge_window(state, obs, analysis, now, relative)
     if rollback is not None:
-        return _roll_back(analysed, now, f"{_pct(spec, state.step)}: {rollback}")
+        rolled, events = _roll_back(analysed, now, f"{label}: {rollback}")
+        return rolled, events, None
     if result is None:
-        return state, []
+        return state, [], None
     if result.outcome == "inconclusive":
         # keep the window's traffic and look again one interval later
-        return replace(analysed, next_analysis_at=now + spec.interval), []
+        return replace(analysed, next_analysis_at=now + spec.interval), [], None
     closed = _new_window(analysed, obs, spec, now)
     if result.outcome == "fail":
         why = (
-            f"{_pct(spec, state.step)}: analysis failed "
-            f"{closed.failures}/{spec.analysis.failure_limit}: {result.reasons[0]}"
+            f"{label}: analysis failed {closed.failures}/{analysis.failure_limit}: "
+            f"{result.reasons[0]}"
         )
-        return closed, [Event(state.phase, state.phase, why, state.step)]
-    return _enter(
-        closed,
-        spec,
-        state.step + 1,
-        now,
-        f"{_pct(spec, state.step)} passed: {result.reasons[0]}",
-        via_gate=False,
-    )
+        return closed, [Event(state.phase, state.phase, why, state.step)], None
+    return closed, [], result.reasons[0]
 
 
 def validated(
@@ -764,21 +779,11 @@ def blue_green_step(
         c.min_relative_to_stable is not None or c.max_relative_to_stable is not None
         for c in a.checks
     )
-    analysed, result, rollback = _judge_window(state, obs, a, now, relative)
-    if rollback is not None:
-        return _roll_back(analysed, now, f"preview {spec.preview}: {rollback}")
-    if result is None:
-        return state, []
-    if result.outcome == "inconclusive":
-        return replace(analysed, next_analysis_at=now + spec.interval), []
-    closed = _new_window(analysed, obs, spec, now)
-    if result.outcome == "fail":
-        why = (
-            f"preview {spec.preview}: analysis failed {closed.failures}/{a.failure_limit}: "
-            f"{result.reasons[0]}"
-        )
-        return closed, [Event(state.phase, state.phase, why, state.step)]
-    why = f"preview {spec.preview} passed analysis: {result.reasons[0]}"
+    label = f"preview {spec.preview}"
+    closed, events, passed = _analysis_tick(state, obs, spec, a, now, relative, label)
+    if passed is None:
+        return closed, events
+    why = f"{label} passed analysis: {passed}"
     if spec.auto_switch:
         return _do_switch(closed, spec, now, f"{why}; auto_switch")
     new = replace(closed, gate_waiting=True, reason=f"{why}; waiting for switch", changed_at=now)
