@@ -7,7 +7,7 @@ package must be usable from a notebook. Randomness comes from an injected numpy 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -87,19 +87,3 @@ class Policy(Protocol):
     def update(self, arm: str, reward: float, context: Context) -> None: ...
 
     def stats(self) -> Mapping[str, ArmStats]: ...
-
-
-@runtime_checkable
-class Persistent(Protocol):
-    """A policy whose learned state can be saved to and restored from a JSON-able dict."""
-
-    def state(self) -> dict[str, Any]: ...
-
-    def restore(self, state: Mapping[str, Any]) -> None: ...
-
-
-@dataclass(slots=True)
-class Shares:
-    """Current intended traffic share per arm (sums to 1), for status and `traffic_share`."""
-
-    values: dict[str, float] = field(default_factory=dict)

@@ -145,9 +145,6 @@ class RouteRuntime:
         self._choose = engine.choose
         self._plain_sel: dict[int, Selection] = {}  # id(decision) -> Selection (it pins decision)
 
-    def bind(self, backend: str) -> BoundRequest:
-        return self._bound[backend]
-
     def select(self, req: Request) -> Selection:
         for o in self._overrides:
             if o.matches(req) and (self._admits is None or self._admits(o.backend.name)):

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
     from policies.spec import BackendConfig, Config, RouteConfig
     from router.audit import Audit
-    from router.http import Request
     from router.metrics import Metrics
     from router.store.base import Store
 
@@ -73,14 +72,6 @@ class Engine(Protocol):
     ) -> dict[str, Any]: ...
 
     def feedback(self, arm: str, reward: float, ctx: Context) -> None: ...
-
-
-class ContextualEngine(Engine, Protocol):
-    """An engine that builds its own Context from the request (features, labels)."""
-
-    needs_body: bool
-
-    def make_context(self, req: Request, bucket: int | None) -> Context: ...
 
 
 EngineFactory = Callable[["RouteConfig", Services], Engine]
