@@ -427,6 +427,8 @@ class Runtime:
                 task.cancel()
             if b.pool is not None:
                 b.pool.close()
+            if b.name not in backends:
+                self.metrics.forget_backend(b.name)
         self._start_health(b for b in backends.values() if b.name not in self._health)
         restart = [
             k for k in ("listen", "admin", "state") if getattr(old_cfg, k) != getattr(new, k)
