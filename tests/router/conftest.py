@@ -233,16 +233,6 @@ def parse_responses(buf: bytes) -> list[tuple[int, dict[str, list[str]], bytes]]
     return out
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `cond` until true, or fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
 SERVE_CODE = """
 import asyncio, sys, uvloop
 from router.app import open_runtime
