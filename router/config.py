@@ -61,6 +61,7 @@ from policies.spec import (
     WeightedSpec,
     policy_backends,
 )
+from router.errors import ModelrouterError
 
 __all__ = [
     "LEARNING_KINDS",
@@ -148,7 +149,7 @@ _NULL_TAG: Final = "tag:yaml.org,2002:null"
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
 
-class ConfigError(Exception):
+class ConfigError(ModelrouterError):
     """The configuration is invalid; ``errors`` holds every problem, one formatted line each."""
 
     def __init__(self, errors: list[str]) -> None:

@@ -22,6 +22,7 @@ import yaml
 
 from policies.spec import Address, Config
 from router.config import ConfigError, parse_config
+from router.errors import ModelrouterError
 from router.metrics import DURATION_BUCKETS, Metrics
 
 __all__ = ["END", "SECTIONS", "START", "ReferenceError", "generate", "main", "splice"]
@@ -33,7 +34,7 @@ _ALLOWED_RE = re.compile(rf"unknown key '{_PROBE}'; allowed: ([^ ,(;]+(?:, [^ ,(
 _CHOICES_RE = re.compile(r"must be one of (.+?); got")
 
 
-class ReferenceError(Exception):
+class ReferenceError(ModelrouterError):
     """The documentation table below and the validator disagree; the message says how."""
 
 

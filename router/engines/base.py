@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from policies.base import Context, Decision
+from router.errors import ActionError as ActionError  # re-exported: engines raise it
 
 if TYPE_CHECKING:
     import aiohttp
@@ -21,15 +22,6 @@ if TYPE_CHECKING:
     from router.audit import Audit
     from router.metrics import Metrics
     from router.store.base import Store
-
-
-class ActionError(Exception):
-    """An admin action that does not apply; carries the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass

@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from router.errors import ModelrouterError
 
-class StoreError(Exception):
+
+class StoreError(ModelrouterError):
     """The store cannot be used (unopenable file, unreachable server, closed)."""
 
 
