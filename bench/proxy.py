@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 BODY = '{"model":"%s","version":"1.0.0","predictions":[[0.12,0.88]],"latency_ms":1.5,"ok":true}'

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-PolicyKind = Literal["weighted", "blue_green", "canary", "ab_test", "bandit", "contextual_bandit"]
 POLICY_KINDS: tuple[str, ...] = (
     "weighted",
     "blue_green",
@@ -109,9 +108,6 @@ StickySource = Literal["header", "cookie", "query"]
 class Sticky:
     source: StickySource
     name: str  # header names lower-case
-
-
-RetryOn = Literal["connect-failure", "reset", "timeout", "5xx"]
 
 
 @dataclass(frozen=True, slots=True)
