@@ -229,5 +229,5 @@ ALGORITHMS: dict[str, Algorithm[Callable[[LinearPolicy, np.ndarray], tuple[int, 
 }
 DEFAULT_ALGORITHM = "linucb"
 LINEAR_ALGORITHMS = tuple(ALGORITHMS)
-# defaults of every algorithm's parameters (alpha is 1 for each that reads it)
+# every parameter any algorithm declares, with its declared default (LinearPolicy keeps all)
 _ALL_PARAMS = tuple({p.name: p for a in ALGORITHMS.values() for p in a.params}.values())
