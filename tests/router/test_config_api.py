@@ -46,3 +46,21 @@ def test_reader_accessors_do_not_shadow_builtins() -> None:
     for cls in (Reader, MapReader):
         shadowing = {"str", "int", "float", "bool", "list", "dict"} & set(vars(cls))
         assert shadowing == set(), (cls.__name__, shadowing)
+
+
+def test_every_package_is_installed() -> None:
+    """A non-editable install ships only the listed packages: a new subpackage (router.config)
+    missing from pyproject.toml would install a router that cannot import its config."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(p.parent.relative_to(root).parts)
+        for top in ("router", "policies")
+        for p in (root / top).rglob("__init__.py")
+    }
+    assert found - listed == set()
