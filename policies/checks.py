@@ -38,6 +38,7 @@ class CheckKind:
     requires: Requires | None = None  # cross-parameter rule beyond each param's own bounds
     help: str = "What to check."  # the `metric` key's meaning in the reference
     note: str = ""  # the reference's note under the table
+    needs_rewards: bool = False  # the route issues decision tokens so rewards reach the check
     keys: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -167,6 +168,7 @@ _REWARD_MEAN = CheckKind(
     {"metric": "reward_mean", "min": 0.1},
     requires=_needs_a_limit,
     help="What to check (needs reward feedback).",
+    needs_rewards=True,
     note="One of `min`, `min_relative_to_stable`, `max_relative_to_stable` is required.",
 )
 
