@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
+from policies.checks import CHECK_KINDS
 from policies.spec import AnalysisSpec, BlueGreenSpec, CanarySpec, Check
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
 ]
 
 HISTORY_LIMIT = 200  # analysis results kept in the state (and the store)
-MIN_REWARDS = 30  # rewards per arm before reward_mean is judged (capped by min_requests)
 SEQUENTIAL_TAU = 0.05  # mSPRT mixing sd on the error-rate difference: effects of ~5 points
 SEQUENTIAL_MIN_REQUESTS = 10  # per side, so the normal approximation is not absurd
 
@@ -269,89 +269,11 @@ class Observations:
 # ---- analysis ------------------------------------------------------------------------------------
 
 
-def _fmt(x: float, unit: str = "") -> str:
-    if unit == "s":
-        return f"{x * 1000:.4g}ms" if abs(x) < 1 else f"{x:.4g}s"
-    return f"{x:.4g}"
-
-
-def _judge(
-    name: str,
-    value: float,
-    check: Check,
-    base: float | None,
-    suffix: str,
-    unit: str = "",
-) -> tuple[Outcome, str]:
-    """Compare a value with the check's limits; the message shows value against limit."""
-    v = _fmt(value, unit)
-    sfx = f" {suffix}" if suffix else ""
-    if check.max is not None and value > check.max:
-        return "fail", f"{name} {v} > max {_fmt(check.max, unit)}{sfx}"
-    if check.min is not None and value < check.min:
-        return "fail", f"{name} {v} < min {_fmt(check.min, unit)}{sfx}"
-    limits = []
-    if check.max is not None:
-        limits.append(f"max {_fmt(check.max, unit)}")
-    if check.min is not None:
-        limits.append(f"min {_fmt(check.min, unit)}")
-    relative = (
-        ("min", "<", check.min_relative_to_stable),
-        ("max", ">", check.max_relative_to_stable),
-    )
-    for word, cmp, ratio in relative:
-        if ratio is None:
-            continue
-        if base is None:
-            return "inconclusive", f"{name}: stable has no data to compare with{sfx}"
-        limit = ratio * base
-        rel = f"{word} {ratio:g} x stable {_fmt(base, unit)} = {_fmt(limit, unit)}"
-        if (value < limit) if word == "min" else (value > limit):
-            return "fail", f"{name} {v} {cmp} {rel}{sfx}"
-        limits.append(rel)
-    within = ", ".join(limits) if limits else "no limit"
-    return "pass", f"{name} {v} ok ({within}){sfx}"
-
-
 def _check(check: Check, obs: Observations, min_requests: int) -> tuple[Outcome, str]:
-    c, s = obs.candidate, obs.stable
-    if check.metric == "error_rate":
-        return _judge(
-            "error_rate", c.errors / c.requests, check, s.error_rate, f"over {c.requests} requests"
-        )
-    if check.metric == "latency_p99":
-        if c.latency_p99 is None:
-            return "inconclusive", "latency_p99: no latency samples"
-        return _judge(
-            "latency_p99", c.latency_p99, check, s.latency_p99, f"over {c.requests} requests", "s"
-        )
-    if check.metric == "reward_mean":
-        need = max(1, min(MIN_REWARDS, min_requests))
-        relative = (
-            check.min_relative_to_stable is not None or check.max_relative_to_stable is not None
-        )
-        if c.rewards < need or (relative and s.rewards < need):
-            got = f"candidate {c.rewards}" + (f", stable {s.rewards}" if relative else "")
-            return "inconclusive", f"reward_mean: too few rewards ({got}; need {need} per arm)"
-        return _judge(
-            "reward_mean",
-            c.reward_sum / c.rewards,
-            check,
-            s.reward_mean,
-            f"over {c.rewards} rewards",
-        )
-    if check.metric == "prometheus":
-        q = check.query or ""
-        found = [r for r in obs.prometheus if r.query == q]
-        if not found:
-            return "inconclusive", f"prometheus {q!r}: not queried"
-        r = found[-1]
-        if r.error is not None:
-            return "inconclusive", f"prometheus {q!r}: {r.error}"
-        if r.value is None or not math.isfinite(r.value):
-            return "inconclusive", f"prometheus {q!r}: no usable value ({r.value})"
-        return _judge(f"prometheus {q!r}", r.value, check, None, "")
-    return "inconclusive", f"unknown check metric {check.metric!r}"
+    kind = CHECK_KINDS.get(check.metric)
+    if kind is None:
+        return "inconclusive", f"unknown check metric {check.metric!r}"
+    return kind.judge(check, obs, min_requests)
 
 
 def sequential_error_test(

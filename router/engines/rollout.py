@@ -8,6 +8,7 @@ from typing import Any
 from policies import canary
 from policies.base import Context, Decision
 from policies.canary import Event, RolloutState
+from policies.checks import CHECK_KINDS
 from policies.spec import BlueGreenSpec, CanarySpec, RouteConfig, policy_backends
 from router.engines.base import ActionError, EngineFactory, Services
 from router.rollout import RolloutController, RolloutSpec
@@ -30,11 +31,11 @@ class _RolloutEngine:
         self._route = route.name
         self._spec = spec
         self.arms = policy_backends(spec)
-        # a reward_mean check needs rewards: the route then issues decision tokens and the
-        # feedback endpoint credits them, exactly as on learning routes
+        # a check on rewards (reward_mean) needs them: the route then issues decision tokens
+        # and the feedback endpoint credits them, exactly as on learning routes
         analysis = spec.analysis
         self.learns = analysis is not None and any(
-            c.metric == "reward_mean" for c in analysis.checks
+            CHECK_KINDS[c.metric].needs_rewards for c in analysis.checks
         )
         self._services = services
         self.controller = RolloutController(route.name, spec, services)
