@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, assert_never
 
 from policies.spec import AnalysisSpec, BlueGreenSpec, CanarySpec, Check
 
@@ -351,7 +351,7 @@ def _check(check: Check, obs: Observations, min_requests: int) -> tuple[Outcome,
         if r.value is None or not math.isfinite(r.value):
             return "inconclusive", f"prometheus {q!r}: no usable value ({r.value})"
         return _judge(f"prometheus {q!r}", r.value, check, None, "")
-    return "inconclusive", f"unknown check metric {check.metric!r}"
+    assert_never(check.metric)  # config validation admits only the metrics above
 
 
 def sequential_error_test(

@@ -8,8 +8,8 @@ from typing import Any
 from policies import canary
 from policies.base import Context, Decision
 from policies.canary import Event, RolloutState
-from policies.spec import BlueGreenSpec, CanarySpec, RouteConfig, policy_backends
-from router.engines.base import ActionError, EngineFactory, Services
+from policies.spec import BlueGreenSpec, CanarySpec, RouteConfig
+from router.engines.base import ActionError, EngineBase, EngineFactory, Services
 from router.rollout import RolloutController, RolloutSpec
 
 __all__ = ["ENGINES", "BlueGreenEngine", "CanaryEngine"]
@@ -17,26 +17,21 @@ __all__ = ["ENGINES", "BlueGreenEngine", "CanaryEngine"]
 _ACTIONS = ("promote", "abort", "pause", "resume", "switch")
 
 
-class _RolloutEngine:
+class _RolloutEngine(EngineBase):
     """Shared by canary and blue-green: the hot path goes straight to the WeightedPolicy."""
 
-    kind = ""
-    learns = False
     observes_overrides = True  # arms are backend names: override traffic counts for analysis
-
     reward_type = "continuous"  # rewards for reward_mean checks: any finite number
 
     def __init__(self, route: RouteConfig, spec: RolloutSpec, services: Services) -> None:
-        self._route = route.name
+        super().__init__(route, services)
         self._spec = spec
-        self.arms = policy_backends(spec)
         # a reward_mean check needs rewards: the route then issues decision tokens and the
         # feedback endpoint credits them, exactly as on learning routes
         analysis = spec.analysis
         self.learns = analysis is not None and any(
             c.metric == "reward_mean" for c in analysis.checks
         )
-        self._services = services
         self.controller = RolloutController(route.name, spec, services)
         self.policy = self.controller.policy
         self._choose = self.policy.choose
@@ -77,11 +72,11 @@ class _RolloutEngine:
         if name not in _ACTIONS:
             raise ActionError(
                 409,
-                f"route '{self._route}' is a {self.kind} route: '{name}' does not apply; "
+                f"route '{self.route}' is a {self.kind} route: '{name}' does not apply; "
                 f"allowed actions: {', '.join(_ACTIONS)}",
             )
         spec = self._spec
-        clock = self._services.clock
+        clock = self.services.clock
         fn: Callable[[RolloutState], tuple[RolloutState, list[Event]]]
         if name == "promote":
             full = bool(params.get("full", False))
@@ -105,7 +100,7 @@ class _RolloutEngine:
     def status(self) -> dict[str, Any]:
         c = self.controller
         st = c.state
-        backends = self._services.backends
+        backends = self.services.backends
         stats = self.policy.stats()
         weights = self.policy.weights
         arms: dict[str, Any] = {}
