@@ -477,7 +477,7 @@ class RolloutController:
         self._apply(new, reset_window=new.window_started_at != old.window_started_at)
         shares = self.policy.shares()
         for ev in events:
-            name = action or _event_name(ev)
+            name = action or ev.kind.value
             await self._audit(name, actor, reason if action else ev.reason, ev, shares, details)
             self._fire_webhooks(ev, shares)
 
@@ -519,10 +519,7 @@ class RolloutController:
 
     def _fire_webhooks(self, ev: Event, shares: dict[str, float]) -> None:
         hooks: Sequence[Webhook] = self.spec.webhooks
-        names = {ev.to_phase.value}
-        names.add(_event_name(ev))
-        if "kept ready" in ev.reason:  # a blue-green switch, automatic or by an admin
-            names.add("switched")
+        names = ev.names
         payload = {
             "route": self.route,
             "from": ev.from_phase.value,
@@ -563,13 +560,3 @@ class RolloutController:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 8.0)
         log.error("route %s: webhook %s given up after %d attempts", self.route, url, attempt)
-
-
-def _event_name(ev: Event) -> str:
-    if ev.from_phase is Phase.VALIDATING:
-        return "blessed" if ev.to_phase is not Phase.ROLLED_BACK else "validation_failed"
-    if ev.from_phase == ev.to_phase:
-        if "analysis failed" in ev.reason:
-            return "analysis_failed"
-        return "analysis_passed" if "passed analysis" in ev.reason else "step"
-    return ev.to_phase.value

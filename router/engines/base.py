@@ -123,9 +123,7 @@ class EngineBase:
     ) -> None:
         return None
 
-    def feedback(
-        self, arm: str, reward: float, ctx: Context, token_id: str | None = None
-    ) -> None:
+    def feedback(self, arm: str, reward: float, ctx: Context, token_id: str | None = None) -> None:
         # the feedback endpoint only hands rewards to engines that learn
         raise TypeError(f"route '{self.route}' ({self.kind}) does not take feedback")
 

@@ -12,6 +12,7 @@ import pytest
 from policies import canary
 from policies.canary import (
     ArmObs,
+    EventKind,
     Observations,
     Phase,
     PromResult,
@@ -91,6 +92,7 @@ def test_blessed_candidate_enters_first_step() -> None:
     assert st.blessing is not None and st.blessing.at == T0 + 1
     assert canary.weights_for(st, s) == {"v1": 90.0, "v2": 10.0}
     assert [(e.from_phase, e.to_phase) for e in events] == [(Phase.VALIDATING, Phase.PROGRESSING)]
+    assert events[0].kind is EventKind.BLESSED and events[0].names == {"blessed", "progressing"}
     assert st.next_analysis_at == T0 + 1 + 60
 
 
@@ -100,6 +102,7 @@ def test_failed_validation_rolls_back_with_the_failing_answer() -> None:
     st, events = canary.validated(canary.initial_state(s, T0), s, T0, "v2", False, results)
     assert st.phase is Phase.ROLLED_BACK and not st.blessed
     assert "POST /predict -> FAIL: status 500" in events[0].reason
+    assert events[0].kind is EventKind.VALIDATION_FAILED
     assert canary.weights_for(st, s) == {"v1": 100.0, "v2": 0.0}
 
 
@@ -300,6 +303,7 @@ def test_pass_moves_to_next_step_and_resets_window() -> None:
     assert new.totals.candidate_requests == 200 and new.totals.stable_requests == 2000
     assert canary.weights_for(new, s) == {"v1": 50.0, "v2": 50.0}
     assert events[0].to_phase is Phase.PROGRESSING and "now at step 1 (50%)" in events[0].reason
+    assert events[0].kind is EventKind.STEP
     assert new.history[-1].outcome == "pass"
 
 
@@ -310,9 +314,9 @@ def test_failures_count_then_roll_back_with_value_against_limit() -> None:
     assert st1.phase is Phase.PROGRESSING and st1.failures == 1 and st1.step == 0
     assert st1.window_started_at == DUE  # a judged window is closed
     assert ev1[0].from_phase is ev1[0].to_phase is Phase.PROGRESSING
-    assert "analysis failed 1/2" in ev1[0].reason
+    assert "analysis failed 1/2" in ev1[0].reason and ev1[0].kind is EventKind.ANALYSIS_FAILED
     st2, ev2 = canary.step(st1, obs(cand=(312, 22)), s, DUE + 60)
-    assert st2.phase is Phase.ROLLED_BACK
+    assert st2.phase is Phase.ROLLED_BACK and ev2[0].kind is EventKind.ROLLED_BACK
     assert ev2[0].reason == (
         "step 0 (10%): analysis failed 2/2: error_rate 0.07051 > max 0.05 over 312 requests"
     )
@@ -327,7 +331,7 @@ def test_final_100_step_is_promotion() -> None:
     new, events = canary.step(st, obs(), s, DUE)
     assert new.phase is Phase.PROMOTED
     assert canary.weights_for(new, s) == {"v1": 0.0, "v2": 100.0}
-    assert events[0].to_phase is Phase.PROMOTED
+    assert events[0].to_phase is Phase.PROMOTED and events[0].kind is EventKind.PROMOTED
 
 
 def test_last_step_below_100_passed_is_promotion() -> None:
@@ -356,7 +360,7 @@ def test_manual_gate_pauses_before_final_step_and_promote_finishes() -> None:
     st = progressing(s, step=1)
     paused, events = canary.step(st, obs(), s, DUE)
     assert paused.phase is Phase.PAUSED and paused.gate_waiting and paused.step == 1
-    assert "manual gate" in (paused.paused_reason or "")
+    assert "manual gate" in (paused.paused_reason or "") and events[0].kind is EventKind.PAUSED
     assert canary.weights_for(paused, s) == {"v1": 50.0, "v2": 50.0}
     # the timer does not move it
     assert canary.step(paused, obs(), s, DUE + 600) == (paused, [])
@@ -365,6 +369,7 @@ def test_manual_gate_pauses_before_final_step_and_promote_finishes() -> None:
     done, events = canary.promote(paused, s, DUE + 1, reason="looks good")
     assert done.phase is Phase.PROMOTED
     assert events[0].reason == "promote by admin: looks good"
+    assert events[0].kind is EventKind.PROMOTED and not events[0].switched
 
 
 def test_manual_gate_with_final_step_below_100_enters_it() -> None:
@@ -379,8 +384,9 @@ def test_manual_gate_with_final_step_below_100_enters_it() -> None:
 
 def test_single_step_with_manual_gate_waits_at_zero() -> None:
     s = spec(steps=(100,), gate="manual")
-    st, _ = canary.validated(canary.initial_state(s, T0), s, T0, "v2", True, ["ok"])
+    st, events = canary.validated(canary.initial_state(s, T0), s, T0, "v2", True, ["ok"])
     assert st.phase is Phase.PAUSED and st.gate_waiting
+    assert events[0].kind is EventKind.BLESSED and events[0].names == {"blessed", "paused"}
     assert canary.weights_for(st, s) == {"v1": 100.0, "v2": 0.0}
     st, _ = canary.promote(st, s, T0 + 1)
     assert st.phase is Phase.PROMOTED
@@ -394,7 +400,7 @@ def test_sequential_fails_a_much_worse_candidate_before_the_interval() -> None:
     st = progressing(s)
     new, events = canary.step(st, obs(cand=(60, 18), stable=(1000, 5)), s, T0 + 5)
     assert new.phase is Phase.ROLLED_BACK
-    assert "sequential test failed" in events[0].reason
+    assert "sequential test failed" in events[0].reason and events[0].kind is EventKind.ROLLED_BACK
     assert "candidate worse at alpha 0.05" in events[0].reason
 
 
@@ -494,11 +500,13 @@ def test_abort_from_any_live_phase_sends_everything_to_stable() -> None:
 def test_pause_then_resume_starts_a_fresh_window() -> None:
     s = spec()
     st = progressing(s, 1)
-    paused, _ = canary.pause(st, s, T0 + 10, reason="investigating")
+    paused, events = canary.pause(st, s, T0 + 10, reason="investigating")
+    assert events[0].kind is EventKind.PAUSED
     assert paused.phase is Phase.PAUSED and paused.paused_reason == "pause by admin: investigating"
     assert canary.weights_for(paused, s) == canary.weights_for(st, s)
     assert canary.step(paused, obs(), s, DUE * 2) == (paused, [])
-    resumed, _ = canary.resume(paused, s, T0 + 100)
+    resumed, events = canary.resume(paused, s, T0 + 100)
+    assert events[0].kind is EventKind.RESUMED
     assert resumed.phase is Phase.PROGRESSING and resumed.step == 1
     assert resumed.window_started_at == T0 + 100 and resumed.next_analysis_at == T0 + 160
 
@@ -551,8 +559,10 @@ def test_blue_green_preview_gets_nothing_until_switch_and_back() -> None:
     assert on.phase is Phase.PROMOTED and on.active == "green"
     assert canary.weights_for(on, s) == {"green": 1.0, "blue": 0.0}
     assert "green now serves, blue kept ready" in events[0].reason
-    back, _ = canary.switch(on, s, T0 + 2)
+    assert events[0].names == {"promoted", "switched"}
+    back, events = canary.switch(on, s, T0 + 2)
     assert back.phase is Phase.ROLLED_BACK and back.active == "blue"
+    assert events[0].names == {"rolled_back", "switched"}
     assert canary.weights_for(back, s) == {"blue": 1.0, "green": 0.0}
     again, _ = canary.switch(back, s, T0 + 3)
     assert again.active == "green"
@@ -560,8 +570,9 @@ def test_blue_green_preview_gets_nothing_until_switch_and_back() -> None:
 
 def test_blue_green_auto_switch_without_analysis_switches_once_blessed() -> None:
     s = bg(auto_switch=True)
-    st = bg_live(s)
+    st, events = canary.validated(canary.initial_state(s, T0), s, T0, "green", True, ["ok"])
     assert st.phase is Phase.PROMOTED and st.active == "green"
+    assert events[0].kind is EventKind.BLESSED and events[0].switched
 
 
 def test_blue_green_analysis_pass_waits_for_switch_or_switches_itself() -> None:
@@ -572,9 +583,11 @@ def test_blue_green_analysis_pass_waits_for_switch_or_switches_itself() -> None:
     )
     assert st.phase is Phase.PROGRESSING and st.gate_waiting and st.active == "blue"
     assert "waiting for switch" in events[0].reason
+    assert events[0].kind is EventKind.ANALYSIS_PASSED
     auto = bg(a, auto_switch=True)
-    st, _ = canary.blue_green_step(bg_live(auto), obs(cand=(60, 0), stable=(0, 0)), auto, DUE)
+    st, events = canary.blue_green_step(bg_live(auto), obs(cand=(60, 0), stable=(0, 0)), auto, DUE)
     assert st.phase is Phase.PROMOTED and st.active == "green"
+    assert events[0].names == {"promoted", "switched"}
 
 
 def test_blue_green_failing_preview_is_rolled_back_and_abort() -> None:
