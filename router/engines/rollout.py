@@ -1,16 +1,17 @@
-"""The `canary` and `blue_green` engines: the Engine seam over a RolloutController."""
+"""The `canary` and `blue_green` engines: the Engine seam over a RolloutController
+(`router/engines/rollout_controller.py`), which drives the pure `policies.rollout`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from policies import canary
+from policies import rollout
 from policies.base import Context, Decision
-from policies.canary import Event, RolloutState
+from policies.rollout import RolloutState
 from policies.spec import BlueGreenSpec, CanarySpec, RouteConfig
 from router.engines.base import ActionError, EngineBase, EngineFactory, Services
-from router.rollout import RolloutController, RolloutSpec
+from router.engines.rollout_controller import RolloutController, RolloutSpec, Transition
 
 __all__ = ["ENGINES", "BlueGreenEngine", "CanaryEngine"]
 
@@ -56,10 +57,6 @@ class _RolloutEngine(EngineBase):
     def shares(self) -> dict[str, float]:
         return self.policy.shares()
 
-    @property
-    def state(self) -> RolloutState:
-        return self.controller.state
-
     async def start(self) -> None:
         await self.controller.start()
 
@@ -77,21 +74,21 @@ class _RolloutEngine(EngineBase):
             )
         spec = self._spec
         clock = self.services.clock
-        fn: Callable[[RolloutState], tuple[RolloutState, list[Event]]]
+        fn: Callable[[RolloutState], Transition]
         if name == "promote":
             full = bool(params.get("full", False))
 
-            def fn(s: RolloutState) -> tuple[RolloutState, list[Event]]:
-                return canary.promote(s, spec, clock(), full, reason, actor)
+            def fn(s: RolloutState) -> Transition:
+                return rollout.promote(s, spec, clock(), full, reason, actor)
         else:
             pure = {
-                "abort": canary.abort,
-                "pause": canary.pause,
-                "resume": canary.resume,
-                "switch": canary.switch,
+                "abort": rollout.abort,
+                "pause": rollout.pause,
+                "resume": rollout.resume,
+                "switch": rollout.switch,
             }[name]
 
-            def fn(s: RolloutState) -> tuple[RolloutState, list[Event]]:
+            def fn(s: RolloutState) -> Transition:
                 return pure(s, spec, clock(), reason, actor)
 
         await self.controller.act(name, fn, actor, reason)
@@ -142,7 +139,7 @@ class _RolloutEngine(EngineBase):
             "failure_limit": analysis.failure_limit if analysis else None,
             "step_started_at": st.step_started_at,
             "next_analysis_at": st.next_analysis_at
-            if canary.analysis_due(st, self._spec, float("inf"))
+            if rollout.analysis_due(st, self._spec, float("inf"))
             else None,
             "changed_at": st.changed_at,
             "test": {"method": "msprt", "result": c.last_sequential}

@@ -1,5 +1,6 @@
 """Pure rollout logic for canary and blue-green: from (state, observations, spec, now) to the next
-state and the transitions it made. No clock, no I/O: `router/rollout.py` drives it.
+state and the transitions it made. No clock, no I/O: `router/engines/rollout_controller.py`
+drives it.
 """
 
 from __future__ import annotations
