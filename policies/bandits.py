@@ -153,6 +153,13 @@ class BanditPolicy:
     def stats(self) -> Mapping[str, ArmStats]:
         return self._stats
 
+    @property
+    def phase(self) -> str:
+        return "active"  # a bandit never concludes: it keeps shifting traffic
+
+    def result(self) -> None:
+        return None  # no hypothesis test: the shares are the answer
+
     def shares(self) -> dict[str, float]:
         """Intended share of traffic per arm right now (the propensities), sums to 1."""
         k = len(self.arms)

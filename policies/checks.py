@@ -17,7 +17,7 @@ from policies.params import Param
 from policies.spec import Check
 
 if TYPE_CHECKING:
-    from policies.canary import Observations, Outcome
+    from policies.rollout import Observations, Outcome
 
 __all__ = ["CHECK_KINDS", "MIN_REWARDS", "CheckKind"]
 

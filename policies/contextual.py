@@ -112,10 +112,12 @@ class LinearPolicy:
         i = self._rnd.randrange(k) if self._rnd.random() < self.epsilon else greedy
         return i, self.epsilon / k + (1.0 - self.epsilon if i == greedy else 0.0)
 
-    def update(self, arm: str, reward: float, context: Context, trial: bool = True) -> None:
+    def update(
+        self, arm: str, reward: float, context: Context | None = None, trial: bool = True
+    ) -> None:
         """Fold in one reward; `trial=False` credits a trial already counted (missing_reward: 0)."""
         i = self.arms.index(arm)
-        x = context.features if context.features is not None else self._e0
+        x = self._e0 if context is None or context.features is None else context.features
         if trial:
             self.A[i] += np.outer(x, x)
             self._since[i] += 1
@@ -135,6 +137,13 @@ class LinearPolicy:
 
     def stats(self) -> Mapping[str, ArmStats]:
         return self._stats
+
+    @property
+    def phase(self) -> str:
+        return "active"
+
+    def result(self) -> None:
+        return None  # no hypothesis test
 
     def shares(self) -> dict[str, float]:
         """Share of decisions so far per arm (the choice depends on the context)."""

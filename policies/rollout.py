@@ -1,5 +1,6 @@
 """Pure rollout logic for canary and blue-green: from (state, observations, spec, now) to the next
-state and the transitions it made. No clock, no I/O: `router/rollout.py` drives it.
+state and the transitions it made. No clock, no I/O: `router/engines/rollout_controller.py`
+drives it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "ArmObs",
     "Blessing",
     "Event",
+    "EventKind",
     "Observations",
     "Phase",
     "PromResult",
@@ -215,14 +217,45 @@ class RolloutState:
             raise ValueError(f"stored rollout state is unreadable: {type(e).__name__}: {e}") from e
 
 
+class EventKind(StrEnum):
+    """What a transition did, set by the step function that made it.
+
+    The value is the audit action of an automatic transition (an admin's is the action's name)
+    and, with the phase entered, a name webhooks may subscribe to.
+    """
+
+    BLESSED = "blessed"  # infra validation passed: the rollout starts (wherever that leads)
+    VALIDATION_FAILED = "validation_failed"  # infra validation failed: rolled back
+    STEP = "step"  # on to the next canary step
+    ANALYSIS_FAILED = "analysis_failed"  # a failed window below the failure limit
+    ANALYSIS_PASSED = "analysis_passed"  # the preview passed: waiting for switch
+    PAUSED = "paused"  # by an admin, or the manual gate was reached
+    RESUMED = "resumed"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A transition: a phase change, a step change, or a failed analysis that did not roll back."""
+    """A transition: a phase change, a step change, or a failed analysis that did not roll back.
 
+    `switched`: a blue-green switch (automatic or by an admin) changed the serving side.
+    """
+
+    kind: EventKind
     from_phase: Phase
     to_phase: Phase
     reason: str
     step: int
+    switched: bool = False
+
+    @property
+    def names(self) -> frozenset[str]:
+        """What a webhook's `on:` list matches: the phase entered, the kind, and `switched`."""
+        names = {self.to_phase.value, self.kind.value}
+        if self.switched:
+            names.add("switched")
+        return frozenset(names)
 
 
 # ---- observations --------------------------------------------------------------------------------
@@ -405,10 +438,17 @@ def _pct(spec: CanarySpec, i: int) -> str:
 
 
 def _enter(
-    state: RolloutState, spec: CanarySpec, idx: int, now: float, reason: str, via_gate: bool
+    state: RolloutState,
+    spec: CanarySpec,
+    idx: int,
+    now: float,
+    reason: str,
+    via_gate: bool,
+    kind: EventKind | None = None,
 ) -> tuple[RolloutState, list[Event]]:
     """Move to step `idx`: the manual gate pauses before the final step; a final 100% step (or
-    passing the last one) is promotion."""
+    passing the last one) is promotion. `kind` overrides the event kind the move implies
+    (validation: blessed, wherever the rollout lands)."""
     last = len(spec.steps) - 1
     before = state.phase
     if idx > last or (
@@ -422,7 +462,7 @@ def _enter(
             reason=reason,
             changed_at=now,
         )
-        return new, [Event(before, Phase.PROMOTED, reason, new.step)]
+        return new, [Event(kind or EventKind.PROMOTED, before, Phase.PROMOTED, reason, new.step)]
     if idx == last and spec.gate == "manual" and not via_gate:
         why = f"{reason}; manual gate: waiting for promote before {_pct(spec, idx)}"
         new = replace(
@@ -433,7 +473,7 @@ def _enter(
             reason=why,
             changed_at=now,
         )
-        return new, [Event(before, Phase.PAUSED, why, new.step)]
+        return new, [Event(kind or EventKind.PAUSED, before, Phase.PAUSED, why, new.step)]
     new = replace(
         state,
         phase=Phase.PROGRESSING,
@@ -446,10 +486,13 @@ def _enter(
         reason=reason,
         changed_at=now,
     )
-    return new, [Event(before, Phase.PROGRESSING, f"{reason}; now at {_pct(spec, idx)}", idx)]
+    why = f"{reason}; now at {_pct(spec, idx)}"
+    return new, [Event(kind or EventKind.STEP, before, Phase.PROGRESSING, why, idx)]
 
 
-def _roll_back(state: RolloutState, now: float, reason: str) -> tuple[RolloutState, list[Event]]:
+def _roll_back(
+    state: RolloutState, now: float, reason: str, kind: EventKind = EventKind.ROLLED_BACK
+) -> tuple[RolloutState, list[Event]]:
     new = replace(
         state,
         phase=Phase.ROLLED_BACK,
@@ -458,7 +501,7 @@ def _roll_back(state: RolloutState, now: float, reason: str) -> tuple[RolloutSta
         reason=reason,
         changed_at=now,
     )
-    return new, [Event(state.phase, Phase.ROLLED_BACK, reason, state.step)]
+    return new, [Event(kind, state.phase, Phase.ROLLED_BACK, reason, state.step)]
 
 
 def _sequential(state: RolloutState, obs: Observations, analysis: AnalysisSpec) -> tuple[bool, str]:
@@ -536,7 +579,8 @@ def _analysis_tick(
             f"{label}: analysis failed {closed.failures}/{analysis.failure_limit}: "
             f"{result.reasons[0]}"
         )
-        return closed, [Event(state.phase, state.phase, why, state.step)], None
+        event = Event(EventKind.ANALYSIS_FAILED, state.phase, state.phase, why, state.step)
+        return closed, [event], None
     return closed, [], result.reasons[0]
 
 
@@ -550,12 +594,14 @@ def validated(
     state = replace(state, blessing=blessing)
     if not ok:
         failing = next((r for r in results if "FAIL" in r), results[-1] if results else "no answer")
-        return _roll_back(state, now, f"infra validation of {backend} failed: {failing}")
+        why = f"infra validation of {backend} failed: {failing}"
+        return _roll_back(state, now, why, EventKind.VALIDATION_FAILED)
     reason = f"{backend} blessed: {len(results)} validation request(s) passed"
     if spec.kind == "blue_green":
         bg: BlueGreenSpec = spec
         if bg.auto_switch and bg.analysis is None:
-            return _do_switch(state, bg, now, f"{reason}; auto_switch without analysis")
+            why = f"{reason}; auto_switch without analysis"
+            return _do_switch(state, bg, now, why, EventKind.BLESSED)
         new = replace(
             state,
             phase=Phase.PROGRESSING,
@@ -564,11 +610,13 @@ def validated(
             reason=reason,
             changed_at=now,
         )
-        return new, [Event(Phase.VALIDATING, Phase.PROGRESSING, reason, new.step)]
+        return new, [
+            Event(EventKind.BLESSED, Phase.VALIDATING, Phase.PROGRESSING, reason, new.step)
+        ]
     c: CanarySpec = spec
     if len(c.steps) == 1 and c.gate == "manual":
         state = replace(state, step=-1)
-    return _enter(state, c, 0, now, reason, via_gate=False)
+    return _enter(state, c, 0, now, reason, via_gate=False, kind=EventKind.BLESSED)
 
 
 # ---- actions (pure; the engine maps TransitionError to 409) --------------------------------------
@@ -630,7 +678,7 @@ def pause(
         )
     why = _by(actor, "pause", reason)
     new = replace(state, phase=Phase.PAUSED, paused_reason=why, reason=why, changed_at=now)
-    return new, [Event(state.phase, Phase.PAUSED, why, state.step)]
+    return new, [Event(EventKind.PAUSED, state.phase, Phase.PAUSED, why, state.step)]
 
 
 def resume(
@@ -651,11 +699,15 @@ def resume(
         reason=why,
         changed_at=now,
     )
-    return new, [Event(Phase.PAUSED, Phase.PROGRESSING, why, state.step)]
+    return new, [Event(EventKind.RESUMED, Phase.PAUSED, Phase.PROGRESSING, why, state.step)]
 
 
 def _do_switch(
-    state: RolloutState, spec: BlueGreenSpec, now: float, reason: str
+    state: RolloutState,
+    spec: BlueGreenSpec,
+    now: float,
+    reason: str,
+    kind: EventKind | None = None,
 ) -> tuple[RolloutState, list[Event]]:
     current = state.active or spec.active
     target = spec.preview if current == spec.active else spec.active
@@ -670,7 +722,9 @@ def _do_switch(
         reason=why,
         changed_at=now,
     )
-    return new, [Event(state.phase, phase, why, state.step)]
+    if kind is None:
+        kind = EventKind.PROMOTED if phase is Phase.PROMOTED else EventKind.ROLLED_BACK
+    return new, [Event(kind, state.phase, phase, why, state.step, switched=True)]
 
 
 def switch(
@@ -708,5 +762,6 @@ def blue_green_step(
     why = f"{label} passed analysis: {passed}"
     if spec.auto_switch:
         return _do_switch(closed, spec, now, f"{why}; auto_switch")
-    new = replace(closed, gate_waiting=True, reason=f"{why}; waiting for switch", changed_at=now)
-    return new, [Event(state.phase, state.phase, new.reason or why, state.step)]
+    why = f"{why}; waiting for switch"
+    new = replace(closed, gate_waiting=True, reason=why, changed_at=now)
+    return new, [Event(EventKind.ANALYSIS_PASSED, state.phase, state.phase, why, state.step)]
