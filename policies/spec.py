@@ -20,7 +20,6 @@ POLICY_KINDS: tuple[str, ...] = (
     "contextual_bandit",
 )
 LEARNING_KINDS: frozenset[str] = frozenset({"ab_test", "bandit", "contextual_bandit"})
-ROLLOUT_KINDS: frozenset[str] = frozenset({"canary", "blue_green"})
 
 
 @dataclass(frozen=True, slots=True)
