@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-PolicyKind = Literal["weighted", "blue_green", "canary", "ab_test", "bandit", "contextual_bandit"]
 POLICY_KINDS: tuple[str, ...] = (
     "weighted",
     "blue_green",
@@ -21,7 +20,6 @@ POLICY_KINDS: tuple[str, ...] = (
     "contextual_bandit",
 )
 LEARNING_KINDS: frozenset[str] = frozenset({"ab_test", "bandit", "contextual_bandit"})
-ROLLOUT_KINDS: frozenset[str] = frozenset({"canary", "blue_green"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +109,6 @@ StickySource = Literal["header", "cookie", "query"]
 class Sticky:
     source: StickySource
     name: str  # header names lower-case
-
-
-RetryOn = Literal["connect-failure", "reset", "timeout", "5xx"]
 
 
 @dataclass(frozen=True, slots=True)
