@@ -1,13 +1,22 @@
 """Engines of the learning kinds (ab_test, bandit, contextual_bandit): policy, rewards, persistence.
 
 The hot path (`choose`, `observe`, `feedback`) is synchronous and touches only the policy and
-in-memory counters. A background tick (every second) pulls accepted feedback from the store
-that this process has not applied yet (other workers or replicas; after a restart, what came
-after the snapshot), refreshes metrics and the A/B test, and persists a snapshot when dirty.
+in-memory counters. A background tick (every second) merges learning state with every other
+process and replica through the store (`policies.merge`):
 
-The snapshot `policy:{route}` holds the policy's sufficient statistics, the regret tracker,
-the feedback watermark (highest store seq folded in) and the ids of decisions applied above the
-watermark, so replay after a crash neither loses nor double-counts an accepted reward.
+- what this process learned since its last flush (decisions, rewards from responses) is added to
+  the shared sums as increments, in one atomic store call that also answers the merged totals,
+  which the policy adopts; counts and sums of one update always travel together;
+- accepted feedback is durable in the store's feedback log before its 202, and is folded into the
+  sums exactly once by whichever process wins the fold (a compare-and-set on the sums' mark, the
+  highest log seq folded, in the same atomic call). The process that received a reward applies it
+  at once for visibility; that effect is provisional and replaced by the totals once folded.
+
+So decisions and rewards add up exactly across processes, store traffic is one merge and one
+feedback read per route per tick (never per request), and a `kill -9` loses at most the
+un-flushed decisions and response rewards of that process (never an accepted reward: a survivor
+or the restart folds it). The `policy:{route}` document keeps what does not add up (an A/B
+test's winner and mSPRT p-values).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import numpy as np
 
 from policies.base import ArmStats, Context, Decision, LearningPolicy
 from policies.features import FeatureEncoder, json_pointer
+from policies.merge import Arrays, Merger, diff
 from policies.registry import build_encoder, build_policy
 from policies.regret import RegretTracker
 from policies.spec import ABTestSpec, BanditSpec, ContextualSpec, RouteConfig
@@ -73,11 +83,12 @@ class LearningEngine(EngineBase):
         self._to_arm = {b: a for a, b in self._to_backend.items()}
         self.arms = tuple(self._to_backend[a] for a in self.policy.arms)
         self.regret = RegretTracker()
-        self._watermark = 0
-        self._applied: dict[str, None] = {}  # ids applied by the handler, not yet seen by a pull
-        self._pulled: set[str] = set()  # ids applied by the last two pulls (handler race guard)
-        self._pulled_prev: set[str] = set()
-        self._dirty = False
+        self._merger = Merger(self._additive, self._load_additive)
+        self._mark = -1  # highest feedback seq folded into the shared sums, as last seen
+        self._cursor = 0  # feedback log read position (<= _mark after a lost fold)
+        self._folded: set[str] = set()  # ids folded by the last two ticks (handler race guard)
+        self._folded_prev: set[str] = set()
+        self._dirty = False  # the policy document (non-additive state) needs writing
         self._task: asyncio.Task[None] | None = None
         self._srm_flagged = False
         self._decided = False
@@ -105,7 +116,6 @@ class LearningEngine(EngineBase):
             # missing_reward: every decision is a trial now; feedback later adds its reward
             self.policy.update(arm, self._missing, ctx, trial=True)
             self.regret.reward(arm, self._missing, ctx.label, trial=True)
-        self._dirty = True
         return d if backend == arm else Decision(backend, d.propensity)
 
     def _failover(self, d: Decision, healthy: Callable[[str], bool]) -> Decision:
@@ -148,28 +158,41 @@ class LearningEngine(EngineBase):
         ok = error is None and status < r.max_status
         if ok and r.max_latency is not None:
             ok = latency <= r.max_latency
-        self._learn(arm, 1.0 if ok else 0.0, ctx if ctx is not None else Context())
+        self._learn(
+            arm, 1.0 if ok else 0.0, ctx if ctx is not None else Context(), self.policy, self.regret
+        )
 
     def feedback(self, arm: str, reward: float, ctx: Context, token_id: str | None = None) -> None:
-        """An accepted, already durable reward from the feedback endpoint."""
-        if token_id is not None:
-            if token_id in self._pulled or token_id in self._pulled_prev:
-                return  # a pull got to it first
-            self._applied[token_id] = None
-        self._learn(arm, reward, ctx)
+        """An accepted reward from the feedback endpoint. With `token_id` it is durable in the
+        feedback log, which folds it into the shared sums: applied here provisionally, for
+        immediate visibility. Without one it is this process's own increment."""
+        if token_id is None:
+            self._learn(arm, reward, ctx, self.policy, self.regret)
+            return
+        if token_id in self._folded or token_id in self._folded_prev:
+            return  # a tick folded it before this handler ran: the totals have it
+        self._merger.provisionally(
+            token_id, lambda: self._learn(arm, reward, ctx, self.policy, self.regret)
+        )
 
-    def _learn(self, backend: str, reward: float, ctx: Context) -> None:
+    def _learn(
+        self,
+        backend: str,
+        reward: float,
+        ctx: Context,
+        policy: LearningPolicy,
+        regret: RegretTracker,
+    ) -> None:
         arm = self._to_arm.get(backend)
         if arm is None:
             return
         ctx = self._fit_context(ctx)
         if self._missing is not None:
-            self.policy.update(arm, reward - self._missing, ctx, trial=False)
-            self.regret.reward(arm, reward - self._missing, ctx.label, trial=False)
+            policy.update(arm, reward - self._missing, ctx, trial=False)
+            regret.reward(arm, reward - self._missing, ctx.label, trial=False)
         else:
-            self.policy.update(arm, reward, ctx, trial=True)
-            self.regret.reward(arm, reward, ctx.label, trial=True)
-        self._dirty = True
+            policy.update(arm, reward, ctx, trial=True)
+            regret.reward(arm, reward, ctx.label, trial=True)
 
     def _fit_context(self, ctx: Context) -> Context:
         return ctx
@@ -227,18 +250,43 @@ class LearningEngine(EngineBase):
     def _key(self) -> str:
         return f"policy:{self.route}"
 
+    @property
+    def _sums_key(self) -> str:
+        return f"{self.route}:{self.kind}"
+
+    def _additive(self) -> Arrays:
+        return {**self.policy.additive(), **self.regret.additive()}
+
+    def _load_additive(self, totals: Arrays) -> None:
+        self.policy.load_additive(totals)
+        self.regret.load_additive(totals)
+        self.regret.forget_arms(set(self.policy.arms))
+
     async def start(self) -> None:
-        snap = await self.services.store.get(self._key)
+        store = self.services.store
+        snap = await store.get(self._key)
+        legacy: Arrays | None = None
+        legacy_mark = -1
         if isinstance(snap, dict) and snap.get("kind") == self.kind:
             try:
                 self.policy.restore(snap.get("policy", {}))
-                self.regret.restore(snap.get("regret", {}))
-                self.regret.forget_arms(set(self.policy.arms))
-                self._watermark = int(snap.get("watermark", 0))
-                self._applied = dict.fromkeys(str(x) for x in snap.get("applied", []))
+                if snap.get("format") != 2:
+                    # a snapshot from before merged sums: its statistics seed the sums once
+                    self.regret.restore(snap.get("regret", {}))
+                    self.regret.forget_arms(set(self.policy.arms))
+                    legacy, legacy_mark = self._additive(), int(snap.get("watermark", 0))
             except (TypeError, ValueError, KeyError) as e:
                 log.warning("route '%s': ignoring an unreadable snapshot: %s", self.route, e)
-        await self._pull()
+        taken = self._merger.take()[1]
+        if legacy is not None:
+            # seeds only where nobody did yet (mark -1): N workers upgrading migrate it once
+            merged = await store.merge(self._sums_key, {}, legacy, -1, legacy_mark)
+        else:
+            merged = await store.merge(self._sums_key, {})
+        self._merger.load(merged.totals, taken)
+        self._mark = merged.mark
+        self._cursor = max(0, merged.mark)
+        await self.sync()
         self._refresh()
         self._task = asyncio.create_task(self._loop(), name=f"learning:{self.route}")
 
@@ -249,9 +297,9 @@ class LearningEngine(EngineBase):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         try:
-            await self._pull()
-        except Exception as e:  # the snapshot below still saves what we have
-            log.warning("route '%s': final feedback pull failed: %s", self.route, e)
+            await self.sync()
+        except Exception as e:  # the document below still saves what does not add up
+            log.warning("route '%s': final merge failed: %s", self.route, e)
         await self.persist()
 
     async def _loop(self) -> None:
@@ -265,21 +313,20 @@ class LearningEngine(EngineBase):
                 log.exception("route '%s': learning tick failed", self.route)
 
     async def tick(self) -> None:
-        """Pull feedback applied elsewhere, refresh metrics and the test, persist if dirty."""
-        await self._pull()
+        """Merge with the other processes, refresh metrics and the test, persist if dirty."""
+        await self.sync()
         await self._refresh_test()
         self._refresh()
         if self._dirty:
             await self.persist()
 
     async def persist(self) -> None:
+        """Write the policy document: what does not add up (the sums live in the store)."""
         snap = {
             "kind": self.kind,
+            "format": 2,
             "algorithm": self._algorithm,
             "policy": self.policy.state(),
-            "regret": self.regret.state(),
-            "watermark": self._watermark,
-            "applied": list(self._applied),
         }
         self._dirty = False
         try:
@@ -288,22 +335,39 @@ class LearningEngine(EngineBase):
             self._dirty = True
             raise
 
-    async def _pull(self) -> None:
-        records: list[FeedbackRecord] = await self.services.store.feedback_since(
-            self.route, self._watermark
-        )
-        self._pulled_prev, self._pulled = self._pulled, set()
+    async def sync(self) -> None:
+        """One merge: fold new feedback from the log (if no other process folded it first), add
+        this process's increments, adopt the totals. Two store calls, whatever the traffic."""
+        store = self.services.store
+        records: list[FeedbackRecord] = await store.feedback_since(self.route, self._cursor)
+        known = [r.token_id for r in records if r.seq <= self._mark]
+        fresh = [r for r in records if r.seq > self._mark]
+        top = max((r.seq for r in fresh), default=max(self._mark, self._cursor))
+        fold = self._fold_increments(fresh) if fresh else {}
+        inc, taken = self._merger.take()
+        merged = await store.merge(self._sums_key, inc, fold, self._mark, top)
+        done = set(known)
+        if merged.applied:
+            done.update(r.token_id for r in fresh)
+            self._cursor = top
+        else:  # another process folded first: what it covered is in the totals
+            done.update(r.token_id for r in fresh if r.seq <= merged.mark)
+        self._folded_prev, self._folded = self._folded, done
+        self._merger.load(merged.totals, taken, done)
+        self._mark = merged.mark
+
+    def _fold_increments(self, records: list[FeedbackRecord]) -> Arrays:
+        """What `records` add to the sums: learned by a fresh policy, the difference taken."""
+        policy = build_policy(self.spec, np.random.default_rng(0))
+        regret = RegretTracker()
+        before = {**policy.additive(), **regret.additive()}
         for r in records:
-            if r.token_id in self._applied:
-                del self._applied[r.token_id]
-            else:
-                self._pulled.add(r.token_id)
-                ctx = Context(
-                    features=None if r.context is None else np.asarray(r.context, dtype=float),
-                    label=r.label,
-                )
-                self._learn(r.arm, r.reward, ctx)
-            self._watermark = max(self._watermark, r.seq)
+            ctx = Context(
+                features=None if r.context is None else np.asarray(r.context, dtype=float),
+                label=r.label,
+            )
+            self._learn(r.arm, r.reward, ctx, policy, regret)
+        return diff({**policy.additive(), **regret.additive()}, before)
 
     async def _refresh_test(self) -> None:
         test = self.policy.result()
@@ -324,7 +388,7 @@ class LearningEngine(EngineBase):
         self._srm_flagged = bool(srm["flagged"])
         self._metrics.set_srm(self.route, self._srm_flagged)
         if test["decided"] and not self._decided:
-            self._dirty = True
+            self._dirty = True  # the winner does not add up: it goes into the document
             await audit.record(
                 self.route,
                 "concluded" if self.phase == "concluded" else "test_decided",

@@ -6,10 +6,13 @@ so callers never know which one they talk to. Values are JSON-able documents.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from policies.params import Param
 from policies.spec import StateConfig
@@ -33,6 +36,55 @@ class FeedbackRecord:
     context: tuple[float, ...] | None = None  # contextual features, when the route has them
     label: str | None = None  # context label for per-context regret
     seq: int = 0  # store-assigned, increasing; 0 before it is stored
+
+
+MARK_FIELD = "#mark"  # the field of a sums hash holding its fold mark (see `Store.merge`)
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """What `Store.merge` answers: the totals after the merge, the fold mark (-1 when the sums
+    were never written), and whether the conditional part was added."""
+
+    totals: dict[str, np.ndarray[Any, np.dtype[np.float64]]]
+    mark: int
+    applied: bool
+
+
+def sum_fields(arrays: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """Flat store fields ``name#i`` of named float arrays, zeros left out; rejects non-finite
+    values (a NaN added to a shared total would poison every process)."""
+    out: list[tuple[str, float]] = []
+    for name, arr in arrays.items():
+        if "#" in name:
+            raise ValueError(f"sum name {name!r} must not contain '#'")
+        for i, v in enumerate(np.asarray(arr, dtype=float).ravel().tolist()):
+            if v != 0.0:
+                if not math.isfinite(v):
+                    raise ValueError(f"sum {name}[{i}] is not finite: {v}")
+                out.append((f"{name}#{i}", v))
+    return out
+
+
+def merged_from_fields(fields: Iterable[tuple[str, Any]], applied: bool) -> Merged:
+    """Reassemble `name#i` fields into arrays (missing indexes are zeros)."""
+    cells: dict[str, dict[int, float]] = {}
+    mark = -1
+    for field, value in fields:
+        if field == MARK_FIELD:
+            mark = int(float(value))
+            continue
+        name, sep, idx = field.rpartition("#")
+        if not sep or not idx.isdigit():
+            continue
+        cells.setdefault(name, {})[int(idx)] = float(value)
+    totals: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
+    for name, c in cells.items():
+        arr = np.zeros(max(c) + 1)
+        for i, v in c.items():
+            arr[i] = v
+        totals[name] = arr
+    return Merged(totals, mark, applied)
 
 
 class Store(Protocol):
@@ -60,6 +112,18 @@ class Store(Protocol):
 
     # records of a route with seq > after_seq, oldest first (replay after a restart)
     async def feedback_since(self, route: str, after_seq: int) -> list[FeedbackRecord]: ...
+
+    # additive learning state (`policies.merge`): add `add` to the sums under `key`, and also
+    # `fold` with the mark set to `mark` if the stored mark equals `expect` (-1: never set), all
+    # in one atomic step; answer the totals after it. `merge(key, {})` only reads.
+    async def merge(
+        self,
+        key: str,
+        add: Mapping[str, Any],
+        fold: Mapping[str, Any] | None = None,
+        expect: int = -1,
+        mark: int = -1,
+    ) -> Merged: ...
 
     # forget records received before `older_than`; a token stays a duplicate at least until
     # its record is pruned, so callers prune only records older than the feedback TTL

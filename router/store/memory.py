@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from policies.spec import StateConfig
-from router.store.base import FeedbackRecord, Store, StoreKind
+from router.store.base import (
+    MARK_FIELD,
+    FeedbackRecord,
+    Merged,
+    Store,
+    StoreKind,
+    merged_from_fields,
+    sum_fields,
+)
 
 
 def _copy(value: Any) -> Any:
@@ -26,6 +35,7 @@ class MemoryStore:
         self._tokens: set[str] = set()
         self._seq = 0
         self._lock = asyncio.Lock()
+        self._sums: dict[str, dict[str, float]] = {}
 
     async def open(self) -> None:
         return None
@@ -46,6 +56,25 @@ class MemoryStore:
     async def audit_list(self, limit: int = 200, route: str | None = None) -> list[dict[str, Any]]:
         rows = [e for e in self._audit if route is None or e.get("route") == route]
         return [_copy(e) for e in rows[-limit:]] if limit > 0 else []
+
+    async def merge(
+        self,
+        key: str,
+        add: Mapping[str, Any],
+        fold: Mapping[str, Any] | None = None,
+        expect: int = -1,
+        mark: int = -1,
+    ) -> Merged:
+        plain, cond = sum_fields(add), sum_fields(fold or {})
+        h = self._sums.setdefault(key, {})
+        for f, v in plain:
+            h[f] = h.get(f, 0.0) + v
+        applied = int(h.get(MARK_FIELD, -1)) == expect
+        if applied:
+            for f, v in cond:
+                h[f] = h.get(f, 0.0) + v
+            h[MARK_FIELD] = float(mark)
+        return merged_from_fields(h.items(), applied)
 
     async def feedback_add(self, records: list[FeedbackRecord]) -> list[bool]:
         out: list[bool] = []

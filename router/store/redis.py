@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +31,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from policies.params import Param
 from policies.spec import StateConfig
-from router.store.base import FeedbackRecord, Store, StoreError, StoreKind
+from router.store.base import (
+    FeedbackRecord,
+    Merged,
+    Store,
+    StoreError,
+    StoreKind,
+    merged_from_fields,
+    sum_fields,
+)
 
 __all__ = ["RedisStore", "StoreUnavailable"]
 
@@ -82,6 +90,32 @@ return #items
 """
 
 
+# KEYS: the sums hash. ARGV: number of plain fields, then (field, increment) pairs, then expect,
+# mark, then the conditional (field, increment) pairs. All in one script, so every process sees
+# each flush whole: counts and sums of one update never part.
+_MERGE = """
+local n = tonumber(ARGV[1])
+local i = 2
+for _ = 1, n do
+  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local expect, mark = ARGV[i], ARGV[i + 1]
+i = i + 2
+local cur = redis.call('HGET', KEYS[1], '#mark')
+local applied = 0
+if tonumber(cur or '-1') == tonumber(expect) then
+  while i <= #ARGV do
+    redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  redis.call('HSET', KEYS[1], '#mark', mark)
+  applied = 1
+end
+return {applied, redis.call('HGETALL', KEYS[1])}
+"""
+
+
 class StoreUnavailable(StoreError):
     """Redis cannot be reached (refused, timed out, dropped); the message names the URL."""
 
@@ -107,6 +141,7 @@ class RedisStore:
 
     _add: AsyncScript  # registered by open()
     _prune: AsyncScript
+    _merge: AsyncScript
 
     def __init__(
         self,
@@ -162,6 +197,7 @@ class RedisStore:
             raise
         self._add = r.register_script(_ADD)
         self._prune = r.register_script(_PRUNE)
+        self._merge = r.register_script(_MERGE)
         self._r = r
 
     async def _check_persistence(self, r: aioredis.Redis) -> None:
@@ -223,6 +259,35 @@ class RedisStore:
         with self._errors():
             old: Any = await db.set(f"{self.prefix}kv:{key}", text, nx=True, get=True)
         return json.loads(text) if old is None else json.loads(old)
+
+    # ---- additive sums: HINCRBYFLOAT in one script, then the totals ----
+
+    async def merge(
+        self,
+        key: str,
+        add: Mapping[str, Any],
+        fold: Mapping[str, Any] | None = None,
+        expect: int = -1,
+        mark: int = -1,
+    ) -> Merged:
+        plain, cond = sum_fields(add), sum_fields(fold or {})
+        hkey = f"{self.prefix}sums:{key}"
+        db = self._db()
+        if not plain and not cond and mark == expect:  # a read
+            with self._errors():
+                h: Any = await db.hgetall(hkey)
+            m = merged_from_fields(h.items(), False)
+            return Merged(m.totals, m.mark, m.mark == expect)
+        args: list[str | int] = [len(plain)]
+        for f, v in plain:
+            args += [f, repr(v)]
+        args += [int(expect), int(mark)]
+        for f, v in cond:
+            args += [f, repr(v)]
+        with self._errors():
+            applied, flat = await self._merge(keys=[hkey], args=args)
+        pairs = zip(flat[0::2], flat[1::2], strict=True)
+        return merged_from_fields(pairs, bool(int(applied)))
 
     # ---- audit ----
 

@@ -12,14 +12,23 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from policies.params import Param
 from policies.spec import StateConfig
-from router.store.base import FeedbackRecord, Store, StoreError, StoreKind
+from router.store.base import (
+    MARK_FIELD,
+    FeedbackRecord,
+    Merged,
+    Store,
+    StoreError,
+    StoreKind,
+    merged_from_fields,
+    sum_fields,
+)
 
 T = TypeVar("T")
 
@@ -40,6 +49,9 @@ CREATE TABLE IF NOT EXISTS feedback (
     label TEXT);
 CREATE INDEX IF NOT EXISTS feedback_route ON feedback (route, seq);
 CREATE INDEX IF NOT EXISTS feedback_received ON feedback (received_at);
+CREATE TABLE IF NOT EXISTS sums (
+    key TEXT NOT NULL, field TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (key, field)
+) WITHOUT ROWID;
 """
 
 
@@ -121,6 +133,57 @@ class SqliteStore:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, text),
         )
+
+    # ---- additive sums: one transaction adds and reads back ----
+
+    async def merge(
+        self,
+        key: str,
+        add: Mapping[str, Any],
+        fold: Mapping[str, Any] | None = None,
+        expect: int = -1,
+        mark: int = -1,
+    ) -> Merged:
+        plain, cond = sum_fields(add), sum_fields(fold or {})
+        return await self._run(self._merge, key, plain, cond, expect, mark)
+
+    def _merge(
+        self,
+        key: str,
+        plain: list[tuple[str, float]],
+        cond: list[tuple[str, float]],
+        expect: int,
+        mark: int,
+    ) -> Merged:
+        db = self._db()
+        upsert = (
+            "INSERT INTO sums (key, field, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (key, field) DO UPDATE SET value = value + excluded.value"
+        )
+        if not plain and not cond and mark == expect:  # a read: one consistent snapshot is enough
+            rows = db.execute("SELECT field, value FROM sums WHERE key = ?", (key,)).fetchall()
+            m = merged_from_fields(rows, False)
+            return Merged(m.totals, m.mark, m.mark == expect)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(upsert, [(key, f, v) for f, v in plain])
+            row = db.execute(
+                "SELECT value FROM sums WHERE key = ? AND field = ?", (key, MARK_FIELD)
+            ).fetchone()
+            applied = (-1 if row is None else int(row[0])) == expect
+            if applied:
+                db.executemany(upsert, [(key, f, v) for f, v in cond])
+                db.execute(
+                    "INSERT INTO sums (key, field, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (key, field) DO UPDATE SET value = excluded.value",
+                    (key, MARK_FIELD, float(mark)),
+                )
+            rows = db.execute("SELECT field, value FROM sums WHERE key = ?", (key,)).fetchall()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return merged_from_fields(rows, applied)
 
     # ---- audit ----
 
