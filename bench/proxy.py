@@ -52,7 +52,7 @@ import asyncio, sys, uvloop
 from router.audit import Audit
 from router.config import parse_config
 from router.metrics import Metrics
-from router.proxy import start_proxy
+from router.dataplane.proxy import start_proxy
 from router.runtime import Runtime
 from router.store.memory import MemoryStore
 async def main():

@@ -47,11 +47,11 @@ class Server:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
-        import router.proxy as proxy_module
+        import router.dataplane.proxy as proxy_module
         from router.admin import create_admin_app
         from router.audit import Audit
+        from router.dataplane.proxy import start_proxy
         from router.metrics import Metrics
-        from router.proxy import start_proxy
         from router.runtime import Runtime
         from router.store import open_store
 

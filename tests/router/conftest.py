@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from router.audit import Audit
 from router.config import parse_config
+from router.dataplane.proxy import ProxyServer, start_proxy
 from router.metrics import Metrics
-from router.proxy import ProxyServer, start_proxy
 from router.runtime import Runtime
 from router.store.memory import MemoryStore
 
@@ -250,7 +250,7 @@ import asyncio, sys, uvloop
 from router.audit import Audit
 from router.config import parse_config
 from router.metrics import Metrics
-from router.proxy import start_proxy
+from router.dataplane.proxy import start_proxy
 from router.runtime import Runtime
 from router.store.memory import MemoryStore
 

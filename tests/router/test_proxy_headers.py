@@ -8,7 +8,8 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-from router.http import Request, sane_request_id
+from router.dataplane.head import sane_request_id
+from router.dataplane.seam import Request
 from tests.router.conftest import parse_responses, raw_exchange, simple_config
 
 
@@ -267,8 +268,8 @@ async def test_on_uvloop(upstreams):
 
             from router.audit import Audit
             from router.config import parse_config
+            from router.dataplane.proxy import start_proxy
             from router.metrics import Metrics
-            from router.proxy import start_proxy
             from router.runtime import Runtime
             from router.store.memory import MemoryStore
 
