@@ -315,7 +315,7 @@ class Exchange:
         self.proto.server.inflight.discard(self)
         self._fail("timeout", retryable=deadline is None or now < deadline)
 
-    # ---- upstream events (router.upstream.UpstreamUser) ----------------------------------------
+    # ---- upstream events (upstream.UpstreamUser) ------------------------------------------------
 
     def u_connected(self, conn: UpstreamConnection) -> None:
         if self.state != S_CONNECTING or self.proto.lost:

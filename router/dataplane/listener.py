@@ -452,12 +452,7 @@ class ClientProtocol(asyncio.Protocol):
             client_ip = client_address(self.peer, self._xff, self.limits.trusted_hops)
             ex.req = Request(ms, path, query_b.decode("latin-1"), self._headers, client_ip)
             if route is None:
-                if path == feedback.FEEDBACK_PATH:
-                    feedback.begin(ex, ms)
-                else:
-                    ex.pending = (404, error_body(404, f"no route for {ms} {path}"))
-                self._reset_head()
-                self._enqueue(ex)
+                self._unrouted(ex, ms, path)
                 return
         ex.route = route
         ex.head_pieces = forwarded_head(
@@ -479,6 +474,15 @@ class ClientProtocol(asyncio.Protocol):
             if ex.req is not None and route.needs_body:
                 ex.req.body = b""
             ex.select()
+        self._reset_head()
+        self._enqueue(ex)
+
+    def _unrouted(self, ex: Exchange, method: str, path: str) -> None:
+        """A request no route takes: the feedback endpoint, or 404."""
+        if path == feedback.FEEDBACK_PATH:
+            feedback.begin(ex, method)
+        else:
+            ex.pending = (404, error_body(404, f"no route for {method} {path}"))
         self._reset_head()
         self._enqueue(ex)
 
