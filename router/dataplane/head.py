@@ -24,6 +24,7 @@ __all__ = [
     "REQUEST_HEADERS",
     "RESPONSE_HEADERS",
     "Refused",
+    "check_method",
     "client_address",
     "connection_tokens",
     "forwarded_head",
