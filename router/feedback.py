@@ -191,8 +191,8 @@ async def load_secret(config: Config, store: Store) -> bytes:
     if isinstance(stored, str) and len(stored) >= 32:
         return stored.encode()
     fresh = secrets.token_hex(32)
-    await store.put(SECRET_KEY, fresh)
-    again = await store.get(SECRET_KEY)  # another replica may have raced us; use what won
+    # atomic: workers and replicas starting together all keep the one that won
+    again = await store.put_if_absent(SECRET_KEY, fresh)
     log.warning(
         "%s is not set: generated a feedback secret and stored it in the state store; "
         "set %s to share one secret across routers with different stores",

@@ -99,6 +99,10 @@ class Store(Protocol):
 
     async def put(self, key: str, value: Any) -> None: ...
 
+    # store `value` unless `key` exists; answer what it holds afterwards (processes racing to
+    # create one document, such as the generated feedback secret, all end with the same one)
+    async def put_if_absent(self, key: str, value: Any) -> Any: ...
+
     # audit log: append-only, newest last
     async def audit_append(self, entry: dict[str, Any]) -> None: ...
 

@@ -50,6 +50,11 @@ class MemoryStore:
     async def put(self, key: str, value: Any) -> None:
         self._kv[key] = _copy(value)
 
+    async def put_if_absent(self, key: str, value: Any) -> Any:
+        if key not in self._kv:
+            self._kv[key] = _copy(value)
+        return _copy(self._kv[key])
+
     async def audit_append(self, entry: dict[str, Any]) -> None:
         self._audit.append(_copy(entry))
 

@@ -252,8 +252,7 @@ class RedisStore:
             await db.set(f"{self.prefix}kv:{key}", text)
 
     async def put_if_absent(self, key: str, value: Any) -> Any:
-        """Store `value` unless `key` exists; return what the key holds afterwards (not yet in
-        the Store protocol: proposed so replicas agree on one generated secret)."""
+        """Store `value` unless `key` exists; return what the key holds afterwards."""
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
         db = self._db()
         with self._errors():

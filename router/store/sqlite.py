@@ -82,9 +82,10 @@ class SqliteStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), isolation_level=None)
+            # first: `serve --workers` opens the file from N processes at once
+            conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open state store {self.path}: {e}") from e
@@ -184,6 +185,17 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         return merged_from_fields(rows, applied)
+
+    async def put_if_absent(self, key: str, value: Any) -> Any:
+        """Store `value` unless `key` exists; return what the key holds afterwards."""
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        return await self._run(self._put_if_absent, key, text)
+
+    def _put_if_absent(self, key: str, text: str) -> Any:
+        db = self._db()
+        db.execute("INSERT OR IGNORE INTO kv (key, value) VALUES (?, ?)", (key, text))
+        row = db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0])
 
     # ---- audit ----
 
