@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -330,9 +331,16 @@ class SqliteStore:
         return int(cur.rowcount)
 
 
+STATE_DIR_ENV = "MODELROUTER_STATE_DIR"
+
+
 def _open(cfg: StateConfig, base_dir: Path, feedback_ttl: float) -> Store:
+    # the container image sets MODELROUTER_STATE_DIR to its writable volume: a config mounted
+    # read-only (ConfigMap, docker -v) still starts with the default relative path
     path = Path(cfg.path)
-    return SqliteStore(path if path.is_absolute() else base_dir / path)
+    state_dir = os.environ.get(STATE_DIR_ENV)
+    base = Path(state_dir) if state_dir else base_dir
+    return SqliteStore(path if path.is_absolute() else base / path)
 
 
 KIND = StoreKind(
@@ -340,7 +348,8 @@ KIND = StoreKind(
     (
         Param(
             "path",
-            "SQLite file; relative paths resolve against the config file's directory.",
+            "SQLite file; a relative path resolves against `$MODELROUTER_STATE_DIR` when set "
+            "(the container image sets `/var/lib/modelrouter`), else the config file's directory.",
             type="string",
             default="modelrouter.db",
         ),
