@@ -470,6 +470,7 @@ class Runtime:
             clock=self.clock,
             rng=self.rng,
             http=self.http,
+            decider=self.signer,
         )
         routes: list[RouteRuntime] = []
         started: list[Engine] = []

@@ -38,6 +38,7 @@ from policies.registry import build_encoder, build_policy
 from policies.regret import RegretTracker
 from policies.spec import ABTestSpec, BanditSpec, ContextualSpec, RouteConfig
 from router.engines.base import ActionError, EngineBase, EngineFactory, Services
+from router.feedback import DECIDER_CHARS
 
 if TYPE_CHECKING:
     from router.dataplane.seam import Request
@@ -48,6 +49,7 @@ __all__ = ["ENGINES", "ContextualEngine", "LearningEngine"]
 log = logging.getLogger("modelrouter.learning")
 
 _Z95 = 1.959963984540054
+_HEX = frozenset("0123456789abcdef")
 
 
 class LearningEngine(EngineBase):
@@ -55,6 +57,9 @@ class LearningEngine(EngineBase):
 
     learns = True
     tick_interval = 1.0  # seconds between feedback pulls / metric refreshes / snapshots
+    # a decider silent this long (while this process flushes fine) is dead: the decisions of
+    # its rewards are counted from them, and its own late flushes are refused (fenced)
+    dead_after = 5.0
 
     def __init__(self, route: RouteConfig, services: Services) -> None:
         spec = route.policy
@@ -88,6 +93,12 @@ class LearningEngine(EngineBase):
         self._cursor = 0  # feedback log read position (<= _mark after a lost fold)
         self._folded: set[str] = set()  # ids folded by the last two ticks (handler race guard)
         self._folded_prev: set[str] = set()
+        # token prefixes this process decided under (-> last time current), the meta fields of
+        # the sums (`#flushed:PREFIX`, `#dead:PREFIX`) as last merged, and since when this
+        # process has been flushing without a failure (None: it has not, lately)
+        self._prefixes: dict[str, float] = {}
+        self._meta: dict[str, float] = {}
+        self._healthy_since: float | None = None
         self._dirty = False  # the policy document (non-additive state) needs writing
         self._task: asyncio.Task[None] | None = None
         self._srm_flagged = False
@@ -340,24 +351,97 @@ class LearningEngine(EngineBase):
         this process's increments, adopt the totals. Two store calls, whatever the traffic."""
         store = self.services.store
         records: list[FeedbackRecord] = await store.feedback_since(self.route, self._cursor)
+        decider = self.services.decider
+        me = decider.prefix if decider is not None else None
+        stamp = self.services.clock()
+        if me is not None:
+            self._prefixes[me] = stamp
         known = [r.token_id for r in records if r.seq <= self._mark]
-        fresh = [r for r in records if r.seq > self._mark]
-        top = max((r.seq for r in fresh), default=max(self._mark, self._cursor))
-        fold = self._fold_increments(fresh) if fresh else {}
+        folded: list[FeedbackRecord] = []
+        recount: set[str] = set()  # token ids whose decision died with its process
+        dead: set[str] = set()
+        top = self._mark  # the highest seq this merge folds
+        for r in records:
+            if r.seq <= self._mark:
+                continue
+            verdict, node = self._judge(r, stamp)
+            if verdict == "wait":
+                break  # its decider has not flushed that decision yet: fold from here next tick
+            if verdict == "recount":
+                recount.add(r.token_id)
+                dead.add(node)
+            folded.append(r)
+            top = r.seq
+        fold = self._fold_increments(folded, recount) if folded else {}
         inc, taken = self._merger.take()
-        merged = await store.merge(self._sums_key, inc, fold, self._mark, top)
+        nodes = [p for p in self._prefixes if f"#dead:{p}" not in self._meta]
+        try:
+            merged = await store.merge(
+                self._sums_key,
+                inc,
+                fold,
+                self._mark,
+                top,
+                nodes=nodes,
+                stamp=stamp,
+                fence=me,
+                dead=sorted(dead),
+            )
+        except Exception:
+            self._healthy_since = None  # judge nobody dead until we have been flushing again
+            raise
+        if self._healthy_since is None:
+            self._healthy_since = stamp
+        self._meta = merged.meta
+        if merged.fenced:
+            # another process found this one silent for DEAD_AFTER and counted its decisions
+            # from their rewards: what it has not flushed is gone, and so is its token prefix
+            log.error(
+                "route '%s': this process was declared dead by another one (no flush for %.0fs);"
+                " dropping its unflushed decisions and issuing tokens under a new prefix",
+                self.route,
+                self.dead_after,
+            )
+            self._merger.load(merged.totals, self._merger.take()[1])
+            if decider is not None and decider.prefix == me:
+                decider.renew_prefix()
+            self._prefixes.pop(me or "", None)
+            self._mark = merged.mark
+            return
         done = set(known)
         if merged.applied:
-            done.update(r.token_id for r in fresh)
+            done.update(r.token_id for r in folded)
             self._cursor = top
         else:  # another process folded first: what it covered is in the totals
-            done.update(r.token_id for r in fresh if r.seq <= merged.mark)
+            done.update(r.token_id for r in records if self._mark < r.seq <= merged.mark)
         self._folded_prev, self._folded = self._folded, done
         self._merger.load(merged.totals, taken, done)
         self._mark = merged.mark
+        # a prefix this process no longer issues under stops mattering once its tokens expired
+        ttl = self.services.config.feedback.ttl + self.dead_after
+        self._prefixes = {p: t for p, t in self._prefixes.items() if p == me or stamp - t < ttl}
 
-    def _fold_increments(self, records: list[FeedbackRecord]) -> Arrays:
-        """What `records` add to the sums: learned by a fresh policy, the difference taken."""
+    def _judge(self, r: FeedbackRecord, now: float) -> tuple[str, str]:
+        """Whether the reward `r` can be folded ("ok"), must wait until its decider flushed the
+        decision ("wait"), or comes from a process that died before flushing it ("recount":
+        the decision is counted from the reward). Token ids start with their decider's prefix."""
+        node = r.token_id[:DECIDER_CHARS]
+        if len(r.token_id) <= DECIDER_CHARS or not all(c in _HEX for c in node):
+            return "ok", node  # not a decider-tagged id (written before issue 13, or a test's)
+        if node in self._prefixes:
+            return "ok", node  # decided here, before the pull: this very merge flushes it
+        flushed = self._meta.get(f"#flushed:{node}")
+        if flushed is not None and r.decided_at + 0.002 < flushed:
+            return "ok", node  # its decider's flush at `flushed` had counted it
+        if f"#dead:{node}" in self._meta:
+            return "recount", node
+        last = flushed if flushed is not None else r.decided_at
+        ref = max(last, self._healthy_since if self._healthy_since is not None else now)
+        return ("recount" if now - ref > self.dead_after else "wait"), node
+
+    def _fold_increments(self, records: list[FeedbackRecord], recount: set[str]) -> Arrays:
+        """What `records` add to the sums: learned by a fresh policy, the difference taken.
+        A `recount` record also adds its decision (its decider died before flushing it)."""
         policy = build_policy(self.spec, np.random.default_rng(0))
         regret = RegretTracker()
         before = {**policy.additive(), **regret.additive()}
@@ -366,6 +450,14 @@ class LearningEngine(EngineBase):
                 features=None if r.context is None else np.asarray(r.context, dtype=float),
                 label=r.label,
             )
+            arm = self._to_arm.get(r.arm)
+            if r.token_id in recount and arm is not None:
+                policy.stats()[arm].decisions += 1
+                regret.decision(arm, ctx.label)
+                if self._missing is not None:
+                    fit = self._fit_context(ctx)
+                    policy.update(arm, self._missing, fit, trial=True)
+                    regret.reward(arm, self._missing, ctx.label, trial=True)
             self._learn(r.arm, r.reward, ctx, policy, regret)
         return diff({**policy.additive(), **regret.additive()}, before)
 

@@ -7,8 +7,8 @@ so callers never know which one they talk to. Values are JSON-able documents.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,11 +44,15 @@ MARK_FIELD = "#mark"  # the field of a sums hash holding its fold mark (see `Sto
 @dataclass(frozen=True, slots=True)
 class Merged:
     """What `Store.merge` answers: the totals after the merge, the fold mark (-1 when the sums
-    were never written), and whether the conditional part was added."""
+    were never written), whether the conditional part was added, whether the call was refused
+    because its `fence` node was declared dead, and the meta fields (`#flushed:NODE`: when that
+    node last flushed; `#dead:NODE`: declared dead)."""
 
     totals: dict[str, np.ndarray[Any, np.dtype[np.float64]]]
     mark: int
     applied: bool
+    fenced: bool = False
+    meta: dict[str, float] = field(default_factory=dict)
 
 
 def sum_fields(arrays: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -66,15 +70,21 @@ def sum_fields(arrays: Mapping[str, Any]) -> list[tuple[str, float]]:
     return out
 
 
-def merged_from_fields(fields: Iterable[tuple[str, Any]], applied: bool) -> Merged:
+def merged_from_fields(
+    fields: Iterable[tuple[str, Any]], applied: bool, fenced: bool = False
+) -> Merged:
     """Reassemble `name#i` fields into arrays (missing indexes are zeros)."""
     cells: dict[str, dict[int, float]] = {}
+    meta: dict[str, float] = {}
     mark = -1
-    for field, value in fields:
-        if field == MARK_FIELD:
+    for key, value in fields:
+        if key == MARK_FIELD:
             mark = int(float(value))
             continue
-        name, sep, idx = field.rpartition("#")
+        if key.startswith("#"):
+            meta[key] = float(value)
+            continue
+        name, sep, idx = key.rpartition("#")
         if not sep or not idx.isdigit():
             continue
         cells.setdefault(name, {})[int(idx)] = float(value)
@@ -84,7 +94,7 @@ def merged_from_fields(fields: Iterable[tuple[str, Any]], applied: bool) -> Merg
         for i, v in c.items():
             arr[i] = v
         totals[name] = arr
-    return Merged(totals, mark, applied)
+    return Merged(totals, mark, applied, fenced, meta)
 
 
 class Store(Protocol):
@@ -117,9 +127,11 @@ class Store(Protocol):
     # records of a route with seq > after_seq, oldest first (replay after a restart)
     async def feedback_since(self, route: str, after_seq: int) -> list[FeedbackRecord]: ...
 
-    # additive learning state (`policies.merge`): add `add` to the sums under `key`, and also
-    # `fold` with the mark set to `mark` if the stored mark equals `expect` (-1: never set), all
-    # in one atomic step; answer the totals after it. `merge(key, {})` only reads.
+    # additive learning state (`policies.merge`), all in one atomic step: refuse everything if
+    # `fence` is a node declared dead (`#dead:NODE`); else add `add` to the sums under `key`, set
+    # `#flushed:N` = `stamp` for each of `nodes`, and, if the stored mark equals `expect` (-1:
+    # never set), also add `fold`, set the mark to `mark` and declare `dead` nodes dead. Answers
+    # the totals after it. `merge(key, {})` only reads.
     async def merge(
         self,
         key: str,
@@ -127,6 +139,11 @@ class Store(Protocol):
         fold: Mapping[str, Any] | None = None,
         expect: int = -1,
         mark: int = -1,
+        *,
+        nodes: Sequence[str] = (),
+        stamp: float = 0.0,
+        fence: str | None = None,
+        dead: Sequence[str] = (),
     ) -> Merged: ...
 
     # forget records received before `older_than`; a token stays a duplicate at least until

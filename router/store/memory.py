@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +69,27 @@ class MemoryStore:
         fold: Mapping[str, Any] | None = None,
         expect: int = -1,
         mark: int = -1,
+        *,
+        nodes: Sequence[str] = (),
+        stamp: float = 0.0,
+        fence: str | None = None,
+        dead: Sequence[str] = (),
     ) -> Merged:
         plain, cond = sum_fields(add), sum_fields(fold or {})
         h = self._sums.setdefault(key, {})
+        if fence is not None and f"#dead:{fence}" in h:
+            return merged_from_fields(h.items(), False, fenced=True)
         for f, v in plain:
             h[f] = h.get(f, 0.0) + v
+        for n in nodes:
+            h[f"#flushed:{n}"] = float(stamp)
         applied = int(h.get(MARK_FIELD, -1)) == expect
         if applied:
             for f, v in cond:
                 h[f] = h.get(f, 0.0) + v
             h[MARK_FIELD] = float(mark)
+            for n in dead:
+                h[f"#dead:{n}"] = 1.0
         return merged_from_fields(h.items(), applied)
 
     async def feedback_add(self, records: list[FeedbackRecord]) -> list[bool]:

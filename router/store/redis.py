@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -90,29 +90,43 @@ return #items
 """
 
 
-# KEYS: the sums hash. ARGV: number of plain fields, then (field, increment) pairs, then expect,
+# KEYS: the sums hash. ARGV: fence ('' for none), stamp, number of flushed nodes, the nodes,
+# number of dead nodes, the nodes, number of plain fields, (field, increment) pairs, expect,
 # mark, then the conditional (field, increment) pairs. All in one script, so every process sees
-# each flush whole: counts and sums of one update never part.
+# each flush whole: counts and sums of one update never part. Returns {applied, fenced, fields}.
 _MERGE = """
-local n = tonumber(ARGV[1])
-local i = 2
+local h = KEYS[1]
+if ARGV[1] ~= '' and redis.call('HEXISTS', h, '#dead:' .. ARGV[1]) == 1 then
+  return {0, 1, redis.call('HGETALL', h)}
+end
+local stamp = ARGV[2]
+local i = 3
+local nodes = tonumber(ARGV[i])
+for k = 1, nodes do redis.call('HSET', h, '#flushed:' .. ARGV[i + k], stamp) end
+i = i + nodes + 1
+local ndead = tonumber(ARGV[i])
+local dead_at = i + 1
+i = i + ndead + 1
+local n = tonumber(ARGV[i])
+i = i + 1
 for _ = 1, n do
-  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBYFLOAT', h, ARGV[i], ARGV[i + 1])
   i = i + 2
 end
 local expect, mark = ARGV[i], ARGV[i + 1]
 i = i + 2
-local cur = redis.call('HGET', KEYS[1], '#mark')
+local cur = redis.call('HGET', h, '#mark')
 local applied = 0
 if tonumber(cur or '-1') == tonumber(expect) then
   while i <= #ARGV do
-    redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('HINCRBYFLOAT', h, ARGV[i], ARGV[i + 1])
     i = i + 2
   end
-  redis.call('HSET', KEYS[1], '#mark', mark)
+  redis.call('HSET', h, '#mark', mark)
+  for k = 0, ndead - 1 do redis.call('HSET', h, '#dead:' .. ARGV[dead_at + k], 1) end
   applied = 1
 end
-return {applied, redis.call('HGETALL', KEYS[1])}
+return {applied, 0, redis.call('HGETALL', h)}
 """
 
 
@@ -268,25 +282,31 @@ class RedisStore:
         fold: Mapping[str, Any] | None = None,
         expect: int = -1,
         mark: int = -1,
+        *,
+        nodes: Sequence[str] = (),
+        stamp: float = 0.0,
+        fence: str | None = None,
+        dead: Sequence[str] = (),
     ) -> Merged:
         plain, cond = sum_fields(add), sum_fields(fold or {})
         hkey = f"{self.prefix}sums:{key}"
         db = self._db()
-        if not plain and not cond and mark == expect:  # a read
+        if not plain and not cond and mark == expect and not nodes and not dead:  # a read
             with self._errors():
                 h: Any = await db.hgetall(hkey)
             m = merged_from_fields(h.items(), False)
-            return Merged(m.totals, m.mark, m.mark == expect)
-        args: list[str | int] = [len(plain)]
+            return Merged(m.totals, m.mark, m.mark == expect, False, m.meta)
+        args: list[str | int] = [fence or "", repr(float(stamp)), len(nodes), *nodes]
+        args += [len(dead), *dead, len(plain)]
         for f, v in plain:
             args += [f, repr(v)]
         args += [int(expect), int(mark)]
         for f, v in cond:
             args += [f, repr(v)]
         with self._errors():
-            applied, flat = await self._merge(keys=[hkey], args=args)
+            applied, fenced, flat = await self._merge(keys=[hkey], args=args)
         pairs = zip(flat[0::2], flat[1::2], strict=True)
-        return merged_from_fields(pairs, bool(int(applied)))
+        return merged_from_fields(pairs, bool(int(applied)), bool(int(fenced)))
 
     # ---- audit ----
 

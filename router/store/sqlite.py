@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,9 +145,15 @@ class SqliteStore:
         fold: Mapping[str, Any] | None = None,
         expect: int = -1,
         mark: int = -1,
+        *,
+        nodes: Sequence[str] = (),
+        stamp: float = 0.0,
+        fence: str | None = None,
+        dead: Sequence[str] = (),
     ) -> Merged:
         plain, cond = sum_fields(add), sum_fields(fold or {})
-        return await self._run(self._merge, key, plain, cond, expect, mark)
+        meta = ([(f"#flushed:{n}", float(stamp)) for n in nodes], [f"#dead:{n}" for n in dead])
+        return await self._run(self._merge, key, plain, cond, expect, mark, fence, meta)
 
     def _merge(
         self,
@@ -156,36 +162,46 @@ class SqliteStore:
         cond: list[tuple[str, float]],
         expect: int,
         mark: int,
+        fence: str | None,
+        meta: tuple[list[tuple[str, float]], list[str]],
     ) -> Merged:
         db = self._db()
         upsert = (
             "INSERT INTO sums (key, field, value) VALUES (?, ?, ?) "
             "ON CONFLICT (key, field) DO UPDATE SET value = value + excluded.value"
         )
-        if not plain and not cond and mark == expect:  # a read: one consistent snapshot is enough
-            rows = db.execute("SELECT field, value FROM sums WHERE key = ?", (key,)).fetchall()
-            m = merged_from_fields(rows, False)
-            return Merged(m.totals, m.mark, m.mark == expect)
+        flushed, dead = meta
+        everything = "SELECT field, value FROM sums WHERE key = ?"
+        if not plain and not cond and mark == expect and not flushed and not dead:
+            # a read: one consistent snapshot is enough
+            m = merged_from_fields(db.execute(everything, (key,)).fetchall(), False)
+            return Merged(m.totals, m.mark, m.mark == expect, False, m.meta)
+        setter = (
+            "INSERT INTO sums (key, field, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (key, field) DO UPDATE SET value = excluded.value"
+        )
+        one = "SELECT value FROM sums WHERE key = ? AND field = ?"
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(upsert, [(key, f, v) for f, v in plain])
-            row = db.execute(
-                "SELECT value FROM sums WHERE key = ? AND field = ?", (key, MARK_FIELD)
-            ).fetchone()
-            applied = (-1 if row is None else int(row[0])) == expect
+            fenced = fence is not None and (
+                db.execute(one, (key, f"#dead:{fence}")).fetchone() is not None
+            )
+            applied = False
+            if not fenced:
+                db.executemany(upsert, [(key, f, v) for f, v in plain])
+                db.executemany(setter, [(key, f, v) for f, v in flushed])
+                row = db.execute(one, (key, MARK_FIELD)).fetchone()
+                applied = (-1 if row is None else int(row[0])) == expect
             if applied:
                 db.executemany(upsert, [(key, f, v) for f, v in cond])
-                db.execute(
-                    "INSERT INTO sums (key, field, value) VALUES (?, ?, ?) "
-                    "ON CONFLICT (key, field) DO UPDATE SET value = excluded.value",
-                    (key, MARK_FIELD, float(mark)),
-                )
-            rows = db.execute("SELECT field, value FROM sums WHERE key = ?", (key,)).fetchall()
+                db.execute(setter, (key, MARK_FIELD, float(mark)))
+                db.executemany(setter, [(key, f, 1.0) for f in dead])
+            rows = db.execute(everything, (key,)).fetchall()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return merged_from_fields(rows, applied)
+        return merged_from_fields(rows, applied, fenced)
 
     async def put_if_absent(self, key: str, value: Any) -> Any:
         """Store `value` unless `key` exists; return what the key holds afterwards."""

@@ -253,13 +253,15 @@ async def test_two_routers_of_two_workers_on_redis_add_up_across_kill_9(
             sum(accepted.values()), 6
         )
 
-    for r in routers:
+    for r in routers:  # rewards of the killed worker's last decisions wait until it is dead
         await every_worker_says(r, consistent, "counts and sums consistent", reads=8)
     st = await get_status(r2, "rec")
     got = arms(st)
-    lost = sum(accepted_n.values()) - sum(d for d, _, _ in got.values())
-    print("after kill -9: decisions lost with the killed worker", lost, "status", got)
-    assert 0 <= lost < 100  # at most what that worker decided since its last tick
+    decided = sum(d for d, _, _ in got.values())
+    print("after kill -9: decisions", decided, "rewards accepted", sum(accepted_n.values()), got)
+    # every decision that got a reward counts, also those the killed worker never flushed (its
+    # rewards count them back once it is judged dead); unrewarded ones of its last tick are gone
+    assert decided >= sum(accepted_n.values())
     for d, n, s in got.values():
-        assert d == n  # every decision one trial: flushed together
+        assert d == n  # every decision one trial
         assert s <= n  # a binary mean stays a mean (the 8.3 bug)
