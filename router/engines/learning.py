@@ -421,6 +421,24 @@ class LearningEngine(EngineBase):
         ttl = self.services.config.feedback.ttl + self.dead_after
         self._prefixes = {p: t for p, t in self._prefixes.items() if p == me or stamp - t < ttl}
 
+    def _reports(self) -> bool:
+        """Whether this process records the route's test events in the audit log: every process
+        sees the same merged test, so only one of them (the live one with the smallest token
+        prefix, as of the last merge) writes each entry."""
+        decider = self.services.decider
+        if decider is None:
+            return True
+        me = decider.prefix
+        now = self.services.clock()
+        live = [
+            k[len("#flushed:") :]
+            for k, t in self._meta.items()
+            if k.startswith("#flushed:")
+            and now - t <= self.dead_after
+            and f"#dead:{k[len('#flushed:') :]}" not in self._meta
+        ]
+        return min([*live, me]) == me
+
     def _judge(self, r: FeedbackRecord, now: float) -> tuple[str, str]:
         """Whether the reward `r` can be folded ("ok"), must wait until its decider flushed the
         decision ("wait"), or comes from a process that died before flushing it ("recount":
@@ -468,7 +486,8 @@ class LearningEngine(EngineBase):
         self._test = test
         audit = self.services.audit
         srm = test["srm"]
-        if srm["flagged"] and not self._srm_flagged:
+        reports = self._reports()
+        if srm["flagged"] and not self._srm_flagged and reports:
             log.warning("route '%s': sample ratio mismatch (p=%.2g)", self.route, srm["p_value"])
             await audit.record(
                 self.route,
@@ -481,6 +500,7 @@ class LearningEngine(EngineBase):
         self._metrics.set_srm(self.route, self._srm_flagged)
         if test["decided"] and not self._decided:
             self._dirty = True  # the winner does not add up: it goes into the document
+        if test["decided"] and not self._decided and reports:
             await audit.record(
                 self.route,
                 "concluded" if self.phase == "concluded" else "test_decided",

@@ -273,3 +273,35 @@ async def test_store_merge_is_atomic_under_concurrency(opener: Opener) -> None:
     assert final.totals["z"].tolist() == [1.0] and final.mark == 7
     with pytest.raises(ValueError, match="not finite"):
         await stores[0].merge("k", {"x": np.array([float("nan")])})
+
+
+AB = (
+    "{kind: ab_test, arms: {A: a, B: b}, split: {A: 50, B: 50}, "
+    "test: {method: z_test, min_samples: 100}, conclude: route_winner}"
+)
+
+
+async def test_an_ab_test_decided_on_merged_totals_is_audited_once(opener: Opener) -> None:
+    """Every process sees the same merged test; one of them records it."""
+    procs = [await engine(opener(), AB, seed=i) for i in range(3)]
+    rnd = random.Random(2)
+    try:
+        for step in range(3000):
+            p = procs[step % 3]
+            arm = p.choose(Context()).arm
+            p.feedback(arm, float(rnd.random() < (0.2 if arm == "a" else 0.6)), Context())
+            if step % 50 == 49:
+                for q in procs:
+                    await q.tick()
+            if all(q.phase == "concluded" for q in procs):
+                break
+        assert all(q.phase == "concluded" for q in procs)
+        for q in procs:
+            await q.tick()
+        entries = await procs[0].services.audit.list()
+        actions = [e["action"] for e in entries]
+        print("audit:", actions)
+        assert actions.count("concluded") == 1
+    finally:
+        for q in procs:
+            await q.stop()
