@@ -160,8 +160,9 @@ routes:
             delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
             delta = {k: v for k, v in delta.items() if v and k not in ("info",)}
             ops = sum(delta.values()) / dt
-            # calls: scripts (feedback add, merge), sums reads, feedback log reads, documents
-            called = ("evalsha", "hgetall", "zrangebyscore", "get", "xadd", "xrevrange")
+            # calls: scripts (feedback add, merge: their HGETALL, HSET, ... run inside), feedback
+            # log reads, documents, audit
+            called = ("evalsha", "zrangebyscore", "get", "xadd", "xrevrange")
             calls = sum(delta.get(k, 0) for k in called) / dt
             by = ", ".join(f"{k} {v / dt:.1f}" for k, v in sorted(delta.items()))
             print(f"{sent / dt:8.1f} {rewarded / dt:10.1f} {ops:12.1f} {calls:8.1f}  {by}")
