@@ -78,6 +78,7 @@ class Merger:
     A flush is `take()` -> store adds the increments atomically and returns the totals ->
     `load(totals, taken, drop)`. Updates that happen while the store call is in flight are
     kept on top of the new totals; a failed flush needs no undo (the next `take()` includes it).
+    One flush at a time: a second `take()` before the first `load()` would count twice.
     """
 
     def __init__(self, get: Callable[[], Arrays], put: Callable[[Arrays], None]) -> None:

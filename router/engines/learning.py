@@ -99,6 +99,7 @@ class LearningEngine(EngineBase):
         self._prefixes: dict[str, float] = {}
         self._meta: dict[str, float] = {}
         self._healthy_since: float | None = None
+        self._sync_lock = asyncio.Lock()
         self._dirty = False  # the policy document (non-additive state) needs writing
         self._task: asyncio.Task[None] | None = None
         self._srm_flagged = False
@@ -348,7 +349,18 @@ class LearningEngine(EngineBase):
 
     async def sync(self) -> None:
         """One merge: fold new feedback from the log (if no other process folded it first), add
-        this process's increments, adopt the totals. Two store calls, whatever the traffic."""
+        this process's increments, adopt the totals. Two store calls, whatever the traffic.
+
+        One at a time, and never abandoned half way: a cancelled caller (stop, reload) must not
+        leave increments added to the store but not yet marked as flushed here, or the next
+        merge would add them again. So the merge runs shielded, under a lock."""
+        await asyncio.shield(asyncio.ensure_future(self._sync_once()))
+
+    async def _sync_once(self) -> None:
+        async with self._sync_lock:
+            await self._sync()
+
+    async def _sync(self) -> None:
         store = self.services.store
         records: list[FeedbackRecord] = await store.feedback_since(self.route, self._cursor)
         decider = self.services.decider

@@ -305,3 +305,35 @@ async def test_an_ab_test_decided_on_merged_totals_is_audited_once(opener: Opene
     finally:
         for q in procs:
             await q.stop()
+
+
+async def test_a_merge_cancelled_in_flight_is_not_counted_twice() -> None:
+    """stop() or a reload cancels the tick while its merge is in the store: the increments must
+    be counted once, not once by the cancelled merge and again by the final one."""
+    import asyncio
+
+    class SlowStore(MemoryStore):
+        gate: asyncio.Event | None = None
+
+        async def merge(self, *args: Any, **kw: Any) -> Any:
+            got = await super().merge(*args, **kw)  # applied in the store...
+            if self.gate is not None:
+                await self.gate.wait()  # ...and the answer is slow to come back
+            return got
+
+    store = SlowStore()
+    e = await engine(store, BANDIT)
+    for _ in range(40):
+        e.choose(Context())
+    store.gate = asyncio.Event()
+    tick = asyncio.create_task(e.tick())
+    await asyncio.sleep(0)  # the tick is inside merge
+    for _ in range(3):
+        await asyncio.sleep(0)
+    tick.cancel()
+    store.gate.set()
+    await asyncio.gather(tick, return_exceptions=True)
+    await e.stop()
+    merged = await store.merge("r:bandit", {})
+    decisions = sum(float(v[3]) for k, v in merged.totals.items() if k.startswith("bandit.v1/"))
+    assert decisions == 40
