@@ -27,6 +27,7 @@ __all__ = ["METHODS", "ABScenario", "MethodResult", "run_ab", "scenario_from_map
 # look (naive peeking), and the sequential test at every look
 METHODS = ("z_test", "welch_t", "msprt")
 REQUEST_DISTS = ("fixed", "geometric", "pareto")
+PARETO_TAIL = 2.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +115,9 @@ def _requests(sc: ABScenario, g: np.random.Generator, n: int) -> np.ndarray[Any,
         return np.full(n, max(1, round(m)), dtype=float)
     if sc.requests == "geometric":
         return g.geometric(1.0 / m, size=n).astype(float)
-    # Pareto (Lomax + 1) with tail index 1.5: infinite variance, mean m
-    shape = 1.5
+    # Pareto (Lomax + 1) with tail index 2.5: heavy (a few users make hundreds of requests)
+    # but finite variance, which the delta method over users needs
+    shape = PARETO_TAIL
     scale = (m - 1.0) * (shape - 1.0)
     return np.floor(1.0 + scale * g.pareto(shape, size=n)).clip(max=1e6)
 
