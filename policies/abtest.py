@@ -38,11 +38,14 @@ METHODS = ("z_test", "welch_t", "msprt", "bayesian")
 class _Period:
     """A stretch of time with one split in force, and the decisions made under it."""
 
-    __slots__ = ("bucketed", "decisions", "label", "weights")
+    __slots__ = ("bounds", "bucketed", "decisions", "label", "weights")
 
-    def __init__(self, label: str, weights: Mapping[str, float]) -> None:
+    def __init__(
+        self, label: str, weights: Mapping[str, float], bounds: Sequence[int] = ()
+    ) -> None:
         self.label = label
         self.weights = dict(weights)
+        self.bounds = list(bounds)  # the bucket layout in force (arm order of `weights`)
         self.decisions = dict.fromkeys(weights, 0)
         self.bucketed: array[float] | None = None  # decisions per sticky bucket
 
@@ -51,6 +54,7 @@ class _Period:
             "label": self.label,
             "weights": self.weights,
             "decisions": self.decisions,
+            "bounds": self.bounds,
         }
         if self.bucketed is not None:
             d["bucketed"] = pack(self.bucketed)
@@ -59,7 +63,7 @@ class _Period:
     @classmethod
     def from_state(cls, d: Mapping[str, Any], arms: Sequence[str]) -> _Period:
         weights = {a: float(w) for a, w in d["weights"].items() if a in arms}
-        p = cls(str(d["label"]), weights)
+        p = cls(str(d["label"]), weights, [int(b) for b in d.get("bounds", [])])
         for a, n in d.get("decisions", {}).items():
             if a in p.decisions:
                 p.decisions[a] = int(n)
@@ -97,8 +101,6 @@ class ABTestPolicy:
             raise ValueError("give the mSPRT mixing distribution once: mixing_sd or tau2")
         if tau2 is not None:
             mixing_sd = math.sqrt(tau2)  # legacy: a variance
-        self.arms = tuple(split)
-        self.weights = {a: float(w) / total for a, w in split.items()}
         self.reward_type = reward_type
         self.method = method
         self.alpha = alpha
@@ -109,27 +111,61 @@ class ABTestPolicy:
         self.unit = "user" if sticky else "request"
         self._np = rng
         self._rnd = random.Random(int(rng.integers(0, 2**63)))
+        self.arms: tuple[str, ...] = ()
+        self.weights: dict[str, float] = {}
+        self._bounds: list[int] = []
+        self._cum: list[float] = []
+        self._stats: dict[str, ArmStats] = {}
+        self._obs: dict[str, UnitAccumulator] = {}
+        self._pairs: list[tuple[str, str]] = []
+        self._running_p: dict[str, float] = {}
+        self._running_cs: dict[str, list[float]] = {}
+        self._periods: list[_Period] = []
+        self.guardrails = GuardrailSet(guardrails, tuple(split), alpha=alpha, by_unit=sticky)
+        self.winner: str | None = None
+        self._split(split)
+
+    def _split(self, split: Mapping[str, float]) -> None:
+        """Lay out the buckets for `split` (arm -> weight); kept arms keep their statistics,
+        kept comparisons their running p-values and confidence sequences (still valid: the
+        same comparison, looked at later). A new layout starts a new SRM period."""
+        total = float(sum(split.values()))
+        self.arms = tuple(split)
+        self.weights = {a: float(w) / total for a, w in split.items()}
         # contiguous bucket ranges, in split order: arm j owns [bounds[j-1], bounds[j])
         acc = 0.0
-        self._bounds: list[int] = []
+        self._bounds = []
         for a in self.arms:
             acc += self.weights[a]
             self._bounds.append(round(acc * BUCKETS))
         self._bounds[-1] = BUCKETS
         self._cum = [b / BUCKETS for b in self._bounds]
-        self._stats = {a: ArmStats() for a in self.arms}
-        self._obs = {a: UnitAccumulator() for a in self.arms}
+        self._stats = {a: self._stats.get(a) or ArmStats() for a in self.arms}
+        self._obs = {a: self._obs.get(a) or UnitAccumulator() for a in self.arms}
         self._pairs = [
             (self.arms[i], self.arms[j])
             for i in range(len(self.arms))
             for j in range(i + 1, len(self.arms))
         ]
-        self._running_p = {_pair_key(a, b): 1.0 for a, b in self._pairs}
-        self._running_cs = {_pair_key(a, b): [-math.inf, math.inf] for a, b in self._pairs}
-        self._periods = [_Period("split", self.weights)]
-        self.guardrails = GuardrailSet(guardrails, self.arms, alpha=alpha, by_unit=sticky)
-        self.winner: str | None = None
-        self._last: dict[str, Any] | None = None
+        keys = [_pair_key(a, b) for a, b in self._pairs]
+        self._running_p = {k: self._running_p.get(k, 1.0) for k in keys}
+        self._running_cs = {k: self._running_cs.get(k, [-math.inf, math.inf]) for k in keys}
+        self._periods.append(_Period("split", self.weights, self._bounds))
+        self.guardrails.set_arms(self.arms)
+        if self.winner not in self._stats:
+            self.winner = None
+
+    def set_arms(self, arms: Sequence[str]) -> None:
+        """Change the arm set: kept arms keep their weight and statistics, a new arm gets the
+        mean weight of the kept ones; the first arm is the control. A winner that is gone is
+        forgotten."""
+        if len(arms) < 2:
+            raise ValueError("an A/B test needs at least two arms")
+        kept = [self.weights[a] for a in arms if a in self.weights]
+        fresh = sum(kept) / len(kept) if sum(kept) > 0.0 else 1.0
+        self._split({a: self.weights.get(a, fresh) for a in arms})
+        if self.winner is not None and self.conclude == "route_winner":
+            self._new_period_if_concluded()
 
     @property
     def phase(self) -> str:
@@ -168,6 +204,7 @@ class ABTestPolicy:
     def update(
         self, arm: str, reward: float, context: Context | None = None, trial: bool = True
     ) -> None:
+        """Fold in one reward; `trial=False` credits a trial already counted (missing_reward)."""
         s = self._stats[arm]
         bucket = context.bucket if context is not None and self.sticky else None
         if trial:
@@ -309,7 +346,6 @@ class ABTestPolicy:
         out["srm"] = self._srm()
         if guard.get("metrics"):
             out["guardrails"] = guard
-        self._last = out
         return out
 
     def _bayesian(
@@ -404,8 +440,8 @@ class ABTestPolicy:
                 continue
             observed = [float(per.decisions[a]) for a in arms]
             phi = 1.0
-            if per.bucketed is not None:
-                phi = self._dispersion(per.bucketed)
+            if per.bucketed is not None and len(per.bounds) == len(per.weights):
+                phi = self._dispersion(per.bucketed, per.bounds)
             p, _ = st.srm_test(observed, [per.weights[a] for a in arms], phi)
             entry.update(p_value=p, flagged=p < st.SRM_THRESHOLD, dispersion=phi)
             periods.append(entry)
@@ -419,11 +455,12 @@ class ABTestPolicy:
             "periods": periods,
         }
 
-    def _dispersion(self, counts: array[float]) -> float:
+    @staticmethod
+    def _dispersion(counts: array[float], bounds: Sequence[int]) -> float:
         x = np.frombuffer(counts, dtype=np.float64)
         sums, sq, owned = [], [], []
         lo = 0
-        for hi in self._bounds:
+        for hi in bounds:
             seg = x[lo:hi]
             sums.append(float(seg.sum()))
             sq.append(float(seg @ seg))
@@ -443,7 +480,7 @@ class ABTestPolicy:
             "arms": {a: s.to_json() for a, s in self._stats.items()},
             "obs": {a: o.state() for a, o in self._obs.items()},
             "running_p": dict(self._running_p),
-            "running_cs": {k: list(v) for k, v in self._running_cs.items()},
+            "running_cs": {k: [_finite(x) for x in v] for k, v in self._running_cs.items()},
             "periods": [p.state() for p in self._periods],
             "guardrails": self.guardrails.state(),
             "winner": self.winner,
@@ -474,7 +511,11 @@ class ABTestPolicy:
                 self._running_p[k] = float(p)
         for k, cs in state.get("running_cs", {}).items():
             if k in self._running_cs and isinstance(cs, list) and len(cs) == 2:
-                self._running_cs[k] = [float(cs[0]), float(cs[1])]
+                lo, hi = cs
+                self._running_cs[k] = [
+                    -math.inf if lo is None else float(lo),
+                    math.inf if hi is None else float(hi),
+                ]
         periods = state.get("periods")
         if isinstance(periods, list) and periods:
             self._periods = [_Period.from_state(p, self.arms) for p in periods]

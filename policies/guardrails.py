@@ -116,6 +116,14 @@ class GuardrailSet:
         for g in self.specs:
             self._by_source.setdefault(g.source, []).append(g)
 
+    def set_arms(self, arms: Sequence[str]) -> None:
+        """Kept arms keep their observations and running p-values; new arms start empty."""
+        self.arms = tuple(arms)
+        for g in self.specs:
+            for a in self.arms:
+                self._acc.setdefault((g.label, a), UnitAccumulator())
+                self._p.setdefault((g.label, a), 1.0)
+
     @property
     def sources(self) -> frozenset[str]:
         return frozenset(self._by_source)

@@ -40,8 +40,8 @@ from policies.spec import (
 from router.audit import Audit
 from router.engines.base import ActionError, Services
 from router.engines.rollout import ENGINES, BlueGreenEngine, CanaryEngine
+from router.engines.rollout_controller import Window, parse_prometheus
 from router.metrics import Metrics
-from router.rollout import Window, parse_prometheus
 from router.store import MemoryStore, SqliteStore, Store
 
 # ---- real upstreams ------------------------------------------------------------------------------
