@@ -277,7 +277,7 @@ class ABTestPolicy:
                 else:
                     p = float(2.0 * st.t_cdf(-abs(d) / math.sqrt(v1), df))
                 crit = st.t_ppf(1 - self.alpha / 2, df)
-            v_ci = float(max(st.null_variance(c, t), st.unpooled_variance(c, t)))
+            v_ci = float(st.interval_variance(c, t))
             half = crit * math.sqrt(v_ci)
             lo, hi = d - half, d + half
             out["interval"] = "confidence_interval"
@@ -537,9 +537,10 @@ def _finite(x: float | None) -> float | None:
 
 
 def _relative_variance(c: st.Sample, t: st.Sample, v_test: float) -> float:
-    """Delta-method variance of mean(t)/mean(c) - 1, each arm's variance floored by the pooled
-    one so an arm without conversions yet does not make the lift look certain."""
-    s2 = float(st.pooled_sigma2(c, t))
+    """Delta-method variance of mean(t)/mean(c) - 1, each arm's variance floored by the
+    within-arm pooled one so an arm without conversions yet does not make the lift look
+    certain."""
+    s2 = float(st.within_sigma2(c, t))
     vc = max(float(c.var_mean), s2 / float(c.n)) if c.n else math.inf
     vt = max(float(t.var_mean), s2 / float(t.n)) if t.n else math.inf
     mc = float(c.mean)

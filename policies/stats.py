@@ -339,6 +339,22 @@ def unpooled_variance(c: Sample, t: Sample) -> Num:
     return _f(c.var_mean + t.var_mean)
 
 
+def within_sigma2(c: Sample, t: Sample) -> Num:
+    """Per-observation variance pooled within arms (each about its own mean)."""
+    n = np.maximum(c.n + t.n, 1e-300)
+    return _f((c.q0 + t.q0) / n)
+
+
+def interval_variance(c: Sample, t: Sample) -> Num:
+    """Variance of mean(t) - mean(c) for an interval (any true difference): the arms' own
+    (unpooled) variances, each at least the within-arm pooled one, so an arm with no
+    conversions yet does not look certain."""
+    s2 = within_sigma2(c, t)
+    vc = np.maximum(c.var_mean, s2 / np.maximum(c.n, 1e-300))
+    vt = np.maximum(t.var_mean, s2 / np.maximum(t.n, 1e-300))
+    return _f(vc + vt)
+
+
 def test_variance(c: Sample, t: Sample, bernoulli: bool) -> Num:
     """The variance a test of "no difference" divides by.
 

@@ -211,3 +211,28 @@ def test_srm_dispersion_counts_users() -> None:
     phi = st.srm_dispersion(sums, sq, [1000, 1000])
     print("dispersion with 10 requests per user:", phi)
     assert 9 < phi < 13
+
+
+@pytest.mark.parametrize("bern", [True, False])
+def test_confidence_sequence_covers_the_true_difference_at_every_look(bern: bool) -> None:
+    # 90/10 split, 5% vs 7%: the running intersection over 30 looks must keep the true
+    # difference in at least 1 - alpha of the runs (always valid, not just at the end)
+    g = np.random.default_rng(21)
+    true = 0.02
+    reps, misses = 150, 0
+    looks = np.unique(np.geomspace(500, 30000, 30).astype(int))
+    for _ in range(reps):
+        nc = g.binomial(looks[-1], 0.9)
+        xc = (g.random(nc) < 0.05).astype(float)
+        xt = (g.random(looks[-1] - nc) < 0.07).astype(float)
+        lo, hi = -math.inf, math.inf
+        for n in looks:
+            kc = round(n * 0.9)
+            c = st.Sample.per_request(st.Moments.of(xc[:kc]))
+            t = st.Sample.per_request(st.Moments.of(xt[: n - kc]))
+            tau2 = float(st.default_tau2(c, t, None))
+            a, b = st.confidence_sequence(c, t, tau2, 0.05, bern)
+            lo, hi = max(lo, a), min(hi, b)
+        misses += not (lo <= true <= hi)
+    print("confidence sequence misses over 30 looks:", misses / reps)
+    assert misses / reps <= 0.05
