@@ -13,7 +13,6 @@ from typing import Literal
 
 from policies.guardrails import GuardrailSpec
 
-PolicyKind = Literal["weighted", "blue_green", "canary", "ab_test", "bandit", "contextual_bandit"]
 POLICY_KINDS: tuple[str, ...] = (
     "weighted",
     "blue_green",
@@ -23,7 +22,6 @@ POLICY_KINDS: tuple[str, ...] = (
     "contextual_bandit",
 )
 LEARNING_KINDS: frozenset[str] = frozenset({"ab_test", "bandit", "contextual_bandit"})
-ROLLOUT_KINDS: frozenset[str] = frozenset({"canary", "blue_green"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +111,6 @@ StickySource = Literal["header", "cookie", "query"]
 class Sticky:
     source: StickySource
     name: str  # header names lower-case
-
-
-RetryOn = Literal["connect-failure", "reset", "timeout", "5xx"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from policies.base import Context
+from router.errors import ModelrouterError
 from router.store.base import FeedbackRecord
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SECRET_KEY",
-    "FeedbackError",
     "FeedbackHandler",
     "TokenData",
     "TokenError",
@@ -58,17 +58,14 @@ _VERSION = 1
 _MAX_BATCH = 10_000
 
 
-class TokenError(Exception):
-    """A decision token that cannot be credited; `status` is the HTTP answer (403 or 410)."""
+class TokenError(ModelrouterError):
+    """A feedback item that cannot be credited: `status` is the HTTP answer, `reason` the
+    `feedback_rejected_total` label."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
-        self.message = message
-
-
-FeedbackError = TokenError  # one error type for every refused feedback item
 
 
 @dataclass(frozen=True, slots=True)

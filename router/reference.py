@@ -27,6 +27,7 @@ from policies.checks import CHECK_KINDS
 from policies.params import Param
 from policies.spec import Address, Config
 from router.config import ConfigError, parse_config
+from router.errors import ModelrouterError
 from router.metrics import DURATION_BUCKETS, Metrics
 from router.store import STORE_KINDS
 
@@ -39,7 +40,7 @@ _ALLOWED_RE = re.compile(rf"unknown key '{_PROBE}'; allowed: ([^ ,(;]+(?:, [^ ,(
 _CHOICES_RE = re.compile(r"must be one of (.+?); got")
 
 
-class ReferenceError(Exception):
+class ReferenceError(ModelrouterError):
     """The documentation table below and the validator disagree; the message says how."""
 
 

@@ -1,6 +1,6 @@
 """The live routing table: backends, routes and their engines, matching, selection and reload.
 
-`Runtime.create(config, store=..., metrics=..., audit=...)` builds and starts everything;
+`router.app.open_runtime(config)` wires the store, metrics and audit and calls `Runtime.create`;
 the data plane calls `match`, `RouteRuntime.select` and `RouteRuntime.record` per request,
 the admin API calls `status`, `reload_from_file` and engine actions.
 """
@@ -433,6 +433,8 @@ class Runtime:
                 task.cancel()
             if b.pool is not None:
                 b.pool.close()
+            if b.name not in backends:
+                self.metrics.forget_backend(b.name)
         self._start_health(b for b in backends.values() if b.name not in self._health)
         before_after = (
             ("listen", old_cfg.listen, new.listen),

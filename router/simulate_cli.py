@@ -20,13 +20,14 @@ import yaml
 from policies import simulate as sim
 from policies.spec import LEARNING_KINDS, ABTestSpec, BanditSpec, ContextualSpec, PolicySpec
 from router.config import ConfigError, parse_policy
+from router.errors import ModelrouterError
 
 __all__ = ["Scenario", "ScenarioError", "load_scenario", "simulate_main"]
 
 _KEYS = ("policy", "environment", "horizon", "seeds", "checkpoints")
 
 
-class ScenarioError(Exception):
+class ScenarioError(ModelrouterError):
     """A bad scenario file; `errors` are lines like `FILE: path: message`."""
 
     def __init__(self, errors: list[str]) -> None:

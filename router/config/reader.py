@@ -16,6 +16,8 @@ from typing import Final, TypeVar, overload
 
 import yaml
 
+from router.errors import ModelrouterError
+
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound=str)
 
@@ -39,7 +41,7 @@ _NULL_TAG: Final = "tag:yaml.org,2002:null"
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
 
-class ConfigError(Exception):
+class ConfigError(ModelrouterError):
     """The configuration is invalid; ``errors`` holds every problem, one formatted line each."""
 
     def __init__(self, errors: list[str]) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from policies.base import Context, Decision
 from policies.spec import policy_backends
+from router.errors import ActionError as ActionError  # re-exported: engines raise it
 
 if TYPE_CHECKING:
     import aiohttp
@@ -23,15 +24,6 @@ if TYPE_CHECKING:
     from router.http import Request
     from router.metrics import Metrics
     from router.store.base import Store
-
-
-class ActionError(Exception):
-    """An admin action that does not apply; carries the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass

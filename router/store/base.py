@@ -13,9 +13,10 @@ from typing import Any, Protocol
 
 from policies.params import Param
 from policies.spec import StateConfig
+from router.errors import ModelrouterError
 
 
-class StoreError(Exception):
+class StoreError(ModelrouterError):
     """The store cannot be used (unopenable file, unreachable server, closed)."""
 
 

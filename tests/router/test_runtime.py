@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from router.http import Request
-from tests.router.conftest import wait_for
+from tests.helpers import eventually
 
 CONFIG = """\
 version: 1
@@ -96,11 +96,11 @@ async def test_engine_capabilities_shape_how_a_route_selects(upstreams: Any, rou
     # an override may not reach a preview that failed infra validation ...
     preview = [(b"x-preview", b"1")]
     refused = rt.route("refused")
-    await wait_for(lambda: refused.engine.status()["phase"] == "rolled_back")
+    await eventually(lambda: refused.engine.status()["phase"] == "rolled_back")
     assert refused.select(Request("GET", "/r", "", preview, "127.0.0.1")).backend.name == "a"
     # ... and once blessed it does, and the preview's analysis window sees that traffic
     route = rt.route("preview")
-    await wait_for(lambda: route.engine.status()["phase"] == "progressing")
+    await eventually(lambda: route.engine.status()["phase"] == "progressing")
     sel = route.select(Request("GET", "/p", "", preview, "127.0.0.1"))
     assert sel.backend.name == "b" and sel.arm is None
     route.record(sel, 200, 0.01, None)
