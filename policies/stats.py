@@ -261,14 +261,14 @@ class Sample:
         """From per-unit observation counts N_u and sums S_u (units with N_u = 0 are skipped)."""
         big_n = np.asarray(counts, dtype=float)
         big_s = np.asarray(sums, dtype=float)
-        keep = big_n > 0
-        big_n, big_s = big_n[keep], big_s[keep]
         n = float(big_n.sum())
         if n <= 0:
             return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         mean = float(big_s.sum()) / n
+        # units without observations have S_u = N_u = 0 and add nothing below
         r = big_s - mean * big_n
-        return cls(n, mean, float(big_n.size), float(r @ r), float(r @ big_n), float(big_n @ big_n))
+        units = float(np.count_nonzero(big_n))
+        return cls(n, mean, units, float(r @ r), float(r @ big_n), float(big_n @ big_n))
 
     @classmethod
     def from_sums(cls, n: Num, s: Num, ss: Num, sn: Num, nn: Num, units: Num) -> Sample:
