@@ -38,7 +38,7 @@ METHODS = ("z_test", "welch_t", "msprt", "bayesian")
 class _Period:
     """A stretch of time with one split in force, and the decisions made under it."""
 
-    __slots__ = ("bounds", "bucketed", "decisions", "label", "weights")
+    __slots__ = ("bounds", "bucketed", "decisions", "label", "max_log_bf", "weights")
 
     def __init__(
         self, label: str, weights: Mapping[str, float], bounds: Sequence[int] = ()
@@ -46,6 +46,7 @@ class _Period:
         self.label = label
         self.weights = dict(weights)
         self.bounds = list(bounds)  # the bucket layout in force (arm order of `weights`)
+        self.max_log_bf = 0.0  # running maximum of the sequential SRM test's log Bayes factor
         self.decisions = dict.fromkeys(weights, 0)
         self.bucketed: array[float] | None = None  # decisions per sticky bucket
 
@@ -55,6 +56,7 @@ class _Period:
             "weights": self.weights,
             "decisions": self.decisions,
             "bounds": self.bounds,
+            "max_log_bf": self.max_log_bf,
         }
         if self.bucketed is not None:
             d["bucketed"] = pack(self.bucketed)
@@ -69,6 +71,8 @@ class _Period:
                 p.decisions[a] = int(n)
         if "bucketed" in d:
             p.bucketed = unpack(d["bucketed"])
+        m = d.get("max_log_bf", 0.0)
+        p.max_log_bf = float(m) if isinstance(m, int | float) and math.isfinite(m) else 0.0
         return p
 
 
@@ -426,7 +430,11 @@ class ABTestPolicy:
             )
 
     def _srm(self) -> dict[str, Any]:
-        """Sample-ratio mismatch, judged per period against the split in force then."""
+        """Sample-ratio mismatch, judged per period against the split in force then.
+
+        The p-value is always valid (running maximum of a Dirichlet-multinomial Bayes factor),
+        because the router looks at it every second; `chi2_p_value` is this look's classic
+        chi-square. On sticky routes counts are divided by the per-bucket dispersion (users)."""
         periods = []
         worst = 1.0
         tested = 0
@@ -442,8 +450,14 @@ class ABTestPolicy:
             phi = 1.0
             if per.bucketed is not None and len(per.bounds) == len(per.weights):
                 phi = self._dispersion(per.bucketed, per.bounds)
-            p, _ = st.srm_test(observed, [per.weights[a] for a in arms], phi)
-            entry.update(p_value=p, flagged=p < st.SRM_THRESHOLD, dispersion=phi)
+            weights = [per.weights[a] for a in arms]
+            chi2_p, _ = st.srm_test(observed, weights, phi)
+            log_bf = float(st.srm_log_bayes_factor(observed, weights, phi))
+            per.max_log_bf = max(per.max_log_bf, log_bf)
+            p = min(1.0, math.exp(-per.max_log_bf))
+            entry.update(
+                p_value=p, flagged=p < st.SRM_THRESHOLD, dispersion=phi, chi2_p_value=chi2_p
+            )
             periods.append(entry)
             worst = min(worst, p)
             tested += 1
@@ -452,6 +466,7 @@ class ABTestPolicy:
             "p_value": p_all,
             "flagged": p_all < st.SRM_THRESHOLD,
             "unit": self.unit,
+            "test": "sequential",
             "periods": periods,
         }
 

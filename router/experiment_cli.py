@@ -123,7 +123,8 @@ def format_result(sc: ABScenario, res: Mapping[str, Any], elapsed: float) -> str
             f"{'-' if t is None else f'{t:.0f}':>28}{note}"
         )
     lines.append(
-        f"  sample-ratio mismatch flagged: {res['srm_rate']:.3f} at the end, "
-        f"{res['srm_rate_any_look']:.3f} at any look (threshold p < 0.001 per look)"
+        f"  sample-ratio mismatch flagged: {res['srm_rate']:.3f} (the router's sequential test, "
+        f"any look); a chi-square at p < 0.001 would flag {res['srm_rate_chi2_end']:.3f} at the "
+        f"end, {res['srm_rate_chi2_any_look']:.3f} at any look"
     )
     return "\n".join(lines)

@@ -236,3 +236,20 @@ def test_confidence_sequence_covers_the_true_difference_at_every_look(bern: bool
         misses += not (lo <= true <= hi)
     print("confidence sequence misses over 30 looks:", misses / reps)
     assert misses / reps <= 0.05
+
+
+def test_sequential_srm_does_not_add_up_over_looks() -> None:
+    # the router checks the split every second: a chi-square at p < 0.001 per look fires in a
+    # few % of A/A runs over 200 looks; the always-valid test stays under 0.001 at any look
+    g = np.random.default_rng(8)
+    seq = chi2 = 0
+    runs = 300
+    for _ in range(runs):
+        x = np.cumsum(g.multinomial(500, [0.9, 0.1], size=200), axis=0)
+        seq += bool(np.max(st.srm_log_bayes_factor(x, [0.9, 0.1])) >= math.log(1000))
+        chi2 += bool((np.asarray(st.srm_chi2(x, [0.9, 0.1])) < 0.001).any())
+    print("A/A SRM alarms over 200 looks: sequential", seq / runs, "chi-square", chi2 / runs)
+    assert seq / runs <= 0.005 and chi2 > seq
+    # and it still finds a 2-point shift of a 50/50 split within 100,000 decisions
+    x = np.cumsum(np.random.default_rng(9).multinomial(500, [0.48, 0.52], size=200), axis=0)
+    assert np.max(st.srm_log_bayes_factor(x, [0.5, 0.5])) >= math.log(1000)
