@@ -334,9 +334,17 @@ class LearningEngine(EngineBase):
                 self.regret.forget_arms(set(self.policy.arms))
                 self._watermark = int(snap.get("watermark", 0))
                 self._applied = dict.fromkeys(str(x) for x in snap.get("applied", []))
+                guard = snap.get("guardrails")
+                if self._guard is not None and isinstance(guard, dict):
+                    self._guard.restore(guard)
             except (TypeError, ValueError, KeyError) as e:
                 log.warning("route '%s': ignoring an unreadable snapshot: %s", self.route, e)
         await self._pull()
+        if self._guard is not None:  # a restored failure caps the arm from the first request
+            self._guard_result = self._guard.result()
+            self._failed = self._failed_seen = frozenset(
+                a for a, g in self._guard_result.get("arms", {}).items() if g.get("failed")
+            )
         self._refresh()
         self._task = asyncio.create_task(self._loop(), name=f"learning:{self.route}")
 
@@ -379,6 +387,8 @@ class LearningEngine(EngineBase):
             "watermark": self._watermark,
             "applied": list(self._applied),
         }
+        if self._guard is not None:
+            snap["guardrails"] = self._guard.state()
         self._dirty = False
         try:
             await self.services.store.put(self._key, snap)

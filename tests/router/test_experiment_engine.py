@@ -256,3 +256,27 @@ async def test_sqlite_keeps_bucket_and_metrics_and_upgrades_old_files(tmp_path: 
         ]
     finally:
         await store.close()
+
+
+async def test_bandit_guardrail_failure_survives_a_restart() -> None:
+    store = MemoryStore()
+    await store.open()
+    policy = (
+        "kind: bandit\narms: [a, b]\nalgorithm: thompson\nmin_share: 0.05\n"
+        "guardrails: [{metric: error_rate, max: 0.05}]\n"
+    )
+    e = await make(policy, store=store)
+    g = np.random.default_rng(11)
+    for _ in range(3000):
+        d = e.choose(Context())
+        e.observe(d.arm, 500 if (d.arm == "b" and g.random() < 0.3) else 200, 0.01, None)
+    await e.tick()
+    assert e.status()["guardrails"]["arms"]["b"]["failed"]
+    await e.stop()
+    again = await make(policy, store=store)  # restart (or reload): restores the snapshot
+    try:
+        assert again.status()["guardrails"]["arms"]["b"]["failed"]
+        served = [again.choose(Context()).arm for _ in range(2000)]
+        assert served.count("b") / 2000 < 0.08
+    finally:
+        await again.stop()
