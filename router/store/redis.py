@@ -37,7 +37,9 @@ from router.store.base import (
     Store,
     StoreError,
     StoreKind,
+    extra_fields,
     merged_from_fields,
+    record_extra,
     sum_fields,
 )
 
@@ -358,6 +360,9 @@ class RedisStore:
                 None if r.context is None else [float(x) for x in r.context],
                 r.label,
             ]
+            extra = record_extra(r)
+            if extra is not None:
+                doc.append(extra)
             args += [
                 json.dumps(doc, allow_nan=False, separators=(",", ":")),
                 repr(float(r.received_at)),
@@ -376,7 +381,7 @@ class RedisStore:
             )
         out: list[FeedbackRecord] = []
         for text, score in rows:
-            token_id, arm, reward, decided_at, received_at, ctx, label = json.loads(text)
+            token_id, arm, reward, decided_at, received_at, ctx, label, *rest = json.loads(text)
             out.append(
                 FeedbackRecord(
                     token_id,
@@ -388,6 +393,7 @@ class RedisStore:
                     None if ctx is None else tuple(float(x) for x in ctx),
                     label,
                     int(score),
+                    *extra_fields(rest[0] if rest else None),
                 )
             )
         return out
