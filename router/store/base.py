@@ -14,8 +14,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from policies.base import BUCKETS
 from policies.params import Param
 from policies.spec import StateConfig
+from policies.units import unit_increments
 from router.errors import ModelrouterError
 
 
@@ -97,6 +99,46 @@ def sum_fields(arrays: Mapping[str, Any]) -> list[tuple[str, float]]:
     return out
 
 
+def unit_cells(
+    units: Mapping[str, Mapping[int, Any]] | None,
+) -> list[tuple[str, int, float, float]]:
+    """Flat (group, bucket, dN, dS) of sparse per-bucket increments (`policies.units`);
+    rejects a bad group name, bucket or a non-finite value, like `sum_fields`."""
+    out: list[tuple[str, int, float, float]] = []
+    for group, cells in (units or {}).items():
+        if "#" in group:
+            raise ValueError(f"unit group {group!r} must not contain '#'")
+        for b, (dn, ds) in cells.items():
+            bucket, dn, ds = int(b), float(dn), float(ds)
+            if not 0 <= bucket < BUCKETS:
+                raise ValueError(f"unit group {group}: bucket {bucket} out of range")
+            if not (math.isfinite(dn) and math.isfinite(ds)):
+                raise ValueError(f"unit group {group}[{bucket}] is not finite: {dn}, {ds}")
+            if dn != 0.0 or ds != 0.0:
+                out.append((group, bucket, dn, ds))
+    return out
+
+
+def apply_units(
+    cells: list[tuple[str, int, float, float]],
+    old: Callable[[str, int], tuple[float, float]],
+) -> tuple[list[tuple[str, int, float, float]], list[tuple[str, float]]]:
+    """The per-bucket totals after `cells` (group, bucket, N, S) and the increments of the
+    groups' dense sums (`name#i` fields) they imply; `old(group, bucket)` answers a bucket's
+    total before. Cells of one bucket may repeat: each sees the previous one's result."""
+    seen: dict[tuple[str, int], tuple[float, float]] = {}
+    dense: dict[str, float] = {}
+    for group, bucket, dn, ds in cells:
+        n0, s0 = seen.get((group, bucket)) or old(group, bucket)
+        for i, v in enumerate(unit_increments(n0, s0, dn, ds)):
+            if v != 0.0:
+                f = f"{group}#{i}"
+                dense[f] = dense.get(f, 0.0) + v
+        seen[(group, bucket)] = (n0 + dn, s0 + ds)
+    after = [(g, b, n, s) for (g, b), (n, s) in seen.items()]
+    return after, list(dense.items())
+
+
 def merged_from_fields(
     fields: Iterable[tuple[str, Any]], applied: bool, fenced: bool = False
 ) -> Merged:
@@ -158,7 +200,11 @@ class Store(Protocol):
     # `fence` is a node declared dead (`#dead:NODE`); else add `add` to the sums under `key`, set
     # `#flushed:N` = `stamp` for each of `nodes`, and, if the stored mark equals `expect` (-1:
     # never set), also add `fold`, set the mark to `mark` and declare `dead` nodes dead. Answers
-    # the totals after it. `merge(key, {})` only reads.
+    # the totals after it. `merge(key, {})` only reads. `units` (with `add`) and `fold_units`
+    # (with `fold`) are sparse per-bucket increments {group: {bucket: (dN, dS)}}: added to
+    # per-bucket totals kept beside the sums (never read back), while the change of the squares
+    # they imply goes to the group's six dense sums (`policies.units.unit_increments`), all in
+    # the same atomic step.
     async def merge(
         self,
         key: str,
@@ -171,6 +217,8 @@ class Store(Protocol):
         stamp: float = 0.0,
         fence: str | None = None,
         dead: Sequence[str] = (),
+        units: Mapping[str, Mapping[int, Any]] | None = None,
+        fold_units: Mapping[str, Mapping[int, Any]] | None = None,
     ) -> Merged: ...
 
     # forget records received before `older_than`; a token stays a duplicate at least until

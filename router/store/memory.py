@@ -16,8 +16,10 @@ from router.store.base import (
     Merged,
     Store,
     StoreKind,
+    apply_units,
     merged_from_fields,
     sum_fields,
+    unit_cells,
 )
 
 
@@ -37,6 +39,8 @@ class MemoryStore:
         self._seq = 0
         self._lock = asyncio.Lock()
         self._sums: dict[str, dict[str, float]] = {}
+        # per-bucket totals of unit groups, beside the sums (see `Store.merge`)
+        self._units: dict[str, dict[tuple[str, int], tuple[float, float]]] = {}
 
     async def open(self) -> None:
         return None
@@ -75,19 +79,33 @@ class MemoryStore:
         stamp: float = 0.0,
         fence: str | None = None,
         dead: Sequence[str] = (),
+        units: Mapping[str, Mapping[int, Any]] | None = None,
+        fold_units: Mapping[str, Mapping[int, Any]] | None = None,
     ) -> Merged:
         plain, cond = sum_fields(add), sum_fields(fold or {})
+        u_plain, u_cond = unit_cells(units), unit_cells(fold_units)
         h = self._sums.setdefault(key, {})
+        cells = self._units.setdefault(key, {})
         if fence is not None and f"#dead:{fence}" in h:
             return merged_from_fields(h.items(), False, fenced=True)
+
+        def add_units(todo: list[tuple[str, int, float, float]]) -> None:
+            after, dense = apply_units(todo, lambda g, b: cells.get((g, b), (0.0, 0.0)))
+            for g, b, n, s in after:
+                cells[(g, b)] = (n, s)
+            for f, v in dense:
+                h[f] = h.get(f, 0.0) + v
+
         for f, v in plain:
             h[f] = h.get(f, 0.0) + v
+        add_units(u_plain)
         for n in nodes:
             h[f"#flushed:{n}"] = float(stamp)
         applied = int(h.get(MARK_FIELD, -1)) == expect
         if applied:
             for f, v in cond:
                 h[f] = h.get(f, 0.0) + v
+            add_units(u_cond)
             h[MARK_FIELD] = float(mark)
             for n in dead:
                 h[f"#dead:{n}"] = 1.0

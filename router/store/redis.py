@@ -41,6 +41,7 @@ from router.store.base import (
     merged_from_fields,
     record_extra,
     sum_fields,
+    unit_cells,
 )
 
 __all__ = ["RedisStore", "StoreUnavailable"]
@@ -92,12 +93,37 @@ return #items
 """
 
 
-# KEYS: the sums hash. ARGV: fence ('' for none), stamp, number of flushed nodes, the nodes,
-# number of dead nodes, the nodes, number of plain fields, (field, increment) pairs, expect,
-# mark, then the conditional (field, increment) pairs. All in one script, so every process sees
-# each flush whole: counts and sums of one update never part. Returns {applied, fenced, fields}.
+# KEYS: the sums hash, the per-bucket hash of unit groups. ARGV: fence ('' for none), stamp,
+# number of flushed nodes, the nodes, number of dead nodes, the nodes, number of plain fields,
+# (field, increment) pairs, number of plain unit cells, (group, bucket, dN, dS) quadruples,
+# expect, mark, number of conditional unit cells, their quadruples, then the conditional (field,
+# increment) pairs. All in one script, so every process sees each flush whole: counts and sums
+# of one update never part. A unit cell adds to its bucket's totals (`group#bucket#n|s` in
+# KEYS[2], never read back) and the change of the squares to the group's dense sums
+# (`group#0..5`, see policies.units.unit_increments). Returns {applied, fenced, fields}.
 _MERGE = """
 local h = KEYS[1]
+local u = KEYS[2]
+local function units(at, count)
+  for k = 0, count - 1 do
+    local j = at + 4 * k
+    local g = ARGV[j]
+    local fn = g .. '#' .. ARGV[j + 1] .. '#n'
+    local fs = g .. '#' .. ARGV[j + 1] .. '#s'
+    local n0 = tonumber(redis.call('HGET', u, fn) or '0')
+    local s0 = tonumber(redis.call('HGET', u, fs) or '0')
+    local n = tonumber(redis.call('HINCRBYFLOAT', u, fn, ARGV[j + 2]))
+    local s = tonumber(redis.call('HINCRBYFLOAT', u, fs, ARGV[j + 3]))
+    local occ = 0
+    if n > 0 then occ = occ + 1 end
+    if n0 > 0 then occ = occ - 1 end
+    local d = {tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), n * n - n0 * n0, s * s - s0 * s0,
+               s * n - s0 * n0, occ}
+    for q = 1, 6 do
+      if d[q] ~= 0 then redis.call('HINCRBYFLOAT', h, g .. '#' .. (q - 1), d[q]) end
+    end
+  end
+end
 if ARGV[1] ~= '' and redis.call('HEXISTS', h, '#dead:' .. ARGV[1]) == 1 then
   return {0, 1, redis.call('HGETALL', h)}
 end
@@ -115,11 +141,18 @@ for _ = 1, n do
   redis.call('HINCRBYFLOAT', h, ARGV[i], ARGV[i + 1])
   i = i + 2
 end
+local nu = tonumber(ARGV[i])
+units(i + 1, nu)
+i = i + 1 + 4 * nu
 local expect, mark = ARGV[i], ARGV[i + 1]
 i = i + 2
+local nuc = tonumber(ARGV[i])
+local cond_units = i + 1
+i = i + 1 + 4 * nuc
 local cur = redis.call('HGET', h, '#mark')
 local applied = 0
 if tonumber(cur or '-1') == tonumber(expect) then
+  units(cond_units, nuc)
   while i <= #ARGV do
     redis.call('HINCRBYFLOAT', h, ARGV[i], ARGV[i + 1])
     i = i + 2
@@ -289,11 +322,16 @@ class RedisStore:
         stamp: float = 0.0,
         fence: str | None = None,
         dead: Sequence[str] = (),
+        units: Mapping[str, Mapping[int, Any]] | None = None,
+        fold_units: Mapping[str, Mapping[int, Any]] | None = None,
     ) -> Merged:
         plain, cond = sum_fields(add), sum_fields(fold or {})
+        u_plain, u_cond = unit_cells(units), unit_cells(fold_units)
         hkey = f"{self.prefix}sums:{key}"
+        ukey = f"{self.prefix}units:{key}"
         db = self._db()
-        if not plain and not cond and mark == expect and not nodes and not dead:  # a read
+        quiet = not plain and not cond and not u_plain and not u_cond
+        if quiet and mark == expect and not nodes and not dead:  # a read
             with self._errors():
                 h: Any = await db.hgetall(hkey)
             m = merged_from_fields(h.items(), False)
@@ -302,11 +340,16 @@ class RedisStore:
         args += [len(dead), *dead, len(plain)]
         for f, v in plain:
             args += [f, repr(v)]
-        args += [int(expect), int(mark)]
+        args.append(len(u_plain))
+        for g, b, dn, ds in u_plain:
+            args += [g, b, repr(dn), repr(ds)]
+        args += [int(expect), int(mark), len(u_cond)]
+        for g, b, dn, ds in u_cond:
+            args += [g, b, repr(dn), repr(ds)]
         for f, v in cond:
             args += [f, repr(v)]
         with self._errors():
-            applied, fenced, flat = await self._merge(keys=[hkey], args=args)
+            applied, fenced, flat = await self._merge(keys=[hkey, ukey], args=args)
         pairs = zip(flat[0::2], flat[1::2], strict=True)
         return merged_from_fields(pairs, bool(int(applied)), bool(int(fenced)))
 

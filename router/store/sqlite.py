@@ -27,10 +27,12 @@ from router.store.base import (
     Store,
     StoreError,
     StoreKind,
+    apply_units,
     extra_fields,
     merged_from_fields,
     record_extra,
     sum_fields,
+    unit_cells,
 )
 
 T = TypeVar("T")
@@ -53,6 +55,10 @@ CREATE TABLE IF NOT EXISTS feedback (
     extra TEXT);
 CREATE INDEX IF NOT EXISTS feedback_route ON feedback (route, seq);
 CREATE INDEX IF NOT EXISTS feedback_received ON feedback (received_at);
+CREATE TABLE IF NOT EXISTS unit_cells (
+  key TEXT NOT NULL, grp TEXT NOT NULL, bucket INTEGER NOT NULL, n REAL NOT NULL, s REAL NOT NULL,
+  PRIMARY KEY (key, grp, bucket)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sums (
     key TEXT NOT NULL, field TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (key, field)
 ) WITHOUT ROWID;
@@ -156,10 +162,13 @@ class SqliteStore:
         stamp: float = 0.0,
         fence: str | None = None,
         dead: Sequence[str] = (),
+        units: Mapping[str, Mapping[int, Any]] | None = None,
+        fold_units: Mapping[str, Mapping[int, Any]] | None = None,
     ) -> Merged:
         plain, cond = sum_fields(add), sum_fields(fold or {})
         meta = ([(f"#flushed:{n}", float(stamp)) for n in nodes], [f"#dead:{n}" for n in dead])
-        return await self._run(self._merge, key, plain, cond, expect, mark, fence, meta)
+        cells = (unit_cells(units), unit_cells(fold_units))
+        return await self._run(self._merge, key, plain, cond, expect, mark, fence, meta, cells)
 
     def _merge(
         self,
@@ -170,15 +179,28 @@ class SqliteStore:
         mark: int,
         fence: str | None,
         meta: tuple[list[tuple[str, float]], list[str]],
+        cells: tuple[list[tuple[str, int, float, float]], list[tuple[str, int, float, float]]] = (
+            [],
+            [],
+        ),
     ) -> Merged:
         db = self._db()
+        u_plain, u_cond = cells
         upsert = (
             "INSERT INTO sums (key, field, value) VALUES (?, ?, ?) "
             "ON CONFLICT (key, field) DO UPDATE SET value = value + excluded.value"
         )
         flushed, dead = meta
         everything = "SELECT field, value FROM sums WHERE key = ?"
-        if not plain and not cond and mark == expect and not flushed and not dead:
+        if (
+            not plain
+            and not cond
+            and mark == expect
+            and not flushed
+            and not dead
+            and not u_plain
+            and not u_cond
+        ):
             # a read: one consistent snapshot is enough
             m = merged_from_fields(db.execute(everything, (key,)).fetchall(), False)
             return Merged(m.totals, m.mark, m.mark == expect, False, m.meta)
@@ -195,11 +217,13 @@ class SqliteStore:
             applied = False
             if not fenced:
                 db.executemany(upsert, [(key, f, v) for f, v in plain])
+                self._add_units(db, key, u_plain, upsert)
                 db.executemany(setter, [(key, f, v) for f, v in flushed])
                 row = db.execute(one, (key, MARK_FIELD)).fetchone()
                 applied = (-1 if row is None else int(row[0])) == expect
             if applied:
                 db.executemany(upsert, [(key, f, v) for f, v in cond])
+                self._add_units(db, key, u_cond, upsert)
                 db.execute(setter, (key, MARK_FIELD, float(mark)))
                 db.executemany(setter, [(key, f, 1.0) for f in dead])
             rows = db.execute(everything, (key,)).fetchall()
@@ -208,6 +232,28 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         return merged_from_fields(rows, applied, fenced)
+
+    @staticmethod
+    def _add_units(
+        db: sqlite3.Connection, key: str, todo: list[tuple[str, int, float, float]], upsert: str
+    ) -> None:
+        """Per-bucket totals of unit groups, and their squares' change into the dense sums
+        (inside the caller's transaction)."""
+        if not todo:
+            return
+        get = "SELECT n, s FROM unit_cells WHERE key = ? AND grp = ? AND bucket = ?"
+
+        def old(g: str, b: int) -> tuple[float, float]:
+            row = db.execute(get, (key, g, b)).fetchone()
+            return (0.0, 0.0) if row is None else (float(row[0]), float(row[1]))
+
+        after, dense = apply_units(todo, old)
+        db.executemany(
+            "INSERT INTO unit_cells (key, grp, bucket, n, s) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (key, grp, bucket) DO UPDATE SET n = excluded.n, s = excluded.s",
+            [(key, g, b, n, s) for g, b, n, s in after],
+        )
+        db.executemany(upsert, [(key, f, v) for f, v in dense])
 
     async def put_if_absent(self, key: str, value: Any) -> Any:
         """Store `value` unless `key` exists; return what the key holds afterwards."""
