@@ -19,14 +19,21 @@ import numpy as np
 
 from policies import stats as st
 
-__all__ = ["UNIT_FIELDS", "UnitAccumulator", "UnitLog", "Units", "unit_increments"]
+__all__ = [
+    "UNIT_FIELDS",
+    "UnitAccumulator",
+    "UnitLog",
+    "Units",
+    "group_increments",
+    "unit_increments",
+]
 
 # the dense sums of one unit group: sum N_u, sum S_u, sum N_u^2, sum S_u^2, sum S_u N_u, and
 # the number of units with N_u > 0
 UNIT_FIELDS = 6
 
-# sparse per-bucket increments: group name -> bucket -> [dN, dS]
-Units = dict[str, dict[int, list[float]]]
+# sparse per-bucket increments, what `Store.merge` takes: group name -> rows (bucket, dN, dS)
+Units = dict[str, np.ndarray[Any, np.dtype[np.float64]]]
 
 
 def unit_increments(old_n: float, old_s: float, dn: float, ds: float) -> list[float]:
@@ -35,6 +42,26 @@ def unit_increments(old_n: float, old_s: float, dn: float, ds: float) -> list[fl
     n, s = old_n + dn, old_s + ds
     units = float(n > 0.0) - float(old_n > 0.0)
     return [dn, ds, n * n - old_n * old_n, s * s - old_s * old_s, s * n - old_s * old_n, units]
+
+
+def group_increments(
+    old_n: np.ndarray[Any, np.dtype[np.float64]],
+    old_s: np.ndarray[Any, np.dtype[np.float64]],
+    dn: np.ndarray[Any, np.dtype[np.float64]],
+    ds: np.ndarray[Any, np.dtype[np.float64]],
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """`unit_increments` summed over distinct buckets (arrays aligned by bucket)."""
+    n, s = old_n + dn, old_s + ds
+    return np.array(
+        [
+            dn.sum(),
+            ds.sum(),
+            (n * n - old_n * old_n).sum(),
+            (s * s - old_s * old_s).sum(),
+            (s * n - old_s * old_n).sum(),
+            float(np.count_nonzero(n > 0.0)) - float(np.count_nonzero(old_n > 0.0)),
+        ]
+    )
 
 
 class UnitLog:
@@ -50,7 +77,8 @@ class UnitLog:
     __slots__ = ("cells", "dense", "paused", "pending", "shared")
 
     def __init__(self) -> None:
-        self.pending: Units = {}
+        # per group: bucket -> dN and bucket -> dS (plain floats: cheap to add, to collect)
+        self.pending: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
         self.paused = False
         self.shared = False
         self.cells: dict[tuple[str, int], tuple[float, float]] = {}
@@ -77,25 +105,33 @@ class UnitLog:
             return
         cells = self.pending.get(group)
         if cells is None:
-            cells = self.pending[group] = {}
-        c = cells.get(bucket)
-        if c is None:
-            cells[bucket] = [dn, ds]
-        else:
-            c[0] += dn
-            c[1] += ds
+            cells = self.pending[group] = ({}, {})
+        n, x = cells
+        n[bucket] = n.get(bucket, 0.0) + dn
+        x[bucket] = x.get(bucket, 0.0) + ds
 
     def take(self) -> Units:
-        out, self.pending = self.pending, {}
+        """The increments recorded since the last `take`, as rows (bucket, dN, dS)."""
+        out: Units = {}
+        for g, (n, x) in self.pending.items():
+            if n:
+                rows = np.empty((len(n), 3))
+                rows[:, 0] = np.fromiter(n.keys(), dtype=float, count=len(n))
+                rows[:, 1] = np.fromiter(n.values(), dtype=float, count=len(n))
+                rows[:, 2] = np.fromiter(x.values(), dtype=float, count=len(n))
+                out[g] = rows
+        self.pending = {}
         return out
 
     def give_back(self, units: Units) -> None:
         """Undo a `take` whose flush failed (what was recorded since is kept too)."""
-        for g, cells in units.items():
-            for b, (dn, ds) in cells.items():
-                paused, self.paused = self.paused, False
-                self.add(g, b, dn, ds)
-                self.paused = paused
+        paused, self.paused = self.paused, False
+        try:
+            for g, rows in units.items():
+                for b, dn, ds in rows.tolist():
+                    self.add(g, int(b), dn, ds)
+        finally:
+            self.paused = paused
 
 
 class UnitAccumulator:

@@ -17,7 +17,6 @@ import numpy as np
 from policies.base import BUCKETS
 from policies.params import Param
 from policies.spec import StateConfig
-from policies.units import unit_increments
 from router.errors import ModelrouterError
 
 
@@ -99,44 +98,41 @@ def sum_fields(arrays: Mapping[str, Any]) -> list[tuple[str, float]]:
     return out
 
 
-def unit_cells(
-    units: Mapping[str, Mapping[int, Any]] | None,
-) -> list[tuple[str, int, float, float]]:
-    """Flat (group, bucket, dN, dS) of sparse per-bucket increments (`policies.units`);
-    rejects a bad group name, bucket or a non-finite value, like `sum_fields`."""
-    out: list[tuple[str, int, float, float]] = []
-    for group, cells in (units or {}).items():
+# one unit group's increments after `unit_cells`: distinct buckets (sorted), dN, dS
+Cells = tuple[
+    np.ndarray[Any, np.dtype[np.int64]],
+    np.ndarray[Any, np.dtype[np.float64]],
+    np.ndarray[Any, np.dtype[np.float64]],
+]
+
+
+def unit_cells(units: Mapping[str, Any] | None) -> dict[str, Cells]:
+    """Sparse per-bucket increments (`policies.units.Units`: rows of bucket, dN, dS per group)
+    checked and combined per bucket; rejects a bad group name, bucket or a non-finite value
+    (like `sum_fields`: one NaN in a shared total would poison every process)."""
+    out: dict[str, Cells] = {}
+    for group, rows in (units or {}).items():
         if "#" in group:
             raise ValueError(f"unit group {group!r} must not contain '#'")
-        for b, (dn, ds) in cells.items():
-            bucket, dn, ds = int(b), float(dn), float(ds)
-            if not 0 <= bucket < BUCKETS:
-                raise ValueError(f"unit group {group}: bucket {bucket} out of range")
-            if not (math.isfinite(dn) and math.isfinite(ds)):
-                raise ValueError(f"unit group {group}[{bucket}] is not finite: {dn}, {ds}")
-            if dn != 0.0 or ds != 0.0:
-                out.append((group, bucket, dn, ds))
+        r = np.asarray(rows, dtype=float).reshape(-1, 3)
+        if not bool(np.isfinite(r).all()):
+            raise ValueError(f"unit group {group}: a non-finite increment")
+        b = r[:, 0]
+        if bool(((b < 0) | (b >= BUCKETS) | (b != np.floor(b))).any()):
+            raise ValueError(f"unit group {group}: bucket out of range 0..{BUCKETS - 1}")
+        idx, inv = np.unique(b.astype(np.int64), return_inverse=True)
+        dn, ds = np.zeros(len(idx)), np.zeros(len(idx))
+        np.add.at(dn, inv, r[:, 1])
+        np.add.at(ds, inv, r[:, 2])
+        keep = (dn != 0.0) | (ds != 0.0)
+        if bool(keep.any()):
+            out[group] = (idx[keep], dn[keep], ds[keep])
     return out
 
 
-def apply_units(
-    cells: list[tuple[str, int, float, float]],
-    old: Callable[[str, int], tuple[float, float]],
-) -> tuple[list[tuple[str, int, float, float]], list[tuple[str, float]]]:
-    """The per-bucket totals after `cells` (group, bucket, N, S) and the increments of the
-    groups' dense sums (`name#i` fields) they imply; `old(group, bucket)` answers a bucket's
-    total before. Cells of one bucket may repeat: each sees the previous one's result."""
-    seen: dict[tuple[str, int], tuple[float, float]] = {}
-    dense: dict[str, float] = {}
-    for group, bucket, dn, ds in cells:
-        n0, s0 = seen.get((group, bucket)) or old(group, bucket)
-        for i, v in enumerate(unit_increments(n0, s0, dn, ds)):
-            if v != 0.0:
-                f = f"{group}#{i}"
-                dense[f] = dense.get(f, 0.0) + v
-        seen[(group, bucket)] = (n0 + dn, s0 + ds)
-    after = [(g, b, n, s) for (g, b), (n, s) in seen.items()]
-    return after, list(dense.items())
+def group_fields(group: str, inc: np.ndarray[Any, np.dtype[np.float64]]) -> list[tuple[str, float]]:
+    """The `name#i` fields a group's dense-sum increments go to (zeros left out)."""
+    return [(f"{group}#{i}", float(v)) for i, v in enumerate(inc.tolist()) if v != 0.0]
 
 
 def merged_from_fields(
@@ -217,8 +213,8 @@ class Store(Protocol):
         stamp: float = 0.0,
         fence: str | None = None,
         dead: Sequence[str] = (),
-        units: Mapping[str, Mapping[int, Any]] | None = None,
-        fold_units: Mapping[str, Mapping[int, Any]] | None = None,
+        units: Mapping[str, Any] | None = None,
+        fold_units: Mapping[str, Any] | None = None,
     ) -> Merged: ...
 
     # forget records received before `older_than`; a token stays a duplicate at least until

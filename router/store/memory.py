@@ -9,14 +9,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from policies.base import BUCKETS
 from policies.spec import StateConfig
+from policies.units import group_increments
 from router.store.base import (
     MARK_FIELD,
+    Cells,
     FeedbackRecord,
     Merged,
     Store,
     StoreKind,
-    apply_units,
+    group_fields,
     merged_from_fields,
     sum_fields,
     unit_cells,
@@ -40,7 +45,7 @@ class MemoryStore:
         self._lock = asyncio.Lock()
         self._sums: dict[str, dict[str, float]] = {}
         # per-bucket totals of unit groups, beside the sums (see `Store.merge`)
-        self._units: dict[str, dict[tuple[str, int], tuple[float, float]]] = {}
+        self._units: dict[str, dict[str, np.ndarray[Any, np.dtype[np.float64]]]] = {}
 
     async def open(self) -> None:
         return None
@@ -79,8 +84,8 @@ class MemoryStore:
         stamp: float = 0.0,
         fence: str | None = None,
         dead: Sequence[str] = (),
-        units: Mapping[str, Mapping[int, Any]] | None = None,
-        fold_units: Mapping[str, Mapping[int, Any]] | None = None,
+        units: Mapping[str, Any] | None = None,
+        fold_units: Mapping[str, Any] | None = None,
     ) -> Merged:
         plain, cond = sum_fields(add), sum_fields(fold or {})
         u_plain, u_cond = unit_cells(units), unit_cells(fold_units)
@@ -89,12 +94,16 @@ class MemoryStore:
         if fence is not None and f"#dead:{fence}" in h:
             return merged_from_fields(h.items(), False, fenced=True)
 
-        def add_units(todo: list[tuple[str, int, float, float]]) -> None:
-            after, dense = apply_units(todo, lambda g, b: cells.get((g, b), (0.0, 0.0)))
-            for g, b, n, s in after:
-                cells[(g, b)] = (n, s)
-            for f, v in dense:
-                h[f] = h.get(f, 0.0) + v
+        def add_units(todo: dict[str, Cells]) -> None:
+            for g, (idx, dn, ds) in todo.items():
+                ns = cells.get(g)
+                if ns is None:
+                    ns = cells[g] = np.zeros((2, BUCKETS))
+                inc = group_increments(ns[0, idx], ns[1, idx], dn, ds)
+                ns[0, idx] += dn
+                ns[1, idx] += ds
+                for f, v in group_fields(g, inc):
+                    h[f] = h.get(f, 0.0) + v
 
         for f, v in plain:
             h[f] = h.get(f, 0.0) + v

@@ -15,20 +15,25 @@ import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from policies.params import Param
 from policies.spec import StateConfig
+from policies.units import group_increments
 from router.store.base import (
     MARK_FIELD,
+    Cells,
     FeedbackRecord,
     Merged,
     Store,
     StoreError,
     StoreKind,
-    apply_units,
     extra_fields,
+    group_fields,
     merged_from_fields,
     record_extra,
     sum_fields,
@@ -162,12 +167,13 @@ class SqliteStore:
         stamp: float = 0.0,
         fence: str | None = None,
         dead: Sequence[str] = (),
-        units: Mapping[str, Mapping[int, Any]] | None = None,
-        fold_units: Mapping[str, Mapping[int, Any]] | None = None,
+        units: Mapping[str, Any] | None = None,
+        fold_units: Mapping[str, Any] | None = None,
     ) -> Merged:
         plain, cond = sum_fields(add), sum_fields(fold or {})
         meta = ([(f"#flushed:{n}", float(stamp)) for n in nodes], [f"#dead:{n}" for n in dead])
-        cells = (unit_cells(units), unit_cells(fold_units))
+        # the per-bucket rows are checked in the store's thread, off the event loop
+        cells = (units or {}, fold_units or {})
         return await self._run(self._merge, key, plain, cond, expect, mark, fence, meta, cells)
 
     def _merge(
@@ -179,13 +185,10 @@ class SqliteStore:
         mark: int,
         fence: str | None,
         meta: tuple[list[tuple[str, float]], list[str]],
-        cells: tuple[list[tuple[str, int, float, float]], list[tuple[str, int, float, float]]] = (
-            [],
-            [],
-        ),
+        cells: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {}),
     ) -> Merged:
         db = self._db()
-        u_plain, u_cond = cells
+        u_plain, u_cond = unit_cells(cells[0]), unit_cells(cells[1])
         upsert = (
             "INSERT INTO sums (key, field, value) VALUES (?, ?, ?) "
             "ON CONFLICT (key, field) DO UPDATE SET value = value + excluded.value"
@@ -234,26 +237,31 @@ class SqliteStore:
         return merged_from_fields(rows, applied, fenced)
 
     @staticmethod
-    def _add_units(
-        db: sqlite3.Connection, key: str, todo: list[tuple[str, int, float, float]], upsert: str
-    ) -> None:
+    def _add_units(db: sqlite3.Connection, key: str, todo: dict[str, Cells], upsert: str) -> None:
         """Per-bucket totals of unit groups, and their squares' change into the dense sums
-        (inside the caller's transaction)."""
-        if not todo:
-            return
-        get = "SELECT n, s FROM unit_cells WHERE key = ? AND grp = ? AND bucket = ?"
-
-        def old(g: str, b: int) -> tuple[float, float]:
-            row = db.execute(get, (key, g, b)).fetchone()
-            return (0.0, 0.0) if row is None else (float(row[0]), float(row[1]))
-
-        after, dense = apply_units(todo, old)
-        db.executemany(
-            "INSERT INTO unit_cells (key, grp, bucket, n, s) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (key, grp, bucket) DO UPDATE SET n = excluded.n, s = excluded.s",
-            [(key, g, b, n, s) for g, b, n, s in after],
-        )
-        db.executemany(upsert, [(key, f, v) for f, v in dense])
+        (inside the caller's transaction). Only the touched buckets are read and written."""
+        for g, (idx, dn, ds) in todo.items():
+            ids = idx.tolist()
+            n0, s0 = np.zeros(len(ids)), np.zeros(len(ids))
+            for lo in range(0, len(ids), 900):
+                chunk = ids[lo : lo + 900]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    "SELECT bucket, n, s FROM unit_cells "
+                    f"WHERE key = ? AND grp = ? AND bucket IN ({marks})",
+                    (key, g, *chunk),
+                ).fetchall()
+                if rows:
+                    r = np.array(rows, dtype=float)
+                    pos = np.searchsorted(idx, r[:, 0].astype(np.int64))
+                    n0[pos], s0[pos] = r[:, 1], r[:, 2]
+            inc = group_increments(n0, s0, dn, ds)
+            db.executemany(
+                "INSERT INTO unit_cells (key, grp, bucket, n, s) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (key, grp, bucket) DO UPDATE SET n = excluded.n, s = excluded.s",
+                zip(repeat(key), repeat(g), ids, (n0 + dn).tolist(), (s0 + ds).tolist()),
+            )
+            db.executemany(upsert, [(key, f, v) for f, v in group_fields(g, inc)])
 
     async def put_if_absent(self, key: str, value: Any) -> Any:
         """Store `value` unless `key` exists; return what the key holds afterwards."""

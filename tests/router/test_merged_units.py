@@ -1,0 +1,245 @@
+"""Per-user A/B statistics merged across processes (issue 10 x issue 13).
+
+On a sticky A/B route the statistics are per sticky bucket (a user). Two processes ("workers"
+or replicas: each a learning engine with its own store connection) each see part of every
+user's requests; after their merges, every per-user figure must equal what one process that saw
+all the traffic computes. Against memory, SQLite and a real redis-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import textwrap
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from policies.abtest import ABTestPolicy
+from policies.base import BUCKETS, Context
+from policies.registry import build_policy
+from router.audit import Audit
+from router.config import parse_config
+from router.engines.base import Services
+from router.engines.learning import ENGINES, LearningEngine
+from router.feedback import TokenSigner
+from router.metrics import Metrics
+from router.store.base import FeedbackRecord, Store
+from router.store.memory import MemoryStore
+from tests.router.test_merged_learning import Opener, opener  # noqa: F401
+from tests.router.test_store_redis import redis_server  # noqa: F401
+
+STICKY = """
+version: 1
+feedback: {{missing_reward: {missing}}}
+backends:
+  a: {{url: "http://127.0.0.1:9"}}
+  b: {{url: "http://127.0.0.1:9"}}
+routes:
+  - name: r
+    match: {{path_prefix: /}}
+    sticky: {{key: "cookie:uid"}}
+    policy:
+      kind: ab_test
+      arms: {{A: a, B: b}}
+      split: {{A: {split_a}, B: {split_b}}}
+      reward: {{type: binary}}
+      test: {{method: z_test, min_samples: 100000000}}
+      guardrails:
+        - {{metric: error_rate, max_increase: 0.05}}
+        - {{metric: reward, name: revenue, max_decrease: 5}}
+"""
+
+
+async def sticky_engine(
+    store: Store, missing: str = "null", seed: int = 0, split: tuple[int, int] = (50, 50)
+) -> LearningEngine:
+    await store.open()
+    text = STICKY.format(missing=missing, split_a=split[0], split_b=split[1])
+    config = parse_config(textwrap.dedent(text), "t.yaml")
+    svc = Services(
+        config=config,
+        store=store,
+        metrics=Metrics(registry=CollectorRegistry()),
+        audit=Audit(store),
+        backends=config.backends,
+        rng=np.random.default_rng(seed),
+        decider=TokenSigner(b"merged-units-test-secret-0123456"),
+    )
+    e = ENGINES["ab_test"](config.routes[0], svc)
+    assert isinstance(e, LearningEngine)
+    e.dead_after = 3600.0
+    e.tick_interval = 3600  # the test drives every tick
+    await e.start()
+    return e
+
+
+def reference(e: LearningEngine, missing: float | None) -> ABTestPolicy:
+    """A standalone policy of the same route: one process that sees everything."""
+    p = build_policy(e.spec, np.random.default_rng(0))
+    assert isinstance(p, ABTestPolicy)
+    if missing is not None:
+        p.set_trial_value(missing)
+    return p
+
+
+def figures(res: dict[str, Any]) -> dict[str, Any]:
+    """What a user reads off status, rounded past float noise of summation order."""
+
+    def r(x: Any) -> Any:
+        return None if x is None else round(float(x), 7)
+
+    out: dict[str, Any] = {}
+    for a, s in res["arms"].items():
+        out[a] = (s["n"], s["units"], r(s["mean"]), r(s["ci_low"]), r(s["ci_high"]))
+    for a, c in res["comparisons"].items():
+        out[f"vs {a}"] = tuple(r(c[k]) for k in ("diff", "diff_low", "diff_high", "p_value"))
+    srm = res["srm"]["periods"][0]
+    out["srm"] = (r(srm["chi2_p_value"]), r(srm["dispersion"]))
+    for a, g in res["guardrails"]["arms"].items():
+        out[f"guard {a}"] = [(c["guardrail"], c["n"], r(c["value"])) for c in g["checks"]]
+    return out
+
+
+async def settled(procs: list[LearningEngine], want: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tick every process until each shows `want` or 20 s pass (a reward is folded once its
+    decider has flushed the decision, a clock tick later); the figures each shows then."""
+    deadline = time.monotonic() + 20.0
+    while True:
+        for p in procs:
+            await p.tick()
+        got = [figures(p.policy.result()) for p in procs]  # type: ignore[arg-type]
+        if all(g == want for g in got) or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("missing", ["null", "0"])
+async def test_per_user_statistics_of_two_processes_equal_one_process(
+    opener: Opener,  # noqa: F811
+    missing: str,
+) -> None:
+    rnd = random.Random(10)
+    procs = [await sticky_engine(opener(), missing, seed=i) for i in range(2)]
+    ref = reference(procs[0], None if missing == "null" else 0.0)
+    clock = procs[0].services.clock
+    users = [rnd.randrange(BUCKETS) for _ in range(400)]
+    weights = [rnd.paretovariate(1.2) for _ in users]  # heavy-tailed requests per user
+    seq = 0
+    visited: set[int] = set()
+    try:
+        for _ in range(3000):
+            b = rnd.choices(users, weights)[0]
+            ctx = Context(bucket=b)
+            visited.add(b)
+            p = rnd.choice(procs)  # a user's requests land on any process
+            arm = p.choose(ctx).arm
+            want = ref.choose(ctx)
+            assert want.arm == {"a": "A", "b": "B"}[arm]
+            if missing != "null":
+                ref.update(want.arm, 0.0, ctx, trial=True)
+            status = 500 if rnd.random() < 0.1 else 200
+            p.observe(arm, status, 0.01, None, ctx)
+            ref.observe_guardrail(want.arm, "error_rate", float(status >= 500), ctx)
+            y = float(rnd.random() < (0.3 if b % 3 else 0.6))  # users differ: clustering
+            revenue = round(rnd.expovariate(0.1), 3)
+            q = rnd.choice(procs)  # the reward goes to any replica
+            if rnd.random() < 0.5:
+                seq += 1
+                tid = f"{p.services.decider.prefix}{seq:x}"  # type: ignore[union-attr]
+                rec = FeedbackRecord(
+                    tid, "r", arm, y, clock(), clock(), bucket=b, metrics={"revenue": revenue}
+                )
+                assert await q.services.store.feedback_add([rec]) == [True]
+                q.feedback(arm, y, ctx, token_id=tid, metrics={"revenue": revenue})
+            else:
+                q.feedback(arm, y, ctx, metrics={"revenue": revenue})
+            if missing == "null":
+                ref.update(want.arm, y, ctx, trial=True)
+            else:
+                ref.update(want.arm, y, ctx, trial=False)
+            ref.observe_guardrail(want.arm, "reward:revenue", revenue, ctx)
+            if rnd.random() < 0.01:
+                await rnd.choice(procs).tick()
+        want_figs = figures(ref.result())
+        print("one process:", want_figs)
+        got = await settled(procs, want_figs)
+        for g in got:
+            assert g == want_figs
+        # the unit is the user: units counted = users who came, far fewer than requests
+        assert want_figs["A"][1] + want_figs["B"][1] == len(visited) < 3000 / 5
+    finally:
+        for p in procs:
+            await p.stop()
+
+
+async def test_per_user_statistics_survive_a_restart(tmp_path: Any) -> None:
+    """The per-bucket sums live in the store: a restarted process reads them back."""
+    from router.store.sqlite import SqliteStore
+
+    path = tmp_path / "s.db"
+    e = await sticky_engine(SqliteStore(path))
+    rnd = random.Random(3)
+    for _ in range(500):
+        b = rnd.randrange(200)
+        arm = e.choose(Context(bucket=b)).arm
+        e.feedback(arm, float(rnd.random() < 0.4), Context(bucket=b))
+    await e.stop()  # flushes
+    before = figures(e.policy.result())  # type: ignore[arg-type]
+    await e.services.store.close()
+    again = await sticky_engine(SqliteStore(path))
+    try:
+        assert figures(again.policy.result()) == before  # type: ignore[arg-type]
+    finally:
+        await again.stop()
+        await again.services.store.close()
+
+
+async def test_aa_across_two_workers_keeps_srm_and_z_at_nominal_levels() -> None:
+    """A/A, 90/10 split, users with heavy-tailed request counts, every request on a random one
+    of two workers, one merge at the end: the merged per-user z test and SRM stay at their
+    nominal levels, and every run's verdicts are those of one process that saw everything."""
+    reps, users_n = 200, 300
+    rnd = random.Random(7)
+    z_fp = srm_fp = chi2_fp = 0
+    z_one = srm_one = 0
+    started = time.perf_counter()
+    for rep in range(reps):
+        store = MemoryStore()
+        procs = [await sticky_engine(store, seed=rep * 2 + i, split=(90, 10)) for i in range(2)]
+        one = reference(procs[0], None)
+        users = rnd.sample(range(BUCKETS), users_n)
+        for u in users:
+            base = 0.1 + 0.4 * rnd.random()  # users differ
+            for _ in range(min(200, int(rnd.paretovariate(1.1)))):
+                ctx = Context(bucket=u)
+                arm = procs[rnd.randrange(2)].choose(ctx).arm
+                y = float(rnd.random() < base)
+                procs[rnd.randrange(2)].feedback(arm, y, ctx)
+                one.update(one.choose(ctx).arm, y, ctx)
+        for p in procs:
+            await p.tick()
+        await procs[0].tick()
+        res, ref = procs[0].policy.result(), one.result()
+        assert res is not None
+        z_fp += res["p_value"]["B"] < 0.05
+        srm_fp += res["srm"]["flagged"]
+        chi2_fp += res["srm"]["periods"][0]["chi2_p_value"] < 0.001
+        z_one += ref["p_value"]["B"] < 0.05
+        srm_one += ref["srm"]["flagged"]
+        for p in procs:
+            await p.stop()
+    print(
+        f"A/A across two workers, {reps} runs: z false positives {z_fp / reps:.3f} (nominal "
+        f"0.05; one process {z_one / reps:.3f}), sequential SRM flags {srm_fp / reps:.3f} "
+        f"(nominal <= 0.001; one process {srm_one / reps:.3f}), chi-square look "
+        f"{chi2_fp / reps:.3f}; {time.perf_counter() - started:.1f}s"
+    )
+    assert (z_fp, srm_fp) == (z_one, srm_one)  # merging changes no verdict
+    # binomial(200, 0.05): mean 10, sd 3.1; allow 3 sd
+    assert z_fp / reps <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / reps)
+    assert srm_fp <= 2
