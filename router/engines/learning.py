@@ -15,11 +15,13 @@ process and replica through the store (`policies.merge`):
 So decisions and rewards add up exactly across processes, store traffic is one merge and one
 feedback read per route per tick (never per request), and a `kill -9` loses at most the
 un-flushed decisions and response rewards of that process (never an accepted reward: a survivor
-or the restart folds it). The `policy:{route}` document keeps what does not add up (an A/B
-test's per-unit statistics, periods, running p-values and winner; guardrail accumulators): as
-before merged sums, every process applies every accepted reward from the log to those (the
-watermark and applied ids in the document make a restart replay them exactly once), while
-decisions and response observations stay with the process that saw them.
+or the restart folds it). An A/B test's per-user statistics (per sticky bucket: arms, guardrails,
+SRM periods) are merged too, as sparse per-bucket increments (`policies.units`; the store adds
+the squares' change to dense sums in the same atomic step). The `policy:{route}` document keeps
+what does not add up (running p-values and maxima, periods' layout, the winner; a bandit
+route's guardrail accumulators; each process's exact per-request moments): every process
+applies every accepted reward from the log to those (the watermark and applied ids in the
+document make a restart replay them exactly once).
 """
 
 from __future__ import annotations

@@ -243,3 +243,82 @@ async def test_aa_across_two_workers_keeps_srm_and_z_at_nominal_levels() -> None
     # binomial(200, 0.05): mean 10, sd 3.1; allow 3 sd
     assert z_fp / reps <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / reps)
     assert srm_fp <= 2
+
+
+def rows(cells: dict[int, tuple[float, float]]) -> np.ndarray[Any, np.dtype[np.float64]]:
+    return np.array([(b, n, s) for b, (n, s) in cells.items()], dtype=float).reshape(-1, 3)
+
+
+async def test_store_unit_sums_are_those_of_the_full_bucket_arrays(opener: Opener) -> None:  # noqa: F811
+    """Sparse per-bucket increments from two connections, plain and folded: the dense sums the
+    store answers equal the sums over the full per-bucket arrays."""
+    rnd = np.random.default_rng(4)
+    stores = [opener(), opener()]
+    for s in stores:
+        await s.open()
+    key = f"u{rnd.integers(1 << 30)}"
+    full_n, full_s = np.zeros(BUCKETS), np.zeros(BUCKETS)
+    mark = -1
+    try:
+        for step in range(30):
+            cells: dict[int, tuple[float, float]] = {}
+            for b in rnd.integers(0, 300, size=50).tolist():  # few buckets: they repeat
+                n, s = cells.get(b, (0.0, 0.0))
+                cells[b] = (n + 1.0, s + float(rnd.normal(2.0, 3.0)))
+            for b, (n, s) in cells.items():
+                full_n[b] += n
+                full_s[b] += s
+            store = stores[step % 2]
+            if step % 3 == 0:  # a fold: applies once, with the mark
+                m = await store.merge(key, {}, {}, mark, mark + 1, fold_units={"g": rows(cells)})
+                assert m.applied
+                again = await store.merge(
+                    key, {}, {}, mark, mark + 1, fold_units={"g": rows(cells)}
+                )
+                assert not again.applied  # the stale mark: nothing added twice
+                mark += 1
+            else:
+                m = await store.merge(key, {}, units={"g": rows(cells)})
+        got = m.totals["g"]
+        want = [
+            full_n.sum(),
+            full_s.sum(),
+            full_n @ full_n,
+            full_s @ full_s,
+            full_s @ full_n,
+            float(np.count_nonzero(full_n)),
+        ]
+        print("dense sums:", got.tolist(), "from full arrays:", want)
+        assert got.tolist() == pytest.approx(want, rel=1e-12)
+        assert got[0] == want[0] and got[5] == want[5]  # counts are exact
+    finally:
+        for s in stores:
+            await s.close()
+
+
+@pytest.mark.parametrize(
+    ("units", "words"),
+    [
+        ({"g": [[3, 1.0, math.nan]]}, "non-finite"),
+        ({"g": [[BUCKETS, 1.0, 1.0]]}, "bucket out of range"),
+        ({"g": [[-1, 1.0, 1.0]]}, "bucket out of range"),
+        ({"a#b": [[1, 1.0, 1.0]]}, "must not contain '#'"),
+    ],
+)
+async def test_store_rejects_bad_unit_increments_whole(
+    opener: Opener,  # noqa: F811
+    units: dict[str, Any],
+    words: str,
+) -> None:
+    store = opener()
+    await store.open()
+    key = f"bad{random.randrange(1 << 30)}"
+    try:
+        await store.merge(key, {"x": np.array([1.0])}, units={"g": [[5, 1.0, 2.0]]})
+        with pytest.raises(ValueError, match=words):
+            await store.merge(key, {"x": np.array([1.0])}, units=units)
+        m = await store.merge(key, {})
+        assert m.totals["x"].tolist() == [1.0]  # the refused call added nothing
+        assert m.totals["g"].tolist() == [1.0, 2.0, 1.0, 4.0, 2.0, 1.0]
+    finally:
+        await store.close()
