@@ -27,7 +27,14 @@ import numpy as np
 from policies import stats as st
 from policies.base import BUCKETS, ArmStats, Context, Decision
 from policies.guardrails import GuardrailSet, GuardrailSpec
-from policies.units import UNIT_FIELDS, UnitAccumulator, UnitLog, Units
+from policies.units import (
+    UNIT_FIELDS,
+    UnitAccumulator,
+    UnitLog,
+    Units,
+    legacy_rows,
+    legacy_sums,
+)
 
 __all__ = ["METHODS", "ABTestPolicy"]
 
@@ -137,6 +144,8 @@ class ABTestPolicy:
         self._obs: dict[str, UnitAccumulator] = {}
         self.units = UnitLog()  # per-bucket increments not yet flushed (`take_units`)
         self._trial_value: float | None = None
+        # (plain sums, per-bucket rows) read from an old document by `restore`, not yet shared
+        self.legacy: tuple[dict[str, np.ndarray[Any, np.dtype[np.float64]]], Units] = ({}, {})
         self._pairs: list[tuple[str, str]] = []
         self._running_p: dict[str, float] = {}
         self._running_cs: dict[str, list[float]] = {}
@@ -555,17 +564,24 @@ class ABTestPolicy:
         for a, d in state.get("arms", {}).items():
             if a in self._stats:
                 self._stats[a] = ArmStats.from_json(d)
+        plain: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
+        rows: Units = {}
         obs = state.get("obs")
         if isinstance(obs, Mapping):
             for a, d in obs.items():
                 if a in self._obs and isinstance(d, Mapping):
-                    self._obs[a].restore(d)
+                    acc = self._obs[a]
+                    acc.restore(d)
+                    _legacy_acc(acc.name, d, plain, rows)
         else:
             # a snapshot from before per-unit statistics: rebuild per-request moments
             for a, s in self._stats.items():
                 if s.rewards:
                     m = st.Moments.from_sums(s.rewards, s.reward_sum, s.reward_sq_sum)
                     self._obs[a].all = st.Welford(int(m.n), m.mean, m.m2)
+                    plain[self._obs[a].name + ".l"] = np.array(
+                        [float(s.rewards), s.reward_sum, s.reward_sq_sum]
+                    )
         for k, p in state.get("running_p", {}).items():
             if k in self._running_p and isinstance(p, int | float) and math.isfinite(p):
                 self._running_p[k] = float(p)
@@ -584,13 +600,52 @@ class ABTestPolicy:
         periods = state.get("periods")
         if isinstance(periods, list) and periods:
             self._periods = [_Period.from_state(p, self.arms, i) for i, p in enumerate(periods)]
+            for per, d in zip(self._periods, periods, strict=True):
+                _legacy_period(per, d, plain, rows)
         g = state.get("guardrails")
         if isinstance(g, Mapping):
             self.guardrails.restore(g)
+            for k, d in g.get("acc", {}).items():
+                label, _, a = str(k).rpartition("|")
+                if a in self.arms and isinstance(d, Mapping):
+                    _legacy_acc(f"abg.v1/{label}|{a}", d, plain, rows)
+        # statistics a document from before merged per-user sums held; the engine adds them to
+        # the shared sums once (whichever process claims the migration)
+        self.legacy = (plain, rows)
         w = state.get("winner")
         self.winner = w if w in self._stats else None
         if self.winner is not None and len(self._periods) == 1:
             self._new_period_if_concluded()
+
+
+def _legacy_acc(
+    name: str,
+    d: Mapping[str, Any],
+    plain: dict[str, np.ndarray[Any, np.dtype[np.float64]]],
+    rows: Units,
+) -> None:
+    if "loose" in d:
+        plain[name + ".l"] = legacy_sums(d["loose"])
+    if "n_b" in d and "s_b" in d:
+        rows[name + ".u"] = legacy_rows(d["n_b"], d["s_b"])
+
+
+def _legacy_period(
+    per: _Period,
+    d: Mapping[str, Any],
+    plain: dict[str, np.ndarray[Any, np.dtype[np.float64]]],
+    rows: Units,
+) -> None:
+    decisions = d.get("decisions")
+    if isinstance(decisions, Mapping):
+        plain[per.name] = np.array([float(decisions.get(a, 0)) for a in per.weights])
+    if "bucketed" in d and len(per.bounds) == len(per.weights):
+        all_rows = legacy_rows(d["bucketed"])
+        lo = 0
+        for a, hi in zip(per.weights, per.bounds, strict=True):
+            b = all_rows[:, 0]
+            rows[per.group(a)] = all_rows[(b >= lo) & (b < hi)]
+            lo = hi
 
 
 def _pair_key(a: str, b: str) -> str:

@@ -12,12 +12,15 @@ back. See `unit_increments` (the arithmetic every store applies) and `Store.merg
 
 from __future__ import annotations
 
+import base64
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from policies import stats as st
+from policies.base import BUCKETS
 
 __all__ = [
     "UNIT_FIELDS",
@@ -198,6 +201,36 @@ class UnitAccumulator:
         """Local moments from a document (the merged sums live in the store)."""
         if "all" in d:
             self.all = st.Welford.from_json(d["all"])
+
+
+def legacy_rows(
+    n_text: object, s_text: object | None = None
+) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Rows (bucket, N, S) of the non-empty buckets of bucket arrays as documents before merged
+    per-user sums stored them (zlib'd uint32 or float64, base64, "u4:"/"f8:" prefixed)."""
+    n = _legacy_array(n_text)
+    s = np.zeros(len(n)) if s_text is None else _legacy_array(s_text)
+    idx = np.flatnonzero((n != 0.0) | (s != 0.0))
+    return np.column_stack((idx.astype(float), n[idx], s[idx]))
+
+
+def _legacy_array(text: object) -> np.ndarray[Any, np.dtype[np.float64]]:
+    if not isinstance(text, str):
+        raise ValueError("bucket array: expected a string")
+    kind, _, body = text.partition(":")
+    dtype = {"u4": np.uint32, "f8": np.float64}.get(kind)
+    if dtype is None:
+        raise ValueError(f"bucket array: unknown encoding {kind!r}")
+    x = np.frombuffer(zlib.decompress(base64.b64decode(body)), dtype=dtype).astype(np.float64)
+    if x.size != BUCKETS or not bool(np.isfinite(x).all()):
+        raise ValueError(f"bucket array: {x.size} values (expected {BUCKETS}) or not finite")
+    return x
+
+
+def legacy_sums(welford: object) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """n, sum, sum of squares of running moments as documents stored them ([n, mean, m2])."""
+    w = st.Welford.from_json(welford)
+    return np.array([float(w.n), w.n * w.mean, w.m2 + w.n * w.mean * w.mean])
 
 
 def _replace(w: st.Welford, old: float, new: float) -> None:

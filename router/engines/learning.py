@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -441,6 +442,7 @@ class LearningEngine(EngineBase):
                     legacy, legacy_mark = self._additive(), self._watermark
             except (TypeError, ValueError, KeyError) as e:
                 log.warning("route '%s': ignoring an unreadable snapshot: %s", self.route, e)
+        await self._migrate_units()
         taken = self._merger.take()[1]
         if legacy is not None:
             # seeds only where nobody did yet (mark -1): N workers upgrading migrate it once
@@ -459,6 +461,25 @@ class LearningEngine(EngineBase):
             )
         self._refresh()
         self._task = asyncio.create_task(self._loop(), name=f"learning:{self.route}")
+
+    async def _migrate_units(self) -> None:
+        """Per-user A/B statistics of a document from before they were merged: added to the
+        shared sums once, by whichever process claims the migration first (a process that dies
+        between the claim and the merge loses them; none adds them twice)."""
+        if self._ab is None:
+            return
+        plain, rows = self._ab.legacy
+        self._ab.legacy = ({}, {})
+        if not plain and not rows:
+            return
+        me = uuid.uuid4().hex
+        won = await self.services.store.put_if_absent(f"units-migrated:{self.route}", me)
+        if won != me:
+            return
+        await self.services.store.merge(self._sums_key, plain, units=rows)
+        log.info(
+            "route '%s': per-user A/B statistics of the old document added to the sums", self.route
+        )
 
     async def stop(self) -> None:
         task, self._task = self._task, None

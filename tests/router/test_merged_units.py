@@ -322,3 +322,76 @@ async def test_store_rejects_bad_unit_increments_whole(
         assert m.totals["g"].tolist() == [1.0, 2.0, 1.0, 4.0, 2.0, 1.0]
     finally:
         await store.close()
+
+
+def old_pack(x: np.ndarray[Any, np.dtype[np.float64]]) -> str:
+    """Bucket arrays as documents stored them before per-user sums were merged."""
+    import base64
+    import zlib
+
+    if bool(np.all(x == np.floor(x))) and x.min() >= 0:
+        return "u4:" + base64.b64encode(zlib.compress(x.astype(np.uint32).tobytes())).decode()
+    return "f8:" + base64.b64encode(zlib.compress(x.astype(np.float64).tobytes())).decode()
+
+
+async def test_an_old_document_s_per_user_statistics_are_added_once(tmp_path: Any) -> None:
+    """A document written before per-user sums were merged (bucket arrays inside) seeds the
+    shared sums exactly once, however many workers start on it."""
+    from router.store.sqlite import SqliteStore
+
+    g = np.random.default_rng(1)
+    n = {a: np.zeros(BUCKETS) for a in "AB"}
+    s = {a: np.zeros(BUCKETS) for a in "AB"}
+    for a, lo, hi in (("A", 0, BUCKETS // 2), ("B", BUCKETS // 2, BUCKETS)):
+        b = g.integers(lo, hi, 300)
+        np.add.at(n[a], b, 1.0)
+        np.add.at(s[a], b, (g.random(300) < 0.3).astype(float))
+    decided = n["A"] + n["B"]
+    doc = {
+        "kind": "ab_test",
+        "format": 2,
+        "algorithm": None,
+        "policy": {
+            "obs": {
+                a: {
+                    "all": [0, 0.0, 0.0],
+                    "loose": [0, 0.0, 0.0],
+                    "n_b": old_pack(n[a]),
+                    "s_b": old_pack(s[a]),
+                }
+                for a in "AB"
+            },
+            "periods": [
+                {
+                    "label": "split",
+                    "weights": {"A": 0.5, "B": 0.5},
+                    "decisions": {"A": int(n["A"].sum()), "B": int(n["B"].sum())},
+                    "bounds": [BUCKETS // 2, BUCKETS],
+                    "bucketed": old_pack(decided),
+                    "max_log_bf": 0.0,
+                }
+            ],
+        },
+        "watermark": 0,
+        "applied": [],
+    }
+    path = tmp_path / "s.db"
+    first = SqliteStore(path)
+    await first.open()
+    await first.put("policy:r", doc)
+    await first.close()
+    procs = [await sticky_engine(SqliteStore(path), seed=i) for i in range(3)]
+    try:
+        for p in procs:
+            await p.tick()
+            res = p.policy.result()
+            assert res is not None
+            for a in "AB":
+                assert res["arms"][a]["n"] == int(n[a].sum())  # once, not three times
+                assert res["arms"][a]["units"] == int(np.count_nonzero(n[a]))
+                assert res["arms"][a]["mean"] == pytest.approx(s[a].sum() / n[a].sum())
+            assert res["srm"]["periods"][0]["dispersion"] is not None
+    finally:
+        for p in procs:
+            await p.stop()
+            await p.services.store.close()
