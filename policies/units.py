@@ -143,8 +143,8 @@ class UnitAccumulator:
     `loose`: n, sum and sum of squares of observations without a bucket (per request; all of
     them on a non-sticky route), additive. `units`: the merged dense sums over buckets
     (`UNIT_FIELDS`), set from the store's totals only; new bucketed observations go to `log`.
-    `all`: every observation this process applied (exact centred moments; the per-request view
-    of a non-sticky route, local to the process).
+    `all`: every observation this process applied (exact centred moments: the per-request view
+    of a non-sticky route while this process has seen all of them; else the merged `loose`).
     """
 
     __slots__ = ("_last", "all", "log", "loose", "name", "trial_value", "units")
@@ -178,7 +178,11 @@ class UnitAccumulator:
 
     def sample(self, by_unit: bool) -> st.Sample:
         if not by_unit:
-            return st.Sample.per_request(self.all.moments())
+            if self.log is None or not self.log.shared or self.all.n == self.loose[0]:
+                # this process saw every observation: its exact centred moments
+                return st.Sample.per_request(self.all.moments())
+            # several processes: the merged sums (declared reward ranges keep them precise)
+            return st.Sample.per_request(st.Moments.from_sums(*(float(x) for x in self.loose)))
         merged = self.units if self.log is None else self.log.sums(self.name + ".u", self.units)
         n, s, nn, ss, sn, units = (float(x) for x in merged)
         loose = st.Sample.per_request(st.Moments.from_sums(*(float(x) for x in self.loose)))

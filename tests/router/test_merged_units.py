@@ -395,3 +395,59 @@ async def test_an_old_document_s_per_user_statistics_are_added_once(tmp_path: An
         for p in procs:
             await p.stop()
             await p.services.store.close()
+
+
+async def test_per_request_statistics_add_up_on_a_non_sticky_route(
+    opener: Opener,  # noqa: F811
+) -> None:
+    """Without a sticky key the unit is the request; with `missing_reward: 0` each decision is
+    a trial, counted by the process that made it: the merged figures are one process's."""
+    rnd = random.Random(4)
+    text = STICKY.replace('    sticky: {{key: "cookie:uid"}}\n', "")
+    procs = []
+    for i in range(2):
+        store = opener()
+        await store.open()
+        config = parse_config(
+            textwrap.dedent(text.format(missing="0", split_a=50, split_b=50)), "t.yaml"
+        )
+        svc = Services(
+            config=config,
+            store=store,
+            metrics=Metrics(registry=CollectorRegistry()),
+            audit=Audit(store),
+            backends=config.backends,
+            rng=np.random.default_rng(i),
+            decider=TokenSigner(b"merged-units-test-secret-0123456"),
+        )
+        e = ENGINES["ab_test"](config.routes[0], svc)
+        assert isinstance(e, LearningEngine)
+        e.dead_after, e.tick_interval = 3600.0, 3600
+        await e.start()
+        procs.append(e)
+    ref = reference(procs[0], 0.0)
+    try:
+        for _ in range(2000):
+            p = rnd.choice(procs)
+            arm = p.choose(Context()).arm
+            a = {"a": "A", "b": "B"}[arm]
+            ref.stats()[a].decisions += 1
+            ref.update(a, 0.0, Context(), trial=True)
+            if rnd.random() < 0.5:
+                y = float(rnd.random() < 0.3)
+                rnd.choice(procs).feedback(arm, y, Context())
+                ref.update(a, y, Context(), trial=False)
+        for p in procs:
+            await p.tick()
+        await procs[0].tick()
+        want = ref.result()["arms"]
+        print("one process:", want)
+        for p in procs:
+            got = p.policy.result()["arms"]  # type: ignore[index]
+            for a in "AB":
+                assert got[a]["n"] == want[a]["n"]
+                assert got[a]["mean"] == pytest.approx(want[a]["mean"], rel=1e-9)
+                assert got[a]["ci_high"] == pytest.approx(want[a]["ci_high"], rel=1e-9)
+    finally:
+        for p in procs:
+            await p.stop()
