@@ -48,7 +48,16 @@ class _Period:
     see `policies.units`) are merged across processes under `name`; the running maximum of the
     sequential SRM test is each process's own (recomputed from the merged totals every look)."""
 
-    __slots__ = ("bounds", "bucketed", "decisions", "label", "max_log_bf", "name", "weights")
+    __slots__ = (
+        "bounds",
+        "bucketed",
+        "decisions",
+        "groups",
+        "label",
+        "max_log_bf",
+        "name",
+        "weights",
+    )
 
     def __init__(
         self, label: str, weights: Mapping[str, float], bounds: Sequence[int] = (), index: int = 0
@@ -61,6 +70,7 @@ class _Period:
         self.decisions = dict.fromkeys(weights, 0)
         # merged dense sums of decisions per sticky bucket, per arm (UNIT_FIELDS each)
         self.bucketed = {a: np.zeros(UNIT_FIELDS) for a in weights}
+        self.groups = {a: self.group(a) for a in weights}  # built once, not per request
 
     def group(self, arm: str) -> str:
         return f"{self.name}/{arm}.u"
@@ -215,7 +225,7 @@ class ABTestPolicy:
             self._stats[w].decisions += 1
             period.decisions[w] += 1
             if context.bucket is not None and self.sticky:
-                self.units.add(period.group(w), context.bucket, 1.0, 0.0)
+                self.units.add(period.groups[w], context.bucket, 1.0, 0.0)
             return Decision(w, 1.0)
         b = context.bucket
         if b is not None:
@@ -225,7 +235,7 @@ class ABTestPolicy:
         j = min(j, len(self.arms) - 1)
         arm = self.arms[j]
         if b is not None and self.sticky:
-            self.units.add(period.group(arm), b, 1.0, 0.0)
+            self.units.add(period.groups[arm], b, 1.0, 0.0)
         self._stats[arm].decisions += 1
         period.decisions[arm] += 1
         return Decision(arm, self.weights[arm])

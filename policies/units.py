@@ -147,10 +147,11 @@ class UnitAccumulator:
     of a non-sticky route while this process has seen all of them; else the merged `loose`).
     """
 
-    __slots__ = ("_last", "all", "log", "loose", "name", "trial_value", "units")
+    __slots__ = ("_last", "all", "group", "log", "loose", "name", "trial_value", "units")
 
     def __init__(self, name: str = "", log: UnitLog | None = None) -> None:
         self.name = name
+        self.group = name + ".u"  # its unit group in the store
         self.log = log
         self.all = st.Welford()
         self.loose = np.zeros(3)
@@ -164,7 +165,7 @@ class UnitAccumulator:
         if bucket is None:
             self.loose += (1.0, x, x * x)
         elif self.log is not None:
-            self.log.add(self.name + ".u", bucket, 1.0, x)
+            self.log.add(self.group, bucket, 1.0, x)
 
     def correct(self, delta: float, bucket: int | None) -> None:
         """A trial's value turns out to be `delta` higher (a reward after `missing_reward`
@@ -174,7 +175,7 @@ class UnitAccumulator:
         if bucket is None:
             self.loose += (0.0, delta, (old + delta) ** 2 - old * old)
         elif self.log is not None:
-            self.log.add(self.name + ".u", bucket, 0.0, delta)
+            self.log.add(self.group, bucket, 0.0, delta)
 
     def sample(self, by_unit: bool) -> st.Sample:
         if not by_unit:
@@ -183,7 +184,7 @@ class UnitAccumulator:
                 return st.Sample.per_request(self.all.moments())
             # several processes: the merged sums (declared reward ranges keep them precise)
             return st.Sample.per_request(st.Moments.from_sums(*(float(x) for x in self.loose)))
-        merged = self.units if self.log is None else self.log.sums(self.name + ".u", self.units)
+        merged = self.units if self.log is None else self.log.sums(self.group, self.units)
         n, s, nn, ss, sn, units = (float(x) for x in merged)
         loose = st.Sample.per_request(st.Moments.from_sums(*(float(x) for x in self.loose)))
         if n <= 0:
@@ -192,11 +193,11 @@ class UnitAccumulator:
         return out.merge(loose) if self.loose[0] > 0 else out
 
     def additive(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
-        return {self.name + ".l": self.loose.copy(), self.name + ".u": self.units.copy()}
+        return {self.name + ".l": self.loose.copy(), self.group: self.units.copy()}
 
     def load_additive(self, totals: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]]) -> None:
         self.loose = np.array(totals[self.name + ".l"], dtype=float)
-        self.units = np.array(totals[self.name + ".u"], dtype=float)
+        self.units = np.array(totals[self.group], dtype=float)
 
     def state(self) -> dict[str, Any]:
         return {"all": self.all.to_json()}
