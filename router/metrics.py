@@ -219,6 +219,17 @@ class Metrics:
             "(match, mismatch, error, skipped).",
             ("route", "backend", "result"),
         )
+        self._store_up = gauge(
+            "store_up",
+            "1 while the state store takes writes, 0 while its calls fail (then /readyz is 503).",
+            (),
+        )
+        self._store_errors = counter(
+            "store_errors",
+            "Failed state-store calls by operation (get, put, audit_append, feedback_add, "
+            "probe, ...).",
+            ("operation",),
+        )
         for result in ("success", "failure"):
             self._reloads.labels(result)
         self._route_metrics: tuple[Counter | Gauge, ...] = (
@@ -280,6 +291,13 @@ class Metrics:
 
     def set_backend_up(self, backend: str, up: bool) -> None:
         self._backend_up.labels(backend).set(1.0 if up else 0.0)
+
+    def set_store_up(self, up: bool) -> None:
+        self._store_up.set(1.0 if up else 0.0)
+
+    def store_error(self, operation: str) -> None:
+        """Count a failed store call; `operation` is a Store method name or "probe"."""
+        self._store_errors.labels(operation).inc()
 
     def config_reload(self, result: str) -> None:
         """Count a reload attempt; `result` is "success" or "failure"."""

@@ -54,12 +54,17 @@ class Server:
         from router.proxy import start_proxy
         from router.runtime import Runtime
         from router.store import open_store
+        from router.store.health import MonitoredStore
 
         cfg = self.config
         base_dir = Path(self.config_path).resolve().parent if self.config_path else Path.cwd()
-        store = open_store(cfg.state, base_dir, feedback_ttl=cfg.feedback.ttl)
-        await store.open()
         metrics = Metrics()
+        inner = open_store(cfg.state, base_dir, feedback_ttl=cfg.feedback.ttl)
+        store = MonitoredStore(
+            inner, where=getattr(inner, "where", cfg.state.store), monitor=metrics
+        )
+        await store.open()  # StoreError: serve_main prints it and exits 2
+        store.start_probe()
         audit = Audit(store)
         self.runtime = await Runtime.create(
             cfg, store=store, metrics=metrics, audit=audit, config_path=self.config_path
@@ -162,6 +167,7 @@ def run_server(server: Server) -> None:
 def serve_main(config_path: str, workers: int = 1) -> int:
     """Entry point of `modelrouter serve`; returns the process exit code."""
     from router.config import ConfigError, load_config
+    from router.store import StoreError
 
     setup_logging()
     try:
@@ -180,6 +186,10 @@ def serve_main(config_path: str, workers: int = 1) -> int:
         return 2
     try:
         run_server(Server(config, config_path))
+    except StoreError as e:
+        # unusable state store at start: one line saying which and what to do, no traceback
+        print(f"modelrouter: cannot start: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"modelrouter: cannot start: {e}", file=sys.stderr)
         return 1

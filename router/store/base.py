@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+# a document written when a store opens and by the health probe: proves that writes work
+PROBE_KEY = "store:probe"
+
 
 class StoreError(Exception):
     """The store cannot be used (unopenable file, unreachable server, closed)."""
