@@ -25,7 +25,14 @@ __all__ = [
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # why an attempt is retried; the `reason` label of modelrouter_retries_total
-RETRY_REASONS = ("connect-failure", "reset", "timeout", "5xx", "retriable-status")
+RETRY_REASONS = (
+    "connect-failure",
+    "reset",
+    "timeout",
+    "5xx",
+    "retriable-status",
+    "connection-closed",
+)
 
 
 def may_resend(method: str, *, maybe_sent: bool, route_opt_in: bool) -> bool:
