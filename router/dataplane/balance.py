@@ -26,6 +26,7 @@ class Endpoint:
         "consecutive_local",
         "eject_local",
         "ejected",
+        "ejected_at",
         "ejected_until",
         "ejections",
         "healthy",
@@ -47,6 +48,7 @@ class Endpoint:
         # outlier detection (router.dataplane.outlier)
         self.consecutive_failures = 0  # failing answers (5xx or a declared status) in a row
         self.consecutive_local = 0  # connect failures, resets, timeouts in a row
+        self.ejected_at = 0.0
         self.ejected_until = 0.0
         self.ejections = 0  # how often ejected recently: multiplies the ejection time
         self.eject_local = False  # the current ejection is for connect failures/resets/timeouts

@@ -103,8 +103,9 @@ class EndpointGroup:
         if ev is not None:
             self._event(ev, now, kind)
 
-    def health(self, ep: Endpoint, ok: bool, now: float) -> None:
-        """The active health check's result for `ep` (down after HEALTH_FAILS_DOWN failures)."""
+    def health(self, ep: Endpoint, ok: bool, now: float, started: float | None = None) -> None:
+        """The active health check's result for `ep` (down after HEALTH_FAILS_DOWN failures);
+        `started`: when the check began (loop time)."""
         i = ep.index
         self._health_fails[i] = 0 if ok else self._health_fails[i] + 1
         healthy = ok or (ep.healthy and self._health_fails[i] < HEALTH_FAILS_DOWN)
@@ -116,7 +117,7 @@ class EndpointGroup:
                 ep.address,
                 "up" if healthy else "DOWN",
             )
-        ev = self.detector.health(ep, healthy, now)
+        ev = self.detector.health(ep, healthy, now, started, ok)
         if ev is not None:
             self._event(ev, now)
         elif ep.available != was:

@@ -129,10 +129,27 @@ class OutlierDetector:
             return self._eject(ep, CONSECUTIVE_LOCAL_ORIGIN_FAILURE, True, now)
         return None
 
-    def health(self, ep: Endpoint, ok: bool, now: float) -> OutlierEvent | None:
-        """The active health check's verdict on `ep`; a return when it ends an ejection."""
+    def health(
+        self,
+        ep: Endpoint,
+        ok: bool,
+        now: float,
+        started: float | None = None,
+        passed: bool | None = None,
+    ) -> OutlierEvent | None:
+        """The active health check's verdict on `ep`; a return when it ends an ejection.
+
+        `ok`: the endpoint counts as healthy (a caller may wait for several failed checks);
+        `passed`: this very check passed (default `ok`); only that ends an ejection, and only
+        when the check began (`started`) after it: an earlier check says nothing about it.
+        """
         ep.healthy = ok
-        if ok and ep.ejected and ep.eject_local:
+        if (
+            (ok if passed is None else passed)
+            and ep.ejected
+            and ep.eject_local
+            and (started is None or started >= ep.ejected_at)
+        ):
             return self._return(ep, "health", now)
         ep.available = ok and not ep.ejected
         return None
@@ -177,6 +194,7 @@ class OutlierDetector:
         ep.ejected = True
         ep.available = False
         ep.eject_local = local
+        ep.ejected_at = now
         ep.ejected_until = now + duration
         if not self._next_return or ep.ejected_until < self._next_return:
             self._next_return = ep.ejected_until

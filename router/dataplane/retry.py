@@ -11,7 +11,9 @@ Two rules, both pure:
   the last `window` seconds, plus `min_retries` so a quiet backend can still retry at all.
   Envoy's retry budget has the same knobs but counts requests in flight; counting over a window
   (as Linkerd and Finagle do) bounds what an outage adds: upstream attempts stay within
-  (1 + budget_percent/100) x client requests + min_retries per window.
+  (1 + budget_percent/100) x client requests + min_retries per window. The data plane charges
+  only retries of attempts that may have reached an upstream: re-sending after a failed
+  connect adds no upstream load.
 """
 
 from __future__ import annotations

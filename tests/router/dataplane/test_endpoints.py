@@ -92,3 +92,14 @@ def test_health_marks_an_endpoint_down_after_two_failures_and_up_after_one_succe
     assert not g.up and changes == [False]
     g.health(ep, True, 2.0)
     assert g.up and changes == [False, True]
+
+
+def test_one_failed_check_keeps_an_endpoint_healthy_but_does_not_end_its_ejection() -> None:
+    g = EndpointGroup(cfg(2), Limits())
+    a, _ = g.endpoints
+    for _ in range(5):
+        g.local_failure(a, "connect-failure", 10.0)
+    g.health(a, False, 10.5, started=10.2)  # 1 of HEALTH_FAILS_DOWN: still "healthy"
+    assert a.healthy and a.ejected and not a.available
+    g.health(a, True, 11.5, started=11.2)
+    assert a.available

@@ -137,6 +137,15 @@ def test_health_returns_endpoints_ejected_for_connection_trouble_only() -> None:
     assert d.next_return() == 30.0
 
 
+def test_a_health_check_begun_before_the_ejection_does_not_end_it() -> None:
+    (ep,) = e = eps(1)
+    d = OutlierDetector(e)
+    for _ in range(5):
+        d.local_failure(ep, 10.0)
+    assert d.health(ep, True, 10.5, started=9.8) is None and ep.ejected
+    assert d.health(ep, True, 11.5, started=11.0) is not None and ep.available
+
+
 def test_failing_health_keeps_a_returned_endpoint_out() -> None:
     (ep,) = e = eps(1)
     d = OutlierDetector(e)
