@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from router.dataplane.balance import Balancer, Endpoint
 from router.dataplane.outlier import OutlierDetector, OutlierEvent
 from router.dataplane.retry import RetryBudget
+from router.dataplane.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from policies.spec import BackendConfig, Limits
@@ -49,8 +50,6 @@ class EndpointGroup:
         on_change: Callable[[bool], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        from router.upstream import UpstreamPool
-
         self.cfg = cfg
         self.name = cfg.name
         self._metrics = metrics
