@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import router, upstreams  # noqa: F401 - `modelrouter serve`, toy models
 from tests.faults.upstream import FaultServer
 
 ROOT = Path(__file__).resolve().parents[2]
