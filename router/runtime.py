@@ -390,6 +390,7 @@ class Runtime:
             features,
             ctx.label,
             self.clock(),
+            bucket=ctx.bucket,
         )
         return token
 

@@ -21,7 +21,15 @@ from typing import Any, TypeVar
 
 from policies.params import Param
 from policies.spec import StateConfig
-from router.store.base import PROBE_KEY, FeedbackRecord, Store, StoreError, StoreKind
+from router.store.base import (
+    PROBE_KEY,
+    FeedbackRecord,
+    Store,
+    StoreError,
+    StoreKind,
+    extra_fields,
+    record_extra,
+)
 
 T = TypeVar("T")
 
@@ -41,7 +49,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     decided_at REAL NOT NULL,
     received_at REAL NOT NULL,
     context TEXT,
-    label TEXT);
+    label TEXT,
+    extra TEXT);
 CREATE INDEX IF NOT EXISTS feedback_route ON feedback (route, seq);
 CREATE INDEX IF NOT EXISTS feedback_received ON feedback (received_at);
 """
@@ -121,6 +130,9 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(_SCHEMA)
+            cols = {row[1] for row in conn.execute("PRAGMA table_info(feedback)")}
+            if "extra" not in cols:  # stores made before bucket/metrics were kept
+                conn.execute("ALTER TABLE feedback ADD COLUMN extra TEXT")
             # a read-only file opens and reads fine: only a write shows it cannot be used
             conn.execute(_PUT, (PROBE_KEY, json.dumps({"opened": time.time()})))
         except (sqlite3.Error, OSError) as e:
@@ -247,7 +259,7 @@ class SqliteStore:
             for r in records:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO feedback (token_id, route, arm, reward, decided_at, "
-                    "received_at, context, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "received_at, context, label, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         r.token_id,
                         r.route,
@@ -257,6 +269,7 @@ class SqliteStore:
                         float(r.received_at),
                         None if r.context is None else json.dumps(list(r.context)),
                         r.label,
+                        None if (x := record_extra(r)) is None else json.dumps(x),
                     ),
                 )
                 out.append(cur.rowcount == 1)
@@ -273,8 +286,8 @@ class SqliteStore:
         rows = (
             self._db()
             .execute(
-                "SELECT token_id, route, arm, reward, decided_at, received_at, context, label, seq "
-                "FROM feedback WHERE route = ? AND seq > ? ORDER BY seq",
+                "SELECT token_id, route, arm, reward, decided_at, received_at, context, label, "
+                "seq, extra FROM feedback WHERE route = ? AND seq > ? ORDER BY seq",
                 (route, after_seq),
             )
             .fetchall()
@@ -290,6 +303,7 @@ class SqliteStore:
                 None if r[6] is None else tuple(float(x) for x in json.loads(r[6])),
                 r[7],
                 r[8],
+                *extra_fields(None if r[9] is None else json.loads(r[9])),
             )
             for r in rows
         ]
