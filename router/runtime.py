@@ -465,6 +465,7 @@ class Runtime:
             clock=self.clock,
             rng=self.rng,
             http=self.http,
+            backend_up=lambda name: name in backends and backends[name].up,
         )
         routes: list[RouteRuntime] = []
         started: list[Engine] = []

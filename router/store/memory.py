@@ -77,7 +77,6 @@ class MemoryStore:
             self._feedback = keep
         return gone
 
-
     # ---- leases, versioned documents, parts ----
 
     def _held(self, name: str) -> tuple[str, int, float] | None:

@@ -382,7 +382,6 @@ class RedisStore:
             if n < _PRUNE_BATCH:
                 return total
 
-
     # ---- leases, versioned documents, parts ----
 
     def _lease_keys(self, name: str) -> list[str]:

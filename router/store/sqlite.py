@@ -261,7 +261,6 @@ class SqliteStore:
         cur = self._db().execute("DELETE FROM feedback WHERE received_at < ?", (older_than,))
         return int(cur.rowcount)
 
-
     # ---- leases, versioned documents, parts (processes on one machine share the file) ----
     #
     # Each operation is one IMMEDIATE transaction: SQLite's write lock orders them across the
@@ -309,9 +308,7 @@ class SqliteStore:
     async def lease_release(self, name: str, holder: str) -> None:
         def release(db: sqlite3.Connection) -> None:
             # expire it in place: the token counter must survive for the next holder
-            db.execute(
-                "UPDATE lease SET expires = 0 WHERE name = ? AND holder = ?", (name, holder)
-            )
+            db.execute("UPDATE lease SET expires = 0 WHERE name = ? AND holder = ?", (name, holder))
 
         await self._run(release, self._db())
 
