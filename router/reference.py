@@ -439,6 +439,24 @@ _SECTIONS: tuple[Section, ...] = (
                 "stable error rate, checked every interval.",
             ),
             "alpha": Key("number", "Significance of `compare: sequential`."),
+            "confidence": Key(
+                "number",
+                "Threshold checks fail only when the confidence bound nearest the limit is "
+                "past it (a point estimate past it without that is inconclusive).",
+            ),
+            "inconclusive_limit": Key(
+                "int",
+                "Inconclusive analyses in a row before `on_inconclusive` applies; 0: wait "
+                "forever.",
+            ),
+            "on_inconclusive": Key(
+                "choice", "`pause` (with the reason; resume, promote or abort) or `rollback`."
+            ),
+            "progress_deadline": Key(
+                "duration",
+                "Longest time progressing without a transition; then `on_inconclusive` applies.",
+                default="off",
+            ),
         },
         get=lambda c: _pol(c).analysis,
         policy=_CANARY,
