@@ -231,7 +231,8 @@ def _error_rate(check: Check, obs: Observations, analysis: AnalysisSpec) -> tupl
     k = _failures(c, check.failure_status)
     rate = k / c.requests
     base = _failures(s, check.failure_status) / s.requests if s.requests else None
-    what = "error_rate" if check.failure_status is None else f"error_rate ({check.failure_status})"
+    declared = check.failure_status not in (None, "5xx")
+    what = f"error_rate ({check.failure_status})" if declared else "error_rate"
     suffix = f"over {c.requests} requests"
     low, high = wilson_bounds(k, c.requests, z_for(analysis.confidence))
     bounded = _bounded(what, rate, low, high, check, analysis.confidence, suffix)

@@ -371,6 +371,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pause": cmd_action,
     "resume": cmd_action,
     "switch": cmd_action,
+    "retry": cmd_action,
     "set-weights": cmd_set_weights,
     "reload": cmd_reload,
     "audit": cmd_audit,
@@ -464,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("pause", "hold a rollout at its current step"),
         ("resume", "continue a paused rollout"),
         ("switch", "blue-green: make preview the active side"),
+        ("retry", "start a rolled-back rollout again from validation and step 0"),
     ):
         p = sub.add_parser(
             name, parents=[admin], help=what, epilog=f"The admin token is read from {TOKEN_ENV}."

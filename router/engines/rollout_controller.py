@@ -55,6 +55,7 @@ WEBHOOK_TIMEOUT = 5.0
 PROMETHEUS_TIMEOUT = 5.0
 BODY_PREVIEW = 200
 PROBE_TIMEOUT = 2.0  # a mid-rollout probe of a candidate without traffic
+FOLLOW = 0.25  # seconds between reads of the shared state's version
 ACTION_ATTEMPTS = 20  # compare-and-set retries of an admin action racing other writers
 _STATUSES = 600
 
@@ -437,9 +438,18 @@ class RolloutController:
         return self._own_http
 
     async def _run(self) -> None:
+        # follow the shared state more often than the tick drives it: an admin action on another
+        # process reaches this one within FOLLOW seconds (one cheap version read when unchanged)
+        follow = min(self.tick, FOLLOW)
+        due = 0.0
         while True:
-            await asyncio.sleep(self.tick)
+            await asyncio.sleep(follow)
             try:
+                due += follow
+                if due + 1e-9 < self.tick:
+                    await self.sync()
+                    continue
+                due = 0.0
                 await self.step()
             except asyncio.CancelledError:
                 raise

@@ -1,0 +1,158 @@
+"""Two `modelrouter serve` replicas on one real redis-server: one driver per rollout (a lease),
+admin actions on either replica reach both, audit entries once, takeover after kill -9."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Router
+from tests.e2e.helpers import PREDICT, Traffic, admin_post, get_audit, get_status, wait_status
+from tests.helpers import eventually
+from tests.router.test_store_redis import RedisServer, free_port, need_redis
+
+pytestmark = pytest.mark.e2e
+
+LEASE = 2.0
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    need_redis()
+    server = RedisServer(free_port(), tmp_path, [])
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def config(url: str, v1: Any, v2: Any, policy: str) -> str:
+    return f"""\
+version: 1
+listen: 127.0.0.1:{{port}}
+admin: {{listen: "127.0.0.1:{{admin_port}}"}}
+state: {{store: redis, url: "{url}", lease: {LEASE:g}s}}
+backends:
+  v1: {{url: "{v1.url}", version: 1.0.0, timeout: 5s}}
+  v2: {{url: "{v2.url}", version: 1.1.0, timeout: 5s}}
+routes:
+  - name: clf
+    match: {{path_prefix: /v1/models/clf}}
+    policy: {policy}
+"""
+
+
+async def two(router: Any, text: str) -> tuple[Router, Router]:
+    a: Router = router(text, name="a.yaml")
+    b: Router = router(text, name="b.yaml")
+    await a.wait_ready()
+    await b.wait_ready()
+    return a, b
+
+
+def counts(entries: list[dict[str, Any]]) -> Counter[tuple[str, int]]:
+    return Counter((e["action"], e.get("step", -1)) for e in entries)
+
+
+async def test_a_canary_on_two_replicas_advances_once_per_interval(
+    upstreams: Any, router: Any, redis_url: str
+) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    policy = (
+        "{kind: canary, stable: v1, candidate: v2, steps: [20, 40, 60, 80, 100], interval: 1s, "
+        "analysis: {min_requests: 10, checks: [{metric: error_rate, max: 0.2}]}}"
+    )
+    a, b = await two(router, config(redis_url, v1, v2, policy))
+    # traffic reaches both replicas; the leader judges the sum of their windows
+    async with Traffic(a.url + PREDICT, 2, 20_000, 60), Traffic(b.url + PREDICT, 2, 20_000, 60):
+        for r in (a, b):
+            await wait_status(r, "clf", lambda s: s["phase"] == "promoted", "promoted", 60)
+    audit = await get_audit(a, "clf")
+    assert audit == await get_audit(b, "clf")  # one shared log
+    c = counts(audit)
+    assert c[("blessed", 0)] == 1 and c[("promoted", 3)] == 1, audit
+    assert [c[("step", i)] for i in (1, 2, 3)] == [1, 1, 1], audit  # each step once
+    moves = [e["ts"] for e in audit if e["action"] in ("blessed", "step", "promoted")]
+    gaps = [y - x for x, y in itertools.pairwise(moves)]
+    assert all(g >= 0.9 for g in gaps), gaps  # at most one step per 1s interval
+    # exactly one process drove it; both followed the state
+    leaders = {e["node"] for e in audit if e["actor"] == "controller"}
+    assert len(leaders) == 1, leaders
+    for r in (a, b):
+        st = await get_status(r, "clf")
+        assert st["shares"] == {"v1": 0.0, "v2": 1.0}
+        assert [m["phase"] for m in st["timeline"]][-1] == "promoted"
+        ramp = [m["shares"]["v2"] for m in st["timeline"]]
+        assert ramp == sorted(ramp) and ramp[-1] == 1.0 and 0.4 in ramp  # the ramp is kept
+
+
+async def test_promote_on_one_replica_and_abort_on_the_other_end_stable_everywhere(
+    upstreams: Any, router: Any, redis_url: str
+) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    policy = (
+        "{kind: canary, stable: v1, candidate: v2, steps: [10, 50, 100], interval: 60s, "
+        "analysis: {min_requests: 10, checks: [{metric: error_rate, max: 0.2}]}}"
+    )
+    a, b = await two(router, config(redis_url, v1, v2, policy))
+    for r in (a, b):
+        await wait_status(r, "clf", lambda s: s["phase"] == "progressing", "progressing", 30)
+    await admin_post(a, "/admin/routes/clf/promote", {"full": True, "reason": "ship it"})
+    await admin_post(b, "/admin/routes/clf/abort", {"reason": "no, stop"})
+    t0 = time.monotonic()
+    for r in (a, b):
+        await wait_status(
+            r,
+            "clf",
+            lambda s: s["phase"] == "rolled_back" and s["shares"]["v1"] == 1.0,
+            "rolled back",
+            5,
+        )
+    took = time.monotonic() - t0
+    print(f"\npromote via A then abort via B: both at 100% stable {took:.2f}s after the abort")
+    assert took < 1.0
+    async with Traffic(a.url + PREDICT, 2, 40, 20) as ta, Traffic(b.url + PREDICT, 2, 40, 20) as tb:
+        await eventually(lambda: ta.sent >= 40 and tb.sent >= 40, timeout=20)
+    assert set(ta.backends) == {"v1"} and set(tb.backends) == {"v1"}
+    c = counts(await get_audit(b, "clf"))
+    assert sum(n for (act, _), n in c.items() if act == "promote") == 1
+    assert sum(n for (act, _), n in c.items() if act == "abort") == 1
+
+
+async def test_kill_9_of_the_leader_hands_the_rollout_over_within_the_lease(
+    upstreams: Any, router: Any, redis_url: str
+) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    policy = (
+        "{kind: canary, stable: v1, candidate: v2, steps: [10, 20, 30, 40, 50, 100], "
+        "interval: 1s, analysis: {min_requests: 5, checks: [{metric: error_rate, max: 0.2}]}}"
+    )
+    a, b = await two(router, config(redis_url, v1, v2, policy))
+    async with Traffic(a.url + PREDICT, 2, 20_000, 60), Traffic(b.url + PREDICT, 2, 20_000, 60):
+        st = await wait_status(a, "clf", lambda s: s["step"] >= 1, "step 1", 30)
+        sa, sb = await get_status(a, "clf"), await get_status(b, "clf")
+        assert sa["control"]["leading"] != sb["control"]["leading"], (sa, sb)
+        leader, follower = (a, b) if sa["control"]["leading"] else (b, a)
+        assert leader.proc is not None
+        leader.proc.send_signal(signal.SIGKILL)
+        leader.proc.wait(10)
+        t0 = time.monotonic()
+        await wait_status(follower, "clf", lambda s: s["control"]["leading"], "takeover", 10)
+        took = time.monotonic() - t0
+        print(f"\nkill -9 of the leader: the other leads after {took:.2f}s (lease {LEASE}s)")
+        assert took <= LEASE + 1.5
+        step = st["step"]
+        # it continues from the persisted state: onward from the step reached, never from 0
+        await wait_status(follower, "clf", lambda s: s["phase"] == "promoted", "promoted", 60)
+    audit = await get_audit(follower, "clf")
+    steps = [e["step"] for e in audit if e["action"] == "step"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) and step in steps, audit
+    assert sum(e["action"] == "blessed" for e in audit) == 1
