@@ -166,6 +166,9 @@ class RolloutState:
     reason: str | None = None  # why the current phase was entered
     changed_at: float = 0.0
     inconclusive: int = 0  # inconclusive analyses in a row
+    # blue-green: the inactive side was switched away from (not aborted or failed), so preview
+    # traffic may still reach it
+    kept_ready: bool = False
     # what happened, for the dashboard: {at, phase, step, shares, event}, oldest first
     timeline: tuple[dict[str, Any], ...] = ()
 
@@ -196,6 +199,7 @@ class RolloutState:
             "reason": self.reason,
             "changed_at": self.changed_at,
             "inconclusive": self.inconclusive,
+            "kept_ready": self.kept_ready,
             "timeline": list(self.timeline),
         }
 
@@ -221,6 +225,7 @@ class RolloutState:
                 reason=d.get("reason"),
                 changed_at=float(d.get("changed_at", 0.0)),
                 inconclusive=int(d.get("inconclusive", 0)),
+                kept_ready=bool(d.get("kept_ready", False)),
                 timeline=tuple(dict(m) for m in d.get("timeline", ())),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -524,6 +529,7 @@ def _roll_back(
         gate_waiting=False,
         reason=reason,
         changed_at=now,
+        kept_ready=False,
     )
     return new, [Event(kind, state.phase, Phase.ROLLED_BACK, reason, state.step)]
 
@@ -805,6 +811,7 @@ def _do_switch(
         paused_reason=None,
         reason=why,
         changed_at=now,
+        kept_ready=True,
     )
     if kind is None:
         kind = EventKind.PROMOTED if phase is Phase.PROMOTED else EventKind.ROLLED_BACK

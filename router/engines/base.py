@@ -84,6 +84,11 @@ class Engine(Protocol):
         """Whether an override may send a request to `backend` now."""
         ...
 
+    def override_backend(self, backend: str) -> str:
+        """Where an override naming `backend` sends its request (blue-green: the preview
+        override follows the inactive side)."""
+        ...
+
     def make_context(self, req: Request, bucket: int | None) -> Context:
         """The policy's view of one request (called when `reads_request`)."""
         ...
@@ -129,6 +134,9 @@ class EngineBase:
 
     def admits(self, backend: str) -> bool:
         return True
+
+    def override_backend(self, backend: str) -> str:
+        return backend
 
     def make_context(self, req: Request, bucket: int | None) -> Context:
         return Context(bucket=bucket)

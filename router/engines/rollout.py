@@ -55,6 +55,9 @@ class _RolloutEngine(EngineBase):
         """Overrides may reach the new version only once it is blessed and not rolled back."""
         return self.controller.admits(backend)
 
+    def override_backend(self, backend: str) -> str:
+        return self.controller.override_backend(backend)
+
     def shares(self) -> dict[str, float]:
         return self.policy.shares()
 

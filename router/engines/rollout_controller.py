@@ -479,11 +479,28 @@ class RolloutController:
         if w is not None:
             w.reward(reward)
 
+    def inactive(self) -> str:
+        """Blue-green: the side not serving now (the preview, or the old side after a switch)."""
+        active = self.state.active or self.roles.stable
+        return self.roles.candidate if active == self.roles.stable else self.roles.stable
+
+    def override_backend(self, backend: str) -> str:
+        """Blue-green: an override naming the configured preview reaches the inactive side,
+        whichever colour that is after switches."""
+        if self.spec.kind == "blue_green" and backend == self.roles.candidate:
+            return self.inactive()
+        return backend
+
     def admits(self, backend: str) -> bool:
         """Whether an override may send a request to this backend now."""
+        st = self.state
+        if self.spec.kind == "blue_green":
+            if backend != self.inactive() or backend == self.roles.stable:
+                return True
+            return st.blessed and (st.phase is not Phase.ROLLED_BACK or st.kept_ready)
         if backend != self.roles.candidate:
             return True
-        return self.state.blessed and self.state.phase is not Phase.ROLLED_BACK
+        return st.blessed and st.phase is not Phase.ROLLED_BACK
 
     # ---- following the shared state ----
 

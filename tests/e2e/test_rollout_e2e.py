@@ -464,6 +464,9 @@ routes:
         after_switch, _ = await sequential(url, 50)
     assert traffic.codes.keys() == {200}, traffic.codes
     assert after_switch == ["green"] * 50, Counter(after_switch)
+    # the preview header follows the inactive colour: blue, kept ready
+    backends, _ = await sequential(url, 20, headers=preview)
+    assert set(backends) == {"blue"}, Counter(backends)
 
     # the switch is durable: after SIGKILL and restart green still serves
     assert r.proc is not None
@@ -480,6 +483,9 @@ routes:
         after_back, _ = await sequential(url, 50)
     assert traffic.codes.keys() == {200}, traffic.codes
     assert after_back == ["blue"] * 50, Counter(after_back)
+    # after the switch back the preview header reaches the inactive colour again: green
+    backends, _ = await sequential(url, 20, headers=preview)
+    assert set(backends) == {"green"}, Counter(backends)
 
     st = await get_status(r, "web")
     assert st["active"] == "blue" and st["shares"] == {"blue": 1.0, "green": 0.0}, st
