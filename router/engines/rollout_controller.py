@@ -322,7 +322,8 @@ class RolloutController:
         self._timer: asyncio.Task[None] | None = None
         self._validation: asyncio.Task[None] | None = None
         self._own_http: aiohttp.ClientSession | None = None
-        self.tick = max(0.02, min(spec.interval / 10, 1.0))
+        # the lease is renewed every tick: a few renewals fit in one lease time
+        self.tick = max(0.02, min(spec.interval / 10, 1.0, self.lease_ttl / 4))
         self.last_sequential: str | None = None
 
     @property

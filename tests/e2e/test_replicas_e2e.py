@@ -24,22 +24,35 @@ LEASE = 2.0
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
+def redis_server_e2e(tmp_path: Path) -> Iterator[RedisServer]:
     need_redis()
     server = RedisServer(free_port(), tmp_path, [])
     server.start()
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
 
 
+@pytest.fixture
+def redis_url(redis_server_e2e: RedisServer) -> str:
+    return redis_server_e2e.url
+
+
+def redis_commands(server: RedisServer) -> int:
+    with server.raw() as raw:
+        info: Any = raw.info("stats")
+        return int(info["total_commands_processed"])
+
+
 def config(url: str, v1: Any, v2: Any, policy: str) -> str:
+    """Both replicas' config: `url` is a redis:// URL, or a path for a shared SQLite file."""
+    store = f'redis, url: "{url}"' if url.startswith("redis://") else f'sqlite, path: "{url}"'
     return f"""\
 version: 1
 listen: 127.0.0.1:{{port}}
 admin: {{listen: "127.0.0.1:{{admin_port}}"}}
-state: {{store: redis, url: "{url}", lease: {LEASE:g}s}}
+state: {{store: {store}, lease: {LEASE:g}s}}
 backends:
   v1: {{url: "{v1.url}", version: 1.0.0, timeout: 5s}}
   v2: {{url: "{v2.url}", version: 1.1.0, timeout: 5s}}
@@ -63,8 +76,9 @@ def counts(entries: list[dict[str, Any]]) -> Counter[tuple[str, int]]:
 
 
 async def test_a_canary_on_two_replicas_advances_once_per_interval(
-    upstreams: Any, router: Any, redis_url: str
+    upstreams: Any, router: Any, redis_server_e2e: RedisServer
 ) -> None:
+    redis_url = redis_server_e2e.url
     v1, v2 = await upstreams("v1"), await upstreams("v2")
     policy = (
         "{kind: canary, stable: v1, candidate: v2, steps: [20, 40, 60, 80, 100], interval: 1s, "
@@ -72,9 +86,27 @@ async def test_a_canary_on_two_replicas_advances_once_per_interval(
     )
     a, b = await two(router, config(redis_url, v1, v2, policy))
     # traffic reaches both replicas; the leader judges the sum of their windows
-    async with Traffic(a.url + PREDICT, 2, 20_000, 60), Traffic(b.url + PREDICT, 2, 20_000, 60):
+    await wait_status(a, "clf", lambda s: s["phase"] == "progressing", "progressing", 30)
+    c0, t0 = redis_commands(redis_server_e2e), time.monotonic()
+    async with (
+        Traffic(a.url + PREDICT, 2, 20_000, 60) as ta,
+        Traffic(b.url + PREDICT, 2, 20_000, 60) as tb,
+    ):
         for r in (a, b):
             await wait_status(r, "clf", lambda s: s["phase"] == "promoted", "promoted", 60)
+        sent, ops, took = (
+            ta.sent + tb.sent,
+            redis_commands(redis_server_e2e) - c0,
+            time.monotonic() - t0,
+        )
+    # store traffic follows ticks (one per 0.1s here: interval 1s / 10), not requests
+    per_replica = ops / took / 2
+    print(
+        f"\nrollout control: {per_replica:.0f} Redis commands/s per replica "
+        f"({per_replica * 0.1:.1f} per tick) at {sent / took / 2:.0f} requests/s per replica, "
+        f"no rewards, tick 0.1s ({took:.1f}s)"
+    )
+    assert per_replica * 0.1 < 8, per_replica  # a few commands per tick, none per request
     audit = await get_audit(a, "clf")
     assert audit == await get_audit(b, "clf")  # one shared log
     c = counts(audit)
@@ -94,15 +126,18 @@ async def test_a_canary_on_two_replicas_advances_once_per_interval(
         assert ramp == sorted(ramp) and ramp[-1] == 1.0 and 0.4 in ramp  # the ramp is kept
 
 
+@pytest.mark.parametrize("store", ["redis", "sqlite"])
 async def test_promote_on_one_replica_and_abort_on_the_other_end_stable_everywhere(
-    upstreams: Any, router: Any, redis_url: str
+    upstreams: Any, router: Any, store: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    # sqlite: two processes of one machine sharing the file (as `serve --workers` does)
+    url = request.getfixturevalue("redis_url") if store == "redis" else str(tmp_path / "s.db")
     v1, v2 = await upstreams("v1"), await upstreams("v2")
     policy = (
         "{kind: canary, stable: v1, candidate: v2, steps: [10, 50, 100], interval: 60s, "
         "analysis: {min_requests: 10, checks: [{metric: error_rate, max: 0.2}]}}"
     )
-    a, b = await two(router, config(redis_url, v1, v2, policy))
+    a, b = await two(router, config(url, v1, v2, policy))
     for r in (a, b):
         await wait_status(r, "clf", lambda s: s["phase"] == "progressing", "progressing", 30)
     await admin_post(a, "/admin/routes/clf/promote", {"full": True, "reason": "ship it"})
@@ -117,7 +152,7 @@ async def test_promote_on_one_replica_and_abort_on_the_other_end_stable_everywhe
             5,
         )
     took = time.monotonic() - t0
-    print(f"\npromote via A then abort via B: both at 100% stable {took:.2f}s after the abort")
+    print(f"\n{store}: promote via A, abort via B: both at 100% stable {took:.2f}s after the abort")
     assert took < 1.0
     async with Traffic(a.url + PREDICT, 2, 40, 20) as ta, Traffic(b.url + PREDICT, 2, 40, 20) as tb:
         await eventually(lambda: ta.sent >= 40 and tb.sent >= 40, timeout=20)
