@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.e2e.conftest import Router
 from tests.e2e.helpers import PREDICT, Traffic, admin_post, get_audit, get_status, wait_status
@@ -71,18 +72,51 @@ async def two(router: Any, text: str) -> tuple[Router, Router]:
     return a, b
 
 
+class Hooks:
+    """A webhook receiver on 127.0.0.1: the payloads it got, in order."""
+
+    def __init__(self) -> None:
+        self.got: list[dict[str, Any]] = []
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        async def hook(request: web.Request) -> web.Response:
+            self.got.append(await request.json())
+            return web.Response(status=204)
+
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/hook"
+
+
+@pytest.fixture
+async def hooks() -> Any:
+    h = Hooks()
+    await h.start()
+    yield h
+    assert h.runner is not None
+    await h.runner.cleanup()
+
+
 def counts(entries: list[dict[str, Any]]) -> Counter[tuple[str, int]]:
     return Counter((e["action"], e.get("step", -1)) for e in entries)
 
 
 async def test_a_canary_on_two_replicas_advances_once_per_interval(
-    upstreams: Any, router: Any, redis_server_e2e: RedisServer
+    upstreams: Any, router: Any, redis_server_e2e: RedisServer, hooks: Hooks
 ) -> None:
     redis_url = redis_server_e2e.url
     v1, v2 = await upstreams("v1"), await upstreams("v2")
     policy = (
         "{kind: canary, stable: v1, candidate: v2, steps: [20, 40, 60, 80, 100], interval: 1s, "
-        "analysis: {min_requests: 10, checks: [{metric: error_rate, max: 0.2}]}}"
+        "analysis: {min_requests: 10, checks: [{metric: error_rate, max: 0.2}]}, "
+        f'webhooks: [{{url: "{hooks.url}"}}]}}'
     )
     a, b = await two(router, config(redis_url, v1, v2, policy))
     # traffic reaches both replicas; the leader judges the sum of their windows
@@ -118,6 +152,9 @@ async def test_a_canary_on_two_replicas_advances_once_per_interval(
     # exactly one process drove it; both followed the state
     leaders = {e["node"] for e in audit if e["actor"] == "controller"}
     assert len(leaders) == 1, leaders
+    # and one webhook delivery per transition, from that process alone
+    await eventually(lambda: len(hooks.got) >= len(moves), timeout=10)
+    assert [(h["to"], h["step"]) for h in hooks.got] == [(e["to"], e["step"]) for e in audit]
     for r in (a, b):
         st = await get_status(r, "clf")
         assert st["shares"] == {"v1": 0.0, "v2": 1.0}
