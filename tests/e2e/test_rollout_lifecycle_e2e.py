@@ -3,6 +3,7 @@ a new rollout, `retry` restarts a rolled-back one, a candidate that goes down is
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from tests.e2e.conftest import Router
 from tests.e2e.helpers import PREDICT, Traffic, cli, get_audit, wait_status
 from tests.e2e.test_rollout_e2e import canary_config, phase_is
+from tests.router.test_dashboard import chart_points, needs_chromium, run_chromium
 
 pytestmark = pytest.mark.e2e
 
@@ -75,3 +77,30 @@ async def test_a_candidate_that_goes_down_is_rolled_back(
     assert st["phase"] == "rolled_back", st
     assert "candidate v2 is down" in st["reason"] or "fails validation" in st["reason"], st
     assert st["shares"] == {"v1": 1.0, "v2": 0.0}
+
+
+@needs_chromium
+async def test_dashboard_opened_after_a_promotion_shows_the_ramp(
+    upstreams: Any, router: Any
+) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    policy = (
+        "{kind: canary, stable: v1, candidate: v2, steps: [20, 50, 100], interval: 1s, "
+        "analysis: {min_requests: 10, checks: [{metric: error_rate, max: 0.2}]}}"
+    )
+    r: Router = router(canary_config(v1, v2, policy))
+    await r.wait_ready()
+    async with Traffic(r.url + PREDICT, 2, 20_000, 60):
+        await wait_status(r, "clf", phase_is("promoted"), "promoted", 40)
+    # a page that was not open during the rollout: the ramp comes from the router
+    dom = await run_chromium(f"{r.admin}/dashboard", budget_ms=1500)
+    points = chart_points(dom)
+    assert points.get("chart-share-clf", 0) >= 4, points  # new, blessed, 2 steps, promoted
+    assert "steps 20% → 50% → [100%]" in dom or "promoted" in dom
+    card = re.search(r'<section class="route-card" id="route-clf".*?</section>', dom, re.S)
+    assert card, dom[-2000:]
+    html = card.group(0)
+    for action in ("promote", "abort", "pause", "resume", "retry"):
+        assert f'data-action="{action}"' in html
+    assert "failures 0/2" in html and "inconclusive 0/5" in html
+    assert re.search(r"p50 \d+ms", html) and "200:" in html, html[-3000:]
