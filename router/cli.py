@@ -117,6 +117,16 @@ def format_status(status: Mapping[str, Any]) -> str:
         if isinstance(status.get(key), str) and status[key]:
             lines.append(f"  {key}: {status[key]}")
             break
+    control = _map(status.get("control"))
+    if control:
+        limit = status.get("inconclusive_limit")
+        plan = [f"failures {status.get('failures', 0)}/{status.get('failure_limit', '-')}"]
+        if status.get("phase") in ("validating", "progressing"):
+            driver = "this process" if control.get("leading") else "another process"
+            plan.insert(0, f"driven by {driver}")
+        if limit is not None:
+            plan.append(f"inconclusive {status.get('inconclusive', 0)}/{limit or 'no limit'}")
+        lines.append("  rollout: " + ", ".join(plan))
 
     shares = _map(status.get("shares"))
     arms = _map(status.get("arms"))
