@@ -323,6 +323,7 @@ class Runtime:
             features,
             ctx.label,
             self.clock(),
+            bucket=ctx.bucket,
         )
         return token
 

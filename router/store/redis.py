@@ -31,7 +31,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from policies.params import Param
 from policies.spec import StateConfig
-from router.store.base import FeedbackRecord, Fence, Store, StoreError, StoreKind
+from router.store.base import (
+    FeedbackRecord,
+    Fence,
+    Store,
+    StoreError,
+    StoreKind,
+    extra_fields,
+    record_extra,
+)
 
 __all__ = ["RedisStore", "StoreUnavailable"]
 
@@ -330,6 +338,9 @@ class RedisStore:
                 None if r.context is None else [float(x) for x in r.context],
                 r.label,
             ]
+            extra = record_extra(r)
+            if extra is not None:
+                doc.append(extra)
             args += [
                 json.dumps(doc, allow_nan=False, separators=(",", ":")),
                 repr(float(r.received_at)),
@@ -348,7 +359,7 @@ class RedisStore:
             )
         out: list[FeedbackRecord] = []
         for text, score in rows:
-            token_id, arm, reward, decided_at, received_at, ctx, label = json.loads(text)
+            token_id, arm, reward, decided_at, received_at, ctx, label, *rest = json.loads(text)
             out.append(
                 FeedbackRecord(
                     token_id,
@@ -360,6 +371,7 @@ class RedisStore:
                     None if ctx is None else tuple(float(x) for x in ctx),
                     label,
                     int(score),
+                    *extra_fields(rest[0] if rest else None),
                 )
             )
         return out
