@@ -46,6 +46,15 @@ def _always_up(backend: str) -> bool:
     return True
 
 
+class Decider(Protocol):
+    """Which process decides: token ids start with `prefix` (router.feedback.TokenSigner)."""
+
+    @property
+    def prefix(self) -> str: ...
+
+    def renew_prefix(self) -> str: ...
+
+
 @dataclass
 class Services:
     """What engines may use; injected so tests can swap the clock, the rng or the store."""
@@ -62,6 +71,8 @@ class Services:
     # backend name -> passing health checks (the runtime's view); rollouts fail a down candidate
     backend_up: Callable[[str], bool] = _always_up
     node: str = field(default_factory=node_id)
+    # the token signer: learning engines tell the decisions of this process by its prefix
+    decider: Decider | None = None
 
 
 class Engine(Protocol):
