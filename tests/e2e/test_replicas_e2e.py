@@ -4,6 +4,7 @@ admin actions on either replica reach both, audit entries once, takeover after k
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import time
 from collections import Counter
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -228,3 +230,112 @@ async def test_kill_9_of_the_leader_hands_the_rollout_over_within_the_lease(
     steps = [e["step"] for e in audit if e["action"] == "step"]
     assert steps == sorted(steps) and len(steps) == len(set(steps)) and step in steps, audit
     assert sum(e["action"] == "blessed" for e in audit) == 1
+
+
+# ---- two routers of two workers each (`serve --workers 2`) on one Redis ------------------------
+
+
+async def node_statuses(r: Router, nodes: int, timeout: float = 20.0) -> dict[str, dict[str, Any]]:
+    """`GET /admin/routes/clf` on fresh connections until `nodes` different worker processes
+    answered (the kernel picks a worker per connection): node name -> its latest status."""
+    seen: dict[str, dict[str, Any]] = {}
+
+    async def ask() -> bool:
+        conn = aiohttp.TCPConnector(force_close=True)
+        async with (
+            aiohttp.ClientSession(connector=conn, headers=r.headers) as s,
+            s.get(f"{r.admin}/admin/routes/clf") as resp,
+        ):
+            if resp.status == 200:
+                st = await resp.json()
+                seen[st["control"]["node"]] = st
+        return len(seen) >= nodes
+
+    await eventually(ask, timeout=timeout, interval=0.01, what=f"{nodes} workers of {r.admin}")
+    return seen
+
+
+async def every_worker(
+    routers: tuple[Router, ...], pred: Any, what: str, timeout: float = 20.0
+) -> float:
+    """Seconds until every worker of every router answered a status satisfying `pred`."""
+    t0 = time.monotonic()
+    done: set[str] = set()
+
+    async def all_agree() -> bool:
+        for r in routers:
+            for node, st in (await node_statuses(r, 2, timeout)).items():
+                if pred(st):
+                    done.add(node)
+        return len(done) >= 2 * len(routers)
+
+    await eventually(all_agree, timeout=timeout, interval=0.01, what=what)
+    return time.monotonic() - t0
+
+
+async def test_two_routers_of_two_workers_drive_each_rollout_once(
+    upstreams: Any, router: Any, redis_url: str
+) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    policy = (
+        "{kind: canary, stable: v1, candidate: v2, steps: [20, 40, 60, 100], interval: 1s, "
+        "analysis: {min_requests: 10, checks: [{metric: error_rate, max: 0.2}]}}"
+    )
+    text = config(redis_url, v1, v2, policy)
+    a: Router = router(text, name="a.yaml", workers=2)
+    b: Router = router(text, name="b.yaml", workers=2)
+    await a.wait_ready(timeout=60)
+    await b.wait_ready(timeout=60)
+    async with Traffic(a.url + PREDICT, 4, 20_000, 60), Traffic(b.url + PREDICT, 4, 20_000, 60):
+        await every_worker((a, b), lambda s: s["phase"] == "promoted", "promoted", 60)
+    audit = await get_audit(a, "clf")
+    c = counts(audit)
+    assert c[("blessed", 0)] == 1 and c[("promoted", 2)] == 1, audit
+    assert [c[("step", i)] for i in (1, 2)] == [1, 1], audit
+    moves = [e["ts"] for e in audit if e["action"] in ("blessed", "step", "promoted")]
+    assert all(y - x >= 0.9 for x, y in itertools.pairwise(moves)), moves
+    assert len({e["node"] for e in audit if e["actor"] == "controller"}) == 1, audit
+
+
+async def test_two_routers_of_two_workers_promote_abort_and_kill_9_of_the_driver(
+    upstreams: Any, router: Any, redis_url: str
+) -> None:
+    v1, v2 = await upstreams("v1"), await upstreams("v2")
+    policy = (
+        "{kind: canary, stable: v1, candidate: v2, steps: [10, 50, 100], interval: 60s, "
+        "analysis: {min_requests: 10, checks: [{metric: error_rate, max: 0.2}]}}"
+    )
+    text = config(redis_url, v1, v2, policy)
+    a: Router = router(text, name="a.yaml", workers=2)
+    b: Router = router(text, name="b.yaml", workers=2)
+    await a.wait_ready(timeout=60)
+    await b.wait_ready(timeout=60)
+    await every_worker((a, b), lambda s: s["phase"] == "progressing", "progressing", 30)
+    # the driver is one worker of one router; kill -9 it: another takes over within the lease
+    statuses = {**(await node_statuses(a, 2)), **(await node_statuses(b, 2))}
+    leaders = [n for n, st in statuses.items() if st["control"]["leading"]]
+    assert len(leaders) == 1, {n: st["control"] for n, st in statuses.items()}
+    os.kill(int(leaders[0].split(":")[1]), signal.SIGKILL)
+    t0 = time.monotonic()
+
+    async def new_driver() -> bool:
+        now = {**(await node_statuses(a, 1)), **(await node_statuses(b, 1))}
+        return any(st["control"]["leading"] and n != leaders[0] for n, st in now.items())
+
+    await eventually(new_driver, timeout=LEASE + 10, interval=0.01, what="a new driver")
+    took = time.monotonic() - t0
+    print(f"\n2x2 workers: kill -9 of the driving worker, new driver after {took:.2f}s")
+    assert took <= LEASE + 1.5
+    # the supervisor restarts the killed worker; wait until all four answer again
+    await node_statuses(a, 2, timeout=60)
+    await node_statuses(b, 2, timeout=60)
+    # promote via one router, abort via the other: every worker at 100% stable
+    await admin_post(a, "/admin/routes/clf/promote", {"full": True})
+    await admin_post(b, "/admin/routes/clf/abort", {"reason": "stop"})
+    took = await every_worker(
+        (a, b), lambda s: s["phase"] == "rolled_back" and s["shares"]["v1"] == 1.0, "stable"
+    )
+    print(f"2x2 workers: every worker at 100% stable {took:.2f}s after the abort")
+    assert took < 1.0
+    actions = [e["action"] for e in await get_audit(a, "clf")]
+    assert actions.count("promote") == 1 and actions.count("abort") == 1
