@@ -647,7 +647,7 @@ class RolloutController:
         little traffic to judge) failing a probe with the validation requests."""
         name = self.roles.candidate
         if not self.services.backend_up(name):
-            return f"candidate {name} is down (failing health checks)"
+            return f"candidate {name} is down (failing health checks or ejected)"
         analysis = self.spec.analysis
         backend = self.services.backends.get(name)
         if backend is None or analysis is None or obs.candidate.requests >= analysis.min_requests:

@@ -305,3 +305,25 @@ def test_status_says_which_process_drives_a_rollout() -> None:
     assert "driven by another process" in follower
     done = format_status({**st, "phase": "promoted", "inconclusive_limit": 0})
     assert "rollout: failures 1/2, inconclusive 2/no limit" in done
+
+
+def test_format_status_lists_endpoints_out_of_rotation() -> None:
+    status = {
+        "route": "r",
+        "kind": "weighted",
+        "shares": {"a": 1.0},
+        "backends": {
+            "a": {
+                "up": True,
+                "endpoints": [
+                    {"address": "10.0.0.1:8501", "up": True, "in_flight": 3},
+                    {"address": "10.0.0.2:8501", "up": False, "ejected": True, "in_flight": 0},
+                ],
+            }
+        },
+    }
+    text = format_status(status)
+    assert (
+        "endpoints of a: 10.0.0.1:8501 up (3 in flight), 10.0.0.2:8501 EJECTED (0 in flight)"
+        in text
+    )
