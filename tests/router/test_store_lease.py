@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from router.store.base import Fence, Store
+from router.store.health import MonitoredStore
 from router.store.memory import MemoryStore
 from router.store.redis import RedisStore
 from router.store.sqlite import SqliteStore
@@ -18,7 +19,7 @@ from tests.helpers import eventually
 from tests.router.test_store_redis import RedisServer, redis_server  # noqa: F401 (fixture)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "monitored"])
 async def pair(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[Store, Store]]:
@@ -27,6 +28,9 @@ async def pair(
     b: Store
     if request.param == "memory":
         a = b = MemoryStore()
+    elif request.param == "monitored":  # the health-tracking wrapper passes every call on
+        a = MonitoredStore(SqliteStore(tmp_path / "m.db"), where="m.db")
+        b = MonitoredStore(SqliteStore(tmp_path / "m.db"), where="m.db")
     elif request.param == "sqlite":
         a, b = SqliteStore(tmp_path / "s.db"), SqliteStore(tmp_path / "s.db")
     else:
