@@ -117,6 +117,16 @@ def format_status(status: Mapping[str, Any]) -> str:
         if isinstance(status.get(key), str) and status[key]:
             lines.append(f"  {key}: {status[key]}")
             break
+    control = _map(status.get("control"))
+    if control:
+        limit = status.get("inconclusive_limit")
+        plan = [f"failures {status.get('failures', 0)}/{status.get('failure_limit', '-')}"]
+        if status.get("phase") in ("validating", "progressing"):
+            driver = "this process" if control.get("leading") else "another process"
+            plan.insert(0, f"driven by {driver}")
+        if limit is not None:
+            plan.append(f"inconclusive {status.get('inconclusive', 0)}/{limit or 'no limit'}")
+        lines.append("  rollout: " + ", ".join(plan))
 
     shares = _map(status.get("shares"))
     arms = _map(status.get("arms"))
@@ -164,6 +174,7 @@ def format_status(status: Mapping[str, Any]) -> str:
                 row.append("-" if up is None else ("yes" if up else "DOWN"))
             rows.append(row)
         lines.extend(_table(header, rows))
+    lines.extend(_endpoint_lines(backends))
     if test:
         scalars = ", ".join(
             f"{k} {_num(v, 3)}" for k, v in test.items() if not isinstance(v, dict | list)
@@ -183,6 +194,21 @@ def format_status(status: Mapping[str, Any]) -> str:
         lines.append("  analysis (latest):")
         lines.extend(f"    {_describe_item(a)}" for a in analysis[-3:])
     return "\n".join(lines)
+
+
+def _endpoint_lines(backends: Mapping[str, Any]) -> list[str]:
+    """One line per backend with several endpoints or one that is out of rotation."""
+    out = []
+    for name, b in backends.items():
+        eps = [_map(e) for e in (_map(b).get("endpoints") or [])]
+        if len(eps) < 2 and all(e.get("up", True) for e in eps):
+            continue
+        parts = []
+        for e in eps:
+            state = "up" if e.get("up") else ("EJECTED" if e.get("ejected") else "DOWN")
+            parts.append(f"{e.get('address')} {state} ({_num(e.get('in_flight'))} in flight)")
+        out.append(f"  endpoints of {name}: {', '.join(parts)}")
+    return out
 
 
 def _signed(v: Any, pct: bool = False) -> str:
@@ -449,6 +475,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pause": cmd_action,
     "resume": cmd_action,
     "switch": cmd_action,
+    "retry": cmd_action,
     "set-weights": cmd_set_weights,
     "reload": cmd_reload,
     "audit": cmd_audit,
@@ -548,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("pause", "hold a rollout at its current step"),
         ("resume", "continue a paused rollout"),
         ("switch", "blue-green: make preview the active side"),
+        ("retry", "start a rolled-back rollout again from validation and step 0"),
     ):
         p = sub.add_parser(
             name, parents=[admin], help=what, epilog=f"The admin token is read from {TOKEN_ENV}."
