@@ -319,6 +319,7 @@ class Runtime:
             features,
             ctx.label,
             self.clock(),
+            bucket=ctx.bucket,
         )
         return token
 
