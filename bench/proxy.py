@@ -265,11 +265,11 @@ http {{
 """
 
 
-def mr_config(port: int, admin: int, pa: int, pb: int, routes: str) -> str:
+def mr_config(port: int, admin: int, pa: int, pb: int, routes: str, state: str = "") -> str:
     return f"""version: 1
 listen: 127.0.0.1:{port}
 admin: {{listen: 127.0.0.1:{admin}}}
-state: {{store: memory}}
+state: {state or "{store: memory}"}
 backends:
   a: {{url: http://127.0.0.1:{pa}}}
   b: {{url: http://127.0.0.1:{pb}}}
@@ -421,7 +421,9 @@ class Bench:
         """Start modelrouter without waiting for it (`ready` waits): startups overlap."""
         port, admin = free_port(), free_port()
         conf = self.tmp / f"{name.replace(' ', '-')}.yaml"
-        conf.write_text(mr_config(port, admin, pa, pb, routes))
+        # --workers processes share their state: not in memory (one sqlite file per setup)
+        state = f"{{store: sqlite, path: {conf.stem}.db}}" if workers > 1 else ""
+        conf.write_text(mr_config(port, admin, pa, pb, routes, state))
         env = {**os.environ, "MODELROUTER_FEEDBACK_SECRET": "bench-secret-0123456789abcdef"}
         p = self.spawn(self.mr_args(conf, workers), name, env=env, cwd=str(self.tmp))
         return name, p, port, workers, time.monotonic()
