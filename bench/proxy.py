@@ -113,6 +113,9 @@ async def one(sem):
                 if line.lower().startswith(b"content-length:"):
                     clen = int(line.split(b":", 1)[1])
             await r.readexactly(clen)
+            if not head.startswith(b"HTTP/1.1 200 "):  # refused (a connection limit): not held
+                w.close()
+                raise ConnectionRefusedError(head[:12])
             return w
 async def main():
     sem = asyncio.Semaphore(256)
