@@ -12,13 +12,15 @@ Sections (all by default; `--only latency,bodies` picks some):
   routes    1, 100 and 1,000 routes (one per model name), the request hitting the last or the
             middle one: RPS and CPU per request against 1 route
   memory    RSS at idle, per 10,000 idle keep-alive connections, and over an hour-equivalent
-            of mixed traffic (360,000 requests: an hour at 100 requests/s) in quarters
+            of mixed traffic (360,000 requests: an hour at 100 requests/s) in 10 s wrk runs
   workers   modelrouter `serve --workers 1|2` against nginx `worker_processes 1|2` at c=128,
-            wrk pinned to the last CPU with taskset ("skipped" while --workers > 1 is refused)
+            wrk pinned to the last CPU with taskset ("skipped: --workers not available" while
+            serve refuses N > 1; --workers rows use a sqlite store, which they require)
 
-Time: the full run takes about 8 minutes and is bounded by ~15 (every wrk run is bounded by its
-duration; startups and the memory client by timeouts); --quick (1 round, short runs, a
-scaled-down memory section) takes under 2 minutes.
+Time: the full run takes 8-10 minutes and is bounded by ~15 (every wrk run is bounded by its
+duration, the mixed traffic by 12 runs, startups and the memory client by timeouts); --quick
+(1 round, 1-2 s runs, 2,000 idle connections, a tenth of the mixed traffic in 3 s runs) takes
+under 2 minutes on a quiet machine.
 
 Everything runs on 127.0.0.1 from a temp dir; only processes started here are stopped. Backends
 are nginx (a tiny uvloop server for the latency section when nginx is missing). Rounds are
