@@ -941,7 +941,8 @@ def render(res: dict[str, Any]) -> str:
             f" {mem['mixed_start']:.1f} MB before, then "
             + ", ".join(f"{x['rss']:.1f}" for x in q)
             + f" MB after each run (from the first run to the last: "
-            f"{q[-1]['rss'] - q[0]['rss']:+.1f} MB).",
+            f"{q[-1]['rss'] - q[0]['rss']:+.1f} MB; the state store keeps every accepted"
+            " reward for twice feedback.ttl, so some growth within an hour is by design).",
             "",
         ]
     wk = res.get("workers")
