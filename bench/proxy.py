@@ -737,7 +737,8 @@ class Bench:
                     self.start_modelrouter("modelrouter w2", self.pa, self.pb, WEIGHTED_ALL, 2)
                 )
             except Failed as e:
-                skipped = f"skipped: --workers not available ({str(e)[:200]})"
+                why = str(e) if len(str(e)) <= 160 else str(e)[:160] + "…"
+                skipped = f"skipped: --workers not available ({why})"
         if skipped:
             print(f"[workers] {skipped}", file=sys.stderr)
         w1 = [t for t in self.plain_targets() if t.pid]
@@ -981,7 +982,8 @@ def render(res: dict[str, Any]) -> str:
                 f"at 1 worker: {med(rows['modelrouter'], 'rps') / med(rows['nginx'], 'rps'):.2f}"
             )
         if wk.get("skipped"):
-            notes.append(f"modelrouter --workers 2 {wk['skipped']}")
+            # a process's message may hold Markdown (a stray backtick would open code)
+            notes.append(f"modelrouter --workers 2 {wk['skipped'].replace('`', chr(39))}")
         lines += ["", "; ".join(notes) + ".", ""]
     for name in ("learning", "routes", "memory"):
         s = res.get(name)
