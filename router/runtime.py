@@ -233,6 +233,9 @@ class Runtime:
         self._health: dict[str, asyncio.Task[None]] = {}
         self._prune_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        # called after every successful reload with (actor, recorded); `serve --workers` uses it
+        # to pass a reload made on one worker on to the others
+        self.reload_listeners: list[Callable[[str, bool], None]] = []
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -360,9 +363,12 @@ class Runtime:
         return True, "ready"
 
     async def reload_from_file(
-        self, actor: str = "reload", reason: str | None = None
+        self, actor: str = "reload", reason: str | None = None, *, record: bool = True
     ) -> dict[str, Any]:
-        """Re-read the config file and apply it; raises ConfigError and keeps the old config."""
+        """Re-read the config file and apply it; raises ConfigError and keeps the old config.
+
+        `record=False` (a worker following a reload another worker made and recorded) neither
+        audits nor counts it, so one reload of the router is one entry whatever N is."""
         from router.config import load_config
 
         if self.config_path is None:
@@ -370,12 +376,18 @@ class Runtime:
         try:
             new = load_config(self.config_path)
         except Exception:
-            self.metrics.config_reload("failure")
+            if record:
+                self.metrics.config_reload("failure")
             raise
-        return await self.reload(new, actor=actor, reason=reason)
+        return await self.reload(new, actor=actor, reason=reason, record=record)
 
     async def reload(
-        self, new: Config, *, actor: str = "reload", reason: str | None = None
+        self,
+        new: Config,
+        *,
+        actor: str = "reload",
+        reason: str | None = None,
+        record: bool = True,
     ) -> dict[str, Any]:
         """Apply a validated config atomically; unchanged routes keep their engines and state.
 
@@ -386,10 +398,14 @@ class Runtime:
             try:
                 changes = await self._reload(new)
             except Exception:
-                self.metrics.config_reload("failure")
+                if record:
+                    self.metrics.config_reload("failure")
                 raise
-            self.metrics.config_reload("success")
-            await self.audit.record("*", "reload", actor, reason, **changes)
+            if record:
+                self.metrics.config_reload("success")
+                await self.audit.record("*", "reload", actor, reason, **changes)
+            for listener in self.reload_listeners:
+                listener(actor, record)
             return changes
 
     async def _reload(self, new: Config) -> dict[str, Any]:
@@ -459,6 +475,7 @@ class Runtime:
             clock=self.clock,
             rng=self.rng,
             http=self.http,
+            decider=self.signer,
         )
         routes: list[RouteRuntime] = []
         started: list[Engine] = []
