@@ -25,6 +25,7 @@ from policies.spec import BackendConfig, Config, Limits, Override, RouteConfig, 
 from policies.weighted import sticky_bucket
 from router.dataplane.endpoints import EndpointGroup
 from router.dataplane.mirror import Mirrorer
+from router.dataplane.routing import RouteTable
 from router.dataplane.seam import Selection
 from router.engines import Engine, Services, engine_for
 from router.feedback import FeedbackHandler, TokenSigner, load_secret
@@ -260,6 +261,9 @@ class RouteRuntime:
 class Runtime:
     """Everything the data plane and the admin API share, swapped atomically on reload."""
 
+    # the index `match` uses, rebuilt when `routes` is replaced (startup, reload)
+    _table: RouteTable[RouteRuntime] = RouteTable(())
+
     def __init__(
         self,
         config: Config,
@@ -380,10 +384,10 @@ class Runtime:
     # ---- per request --------------------------------------------------------------------------
 
     def match(self, method: str, path: str) -> RouteRuntime | None:
-        for r in self.routes:
-            if path.startswith(r.prefix) and (r.methods is None or method in r.methods):
-                return r
-        return None
+        table = self._table
+        if table.source is not self.routes:  # built (or reloaded) since: index them again
+            table = self._table = RouteTable(self.routes)
+        return table.match(method, path)
 
     def issue_token(self, route: str, decision: Decision, ctx: Context) -> str | None:
         if self.signer is None:
