@@ -54,6 +54,7 @@ __all__ = [
 ESTIMATORS = ("ips", "snips", "dr")
 _UNIFORM_TOL = 1e-6
 _DETERMINISTIC = 1.0 - 1e-9
+_WEAK = 0.99  # a logged propensity above this leaves the other arms all but unobserved there
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 IntArray = np.ndarray[Any, np.dtype[np.intp]]
@@ -158,6 +159,7 @@ class Diagnostics:
     clip: float
     clipped_share: float  # share of rounds whose weight exceeded `clip`
     unsupported_share: float  # target mass on actions a deterministic logger could never take
+    weak_share: float  # target mass on other actions where the logger was >= 99% sure
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -169,6 +171,7 @@ class Diagnostics:
             "clip": _f(self.clip),
             "clipped_share": _f(self.clipped_share),
             "unsupported_share": _f(self.unsupported_share),
+            "weak_overlap_share": _f(self.weak_share),
         }
 
 
@@ -365,7 +368,7 @@ def diagnostics(
     dist = _check_dist(data, action_dist)
     w, raw = _weights(data, dist, clip)
     if data.n == 0:
-        return Diagnostics(0, 0.0, math.nan, math.nan, math.nan, clip, 0.0, 0.0)
+        return Diagnostics(0, 0.0, math.nan, math.nan, math.nan, clip, 0.0, 0.0, 0.0)
     sw2 = float((w * w).sum())
     ess = float(w.sum()) ** 2 / sw2 if sw2 > 0.0 else 0.0
     det = data.pscore >= _DETERMINISTIC
@@ -373,6 +376,7 @@ def diagnostics(
     # where the logger was certain, the target's mass on any other arm is never observable
     off = 1.0 - dist[rows, data.action]
     unsupported = float((off * det).sum() / data.n)
+    weak = float((off * (data.pscore >= _WEAK)).sum() / data.n)
     return Diagnostics(
         n=data.n,
         ess=ess,
@@ -382,6 +386,7 @@ def diagnostics(
         clip=clip,
         clipped_share=float((raw > clip).mean()),
         unsupported_share=unsupported,
+        weak_share=weak,
     )
 
 
@@ -458,6 +463,12 @@ def evaluate(
         notes.append(
             f"effective sample size {diag.ess:.0f} of {data.n}: the target differs a lot from "
             "the logging policy, intervals are wide"
+        )
+    if data.n and diag.weak_share > 0.05:
+        notes.append(
+            f"weak overlap: {diag.weak_share:.0%} of the target's choices fall where the logging "
+            "policy was at least 99% sure of another arm; those are seen rarely, so the estimate "
+            "leans on a few heavy rounds and its interval may under-cover"
         )
     if data.n and diag.max_weight > 0.05 * data.n:
         notes.append(
