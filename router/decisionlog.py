@@ -53,8 +53,10 @@ __all__ = [
     "LogContents",
     "LogError",
     "Round",
+    "RouteLog",
     "layout_of",
     "log_files",
+    "policy_block",
     "read_log",
     "to_logged_data",
     "version_of",
@@ -63,6 +65,7 @@ __all__ = [
 log = logging.getLogger("modelrouter.decisionlog")
 
 _FULL = 1 << 32
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 class LogError(Exception):
@@ -90,6 +93,87 @@ def layout_of(features: Sequence[Any]) -> dict[str, Any]:
             dim += 1
         out.append(d)
     return {"dim": dim, "features": out}
+
+
+def policy_block(spec: Any) -> dict[str, Any]:
+    """A policy spec written back as the `policy:` mapping of a config (for snapshots, logs)."""
+    kind = spec.kind
+    out: dict[str, Any] = {"kind": kind}
+    if kind == "weighted":
+        out["weights"] = dict(spec.weights)
+        return out
+    if kind == "blue_green":
+        out.update(active=spec.active, preview=spec.preview)
+        return out
+    if kind == "canary":
+        out.update(stable=spec.stable, candidate=spec.candidate, steps=list(spec.steps))
+        return out
+    rw = spec.reward
+    reward: dict[str, Any] = {"type": rw.type, "from": rw.source}
+    if rw.source == "response":
+        reward["max_status"] = rw.max_status
+        if rw.max_latency is not None:
+            reward["max_latency"] = rw.max_latency
+    if kind == "ab_test":
+        t = spec.test
+        test: dict[str, Any] = {"method": t.method, "alpha": t.alpha, "min_samples": t.min_samples}
+        if t.tau is not None:
+            test["tau"] = t.tau
+        out.update(arms=dict(spec.arms), split=dict(spec.split), reward=reward, test=test,
+                   conclude=spec.conclude)  # fmt: skip
+        return out
+    out.update(arms=list(spec.arms), algorithm=spec.algorithm, reward=reward)
+    if spec.params:
+        out["params"] = dict(spec.params)
+    if kind == "bandit":
+        if spec.min_share:
+            out["min_share"] = spec.min_share
+        if spec.discount != 1.0:
+            out["discount"] = spec.discount
+    elif kind == "contextual_bandit":
+        out["features"] = layout_of(spec.features)["features"]
+    return out
+
+
+@dataclass(slots=True)
+class RouteLog:
+    """One route's handle on its writer: the policy version and layout its records name."""
+
+    writer: DecisionLogWriter
+    route: str
+    version: str
+    layout: str | None
+    dim: int
+
+    @classmethod
+    def build(
+        cls, writer: DecisionLogWriter, route: str, spec: Any, missing_reward: float | None
+    ) -> RouteLog:
+        block = policy_block(spec)
+        reward = block.get("reward", {})
+        doc = {
+            "kind": spec.kind,
+            "algorithm": block.get("algorithm"),
+            "arms": list(block.get("arms", []))
+            if not isinstance(block.get("arms"), dict)
+            else list(block["arms"].values()),
+            "reward_type": reward.get("type", "binary"),
+            "missing_reward": missing_reward,
+            "policy": block,
+        }
+        version = writer.register_policy(route, doc)
+        layout = None
+        dim = 1
+        features = getattr(spec, "features", None)
+        if features:
+            lay = layout_of(features)
+            layout = writer.register_layout(lay)
+            dim = int(lay["dim"])
+        return cls(writer, route, version, layout, dim)
+
+
+def _js(v: str | None) -> str:
+    return "null" if v is None else _encode_str(v)
 
 
 class DecisionLogWriter:
@@ -301,27 +385,19 @@ class DecisionLogWriter:
 
     @staticmethod
     def _line(rec: tuple[Any, ...]) -> str:
+        """One decision as JSON, formatted by hand: json.dumps of a dict costs several times
+        more, and this thread shares the interpreter lock with the data plane."""
         t, route, tid, arm, p, version, layout, x, unit, rid = rec
-        if x is not None and not isinstance(x, list):
-            x = np.asarray(x).tolist()
+        if x is None:
+            feats = "null"
+        else:
+            values = x.tolist() if hasattr(x, "tolist") else list(x)
+            feats = "[" + ",".join(map(repr, values)) + "]"
         return (
-            json.dumps(
-                {
-                    "type": "decision",
-                    "t": round(t, 6),
-                    "route": route,
-                    "id": tid,
-                    "arm": arm,
-                    "propensity": p,
-                    "policy": version,
-                    "layout": layout,
-                    "features": x,
-                    "unit": unit,
-                    "request_id": rid,
-                },
-                separators=(",", ":"),
-            )
-            + "\n"
+            f'{{"type":"decision","t":{round(t, 6)!r},"route":{_js(route)},"id":{_js(tid)},'
+            f'"arm":{_js(arm)},"propensity":{float(p)!r},"policy":{_js(version)},'
+            f'"layout":{_js(layout)},"features":{feats},"unit":{_js(unit)},'
+            f'"request_id":{_js(rid)}}}\n'
         )
 
     def _open(self) -> None:

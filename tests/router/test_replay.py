@@ -184,3 +184,25 @@ def test_bad_input_gives_exit_2_and_names_the_problem(
     err = capsys.readouterr().err
     assert err.startswith("modelrouter replay: ") or "policy" in err
     assert __import__("re").search(message, err), err
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"kind": "weighted", "weights": {"a": 70, "b": 30}},
+        {"kind": "bandit", "arms": ["a", "b"], "algorithm": "epsilon_greedy",
+         "params": {"epsilon": 0.2}, "min_share": 0.05, "discount": 0.99,
+         "reward": {"type": "continuous"}},
+        {"kind": "contextual_bandit", "arms": ["a", "b", "c"], "algorithm": "lin_ts",
+         "params": {"alpha": 0.5}, "features": [*FEATURES,
+         {"name": "age", "from": "json:/age", "type": "numeric", "scale": 0.1}]},
+        {"kind": "ab_test", "arms": {"control": "a", "treatment": "b"},
+         "split": {"control": 50, "treatment": 50}, "test": {"method": "z_test"}},
+    ],
+)  # fmt: skip
+def test_policy_block_reads_back_as_the_same_spec(block: dict) -> None:
+    from router.config import parse_policy
+    from router.decisionlog import policy_block
+
+    spec = parse_policy(block)
+    assert parse_policy(policy_block(spec)) == spec
