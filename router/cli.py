@@ -281,6 +281,13 @@ def cmd_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """The route's frozen model as JSON on stdout (a `replay --policy` / `warm_start:` file)."""
+    doc = _client(args).snapshot(args.route)
+    print(json.dumps(doc, indent=1))
+    return 0
+
+
 def cmd_set_weights(args: argparse.Namespace) -> int:
     weights = parse_weights(args.weights)
     client = _client(args)
@@ -378,6 +385,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "resume": cmd_action,
     "switch": cmd_action,
     "set-weights": cmd_set_weights,
+    "snapshot": cmd_snapshot,
     "reload": cmd_reload,
     "audit": cmd_audit,
     "simulate": cmd_simulate,
@@ -499,6 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("route", metavar="ROUTE")
     p.add_argument("weights", nargs="*", metavar="NAME=W")
     p.add_argument("--reason", metavar="TEXT", help="recorded in the audit log")
+
+    p = sub.add_parser(
+        "snapshot",
+        parents=[admin],
+        help="print a route's learned model as JSON (for replay --policy and warm_start:)",
+        epilog=f"Example: {PROG} snapshot clothing > model.json",
+    )
+    p.add_argument("route", metavar="ROUTE")
 
     p = sub.add_parser("reload", parents=[admin], help="re-read the config file of the router")
     p.add_argument("--reason", metavar="TEXT", help="recorded in the audit log")

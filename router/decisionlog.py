@@ -49,6 +49,7 @@ import numpy as np
 from policies.ope import LoggedData
 
 __all__ = [
+    "SNAPSHOT_FORMAT",
     "DecisionLogWriter",
     "LogContents",
     "LogError",
@@ -58,6 +59,7 @@ __all__ = [
     "log_files",
     "policy_block",
     "read_log",
+    "snapshot_doc",
     "to_logged_data",
     "version_of",
 ]
@@ -133,6 +135,25 @@ def policy_block(spec: Any) -> dict[str, Any]:
     elif kind == "contextual_bandit":
         out["features"] = layout_of(spec.features)["features"]
     return out
+
+
+SNAPSHOT_FORMAT = "modelrouter-policy/1"
+
+
+def snapshot_doc(
+    route: str, spec: Any, state: Mapping[str, Any] | None, now: float
+) -> dict[str, Any]:
+    """A frozen policy as a candidate file: what `snapshot` prints and `replay --policy` reads."""
+    doc: dict[str, Any] = {
+        "format": SNAPSHOT_FORMAT,
+        "route": route,
+        "taken_at": round(now, 3),
+        "policy": policy_block(spec),
+        "learn": False,
+    }
+    if state is not None:
+        doc["state"] = dict(state)
+    return doc
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ from policies.features import FeatureEncoder
 from policies.registry import build_policy
 from policies.spec import ABTestSpec, BlueGreenSpec, ContextualSpec, PolicySpec, WeightedSpec
 from router.config import ConfigError, parse_policy
-from router.decisionlog import Extract, LogError, read_log, to_logged_data
+from router.decisionlog import SNAPSHOT_FORMAT, Extract, LogError, read_log, to_logged_data
 
 __all__ = [
     "FORMAT",
@@ -43,7 +43,7 @@ __all__ = [
     "replay_main",
 ]
 
-FORMAT = "modelrouter-policy/1"
+FORMAT = SNAPSHOT_FORMAT
 _LEARNING = ("bandit", "contextual_bandit")
 
 
