@@ -206,3 +206,36 @@ def test_policy_block_reads_back_as_the_same_spec(block: dict) -> None:
 
     spec = parse_policy(block)
     assert parse_policy(policy_block(spec)) == spec
+
+
+def test_a_fitted_file_is_a_valid_warm_start_and_mismatches_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from policies.contextual import LinearPolicy
+    from router.config import parse_policy
+    from router.warmstart import WarmStartError, load_warm_start
+
+    log = tmp_path / "decisions.jsonl"
+    _write_log(log, "uniform", 600, seed=5)
+    out = tmp_path / "fitted.json"
+    assert main(["replay", str(log), "--fit", str(out)]) == 0
+    capsys.readouterr()
+    spec = parse_policy(json.loads(out.read_text())["policy"])
+    state = load_warm_start(out, spec)
+    policy = LinearPolicy(spec.arms, "lin_ts", dim=4, rng=np.random.default_rng(0))
+    policy.restore(state)
+    assert policy.stats()["a"].rewards > 100  # it starts from the log, not from zero
+    hot = np.array([1.0, 1.0, 0.0, 0.0])
+    assert policy.predict(hot)["a"] > policy.predict(hot)["b"]  # a is best when hot
+    other = parse_policy({"kind": "contextual_bandit", "arms": ["a", "b", "c"],
+                          "features": [dict(FEATURES[0], values=["hot", "cold"])]})  # fmt: skip
+    with pytest.raises(WarmStartError, match=r"fitted on 4 features .* encode to 3"):
+        load_warm_start(out, other)
+    two = parse_policy({"kind": "contextual_bandit", "arms": ["a", "b"], "features": FEATURES})
+    with pytest.raises(WarmStartError, match=r"arm\(s\) c are not arms of the route"):
+        load_warm_start(out, two)
+    bandit = parse_policy({"kind": "bandit", "arms": ["a", "b", "c"]})
+    with pytest.raises(WarmStartError, match="holds a contextual_bandit policy"):
+        load_warm_start(out, bandit)
+    with pytest.raises(WarmStartError, match="cannot read"):
+        load_warm_start(tmp_path / "nope.json", bandit)
