@@ -38,6 +38,7 @@ from policies.spec import (
     CheckMetric,
     Config,
     ContextualSpec,
+    DecisionLogSpec,
     Feature,
     FeedbackConfig,
     HealthConfig,
@@ -1528,15 +1529,57 @@ _ROUTE_KEYS: Final = (
     "timeout",
     "mirror",
     "policy",
+    "decision_log",
+    "warm_start",
 )
+_DECISION_LOG_KEYS: Final = (
+    "path",
+    "sample_rate",
+    "rotate_size",
+    "rotate_interval",
+    "retention",
+    "queue",
+)
+
+
+def _decision_log(r: Reader, policy: PolicySpec) -> DecisionLogSpec | None:
+    if not r.present:
+        return None
+    m = r.mapping(_DECISION_LOG_KEYS, required=True)
+    if policy.kind not in LEARNING_KINDS and not m.quiet:
+        r.error(
+            f"a {policy.kind} route makes no logged decisions (no propensities, no rewards); "
+            f"decision_log needs one of {', '.join(sorted(LEARNING_KINDS))}"
+        )
+    d = DecisionLogSpec(path="")
+    return DecisionLogSpec(
+        path=m["path"].str(pattern=re.compile(r"\S+"), what="a file path"),
+        sample_rate=m["sample_rate"].float(d.sample_rate, gt=0, max=1),
+        rotate_size=m["rotate_size"].size(d.rotate_size),
+        rotate_interval=m["rotate_interval"].duration(d.rotate_interval),
+        retention=m["retention"].duration(d.retention),
+        queue=m["queue"].int(d.queue, min=1),
+    )
+
+
+def _warm_start(r: Reader, policy: PolicySpec) -> str | None:
+    if not r.present:
+        return None
+    path = r.str(pattern=re.compile(r"\S+"), what="a file path")
+    if policy.kind not in ("bandit", "contextual_bandit"):
+        r.error(f"a {policy.kind} route does not learn; warm_start needs a bandit")
+    return path
 
 
 def _route(r: Reader, refs: _Refs) -> RouteConfig:
     m = r.mapping(_ROUTE_KEYS, required=True)
+    policy = _policy(m["policy"], refs)
     return RouteConfig(
         name=m["name"].name("route name"),
         match=_match(m["match"]),
-        policy=_policy(m["policy"], refs),
+        policy=policy,
+        decision_log=_decision_log(m["decision_log"], policy),
+        warm_start=_warm_start(m["warm_start"], policy),
         overrides=tuple(_override(o, refs) for o in m["overrides"].list()),
         sticky=_sticky(m["sticky"]),
         retries=_retries(m["retries"]),
@@ -1549,6 +1592,7 @@ def _routes(r: Reader, refs: _Refs) -> tuple[RouteConfig, ...]:
     items = r.list(required=True, min_len=1)
     routes: list[RouteConfig] = []
     seen: dict[str, int] = {}
+    logs: dict[str, int] = {}
     for i, item in enumerate(items):
         route = _route(item, refs)
         if route.name and route.name in seen:
@@ -1556,6 +1600,14 @@ def _routes(r: Reader, refs: _Refs) -> tuple[RouteConfig, ...]:
                 f"duplicate route name '{route.name}' (also routes[{seen[route.name]}])"
             )
         seen.setdefault(route.name, i)
+        if route.decision_log is not None:
+            path = route.decision_log.path
+            if path in logs:
+                item.mapping()["decision_log"].error(
+                    f"path {path} is already the decision log of routes[{logs[path]}]; "
+                    "give each route its own file"
+                )
+            logs.setdefault(path, i)
         for j, earlier in enumerate(routes):
             same = earlier.match.path_prefix == route.match.path_prefix
             a, b = earlier.match.methods, route.match.methods
@@ -1684,7 +1736,26 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError([f"{source}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
     except OSError as e:
         raise ConfigError([f"{source}: cannot read: {e.strerror or e}"]) from None
-    return parse_config(text, source)
+    cfg = parse_config(text, source)
+    errors = _check_warm_starts(cfg, Path(path).resolve().parent)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def _check_warm_starts(cfg: Config, base: Path) -> list[str]:
+    """Each `warm_start:` file (relative to the config file) must fit its route."""
+    from router.warmstart import WarmStartError, load_warm_start
+
+    errors = []
+    for i, route in enumerate(cfg.routes):
+        if route.warm_start is None:
+            continue
+        try:
+            load_warm_start(base / route.warm_start, route.policy)
+        except WarmStartError as e:
+            errors.append(f"{cfg.source}: routes[{i}].warm_start: {e}")
+    return errors
 
 
 def validate_main(path: str | Path) -> int:

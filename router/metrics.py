@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
     CounterMetricFamily,
+    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
     SummaryMetricFamily,
@@ -94,6 +96,45 @@ class BoundRequest:
         child.inc()
 
 
+class _DecisionLogCollector(Collector):
+    """Decision-log health read from each route's writer at scrape time (no refresh loop)."""
+
+    def __init__(self, logs: dict[str, Any]) -> None:
+        self._logs = logs
+
+    def describe(self) -> tuple[CounterMetricFamily, CounterMetricFamily, GaugeMetricFamily]:
+        return (
+            CounterMetricFamily(
+                PREFIX + "decision_log_records",
+                "Decision records by route and result: written, dropped (the writer fell "
+                "behind), failed (an I/O error).",
+                labels=("route", "result"),
+            ),
+            CounterMetricFamily(
+                PREFIX + "decision_log_rewards",
+                "Reward records written (and fsync'ed) to the route's decision log.",
+                labels=("route",),
+            ),
+            GaugeMetricFamily(
+                PREFIX + "decision_log_lag_seconds",
+                "Age of the oldest decision record still waiting for the writer.",
+                labels=("route",),
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        records, rewards, lag = self.describe()
+        for route, w in list(self._logs.items()):
+            records.add_metric((route, "written"), w.written)
+            records.add_metric((route, "dropped"), w.dropped)
+            records.add_metric((route, "failed"), w.errors)
+            rewards.add_metric((route,), w.rewards_written)
+            lag.add_metric((route,), w.lag())
+        yield records
+        yield rewards
+        yield lag
+
+
 class _PlainCollector(Collector):
     """Exposes plain-Python state: request counters/histograms and the reward summaries."""
 
@@ -153,6 +194,8 @@ class Metrics:
         self._bound: dict[tuple[str, str], BoundRequest] = {}
         self._rewards: dict[tuple[str, str], tuple[int, float]] = {}
         r.register(_PlainCollector(self._bound, self._rewards))
+        self._dlogs: dict[str, Any] = {}
+        r.register(_DecisionLogCollector(self._dlogs))
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(PREFIX + name, doc, labels, registry=r)
@@ -343,10 +386,18 @@ class Metrics:
         """A mirrored (shadow) request finished with `result`: match, mismatch, error, skipped."""
         self._mirror.labels(route, backend, result).inc()
 
+    def watch_decision_log(self, route: str, writer: Any | None) -> None:
+        """Export the health of `route`'s decision-log writer (None: the route logs no more)."""
+        if writer is None:
+            self._dlogs.pop(route, None)
+        else:
+            self._dlogs[route] = writer
+
     # ---- lifecycle -----------------------------------------------------------------------------
 
     def forget_route(self, route: str) -> None:
         """Drop every series labelled with `route` (the route was removed by a reload)."""
+        self._dlogs.pop(route, None)
         for plain in (self._bound, self._rewards):
             for key in [k for k in plain if k[0] == route]:
                 del plain[key]

@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from hashlib import blake2b
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +22,9 @@ import aiohttp
 import numpy as np
 
 from policies.base import Context, Decision
-from policies.spec import BackendConfig, Config, Override, RouteConfig
+from policies.spec import BackendConfig, Config, DecisionLogSpec, Override, RouteConfig
 from policies.weighted import sticky_bucket
+from router.decisionlog import DecisionLogWriter, RouteLog
 from router.engines import Engine, Services, engine_for
 from router.feedback import FeedbackHandler, TokenSigner, load_secret
 from router.mirror import Mirrorer
@@ -97,10 +99,12 @@ class RouteRuntime:
         backends: dict[str, BackendRuntime],
         metrics: Metrics,
         runtime: Runtime,
+        dlog: RouteLog | None = None,
     ) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.engine = engine
+        self.dlog = dlog
         self.prefix = cfg.match.path_prefix
         self.methods = cfg.match.methods
         self._runtime = runtime
@@ -150,6 +154,7 @@ class RouteRuntime:
             if o.matches(req) and (self._admits is None or self._admits(o.backend.name)):
                 return Selection(o.backend, None, None, None, None)
         bucket = None
+        key = None
         if self._sticky is not None:
             key = self._sticky(req)
             if key is not None:
@@ -166,8 +171,37 @@ class RouteRuntime:
         backend = self._backends[decision.arm]
         if not backend.up:
             backend, decision = self._failover(decision)
-        token = self._runtime.issue_token(self.name, decision, ctx) if engine.learns else None
+        token = None
+        if engine.learns:
+            dl = self.dlog
+            if dl is None:
+                token = self._runtime.issue_token(self.name, decision, ctx)
+            else:
+                token = self._log_decision(dl, decision, ctx, key)
         return Selection(backend, decision.arm, decision, ctx, token)
+
+    def _log_decision(
+        self, dl: RouteLog, decision: Decision, ctx: Context, key: str | None
+    ) -> str | None:
+        """Issue the token and queue the decision record (a deque append; never blocks)."""
+        issued = self._runtime.issue_token_with_id(self.name, decision, ctx)
+        if issued is None:
+            return None
+        token, token_id, now = issued
+        unit = None if key is None else blake2b(key.encode(), digest_size=8).hexdigest()
+        dl.writer.decision(
+            now,
+            self.name,
+            token_id,
+            decision.arm,
+            decision.propensity,
+            dl.version,
+            dl.layout,
+            ctx.features,
+            unit,
+            None,
+        )
+        return token
 
     def select_plain(self) -> Selection:
         """`select` for a plain route (see `plain`): no Request view, a shared empty Context."""
@@ -233,6 +267,10 @@ class Runtime:
         self.signer: TokenSigner | None = None
         self.feedback: FeedbackHandler | None = None
         self._health: dict[str, asyncio.Task[None]] = {}
+        # decision logs: one writer per file (resolved path), one RouteLog per logging route
+        self._writers: dict[str, tuple[DecisionLogSpec, DecisionLogWriter]] = {}
+        self._route_logs: dict[str, RouteLog] = {}
+        self._open_writers: dict[int, DecisionLogWriter] = {}
         self._prune_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
 
@@ -299,6 +337,7 @@ class Runtime:
         self._health.clear()
         for r in self.routes:
             await r.engine.stop()
+        await self._sync_logs(())
         for b in self.backends.values():
             if b.pool is not None:
                 b.pool.close()
@@ -312,6 +351,23 @@ class Runtime:
             if path.startswith(r.prefix) and (r.methods is None or method in r.methods):
                 return r
         return None
+
+    def issue_token_with_id(
+        self, route: str, decision: Decision, ctx: Context
+    ) -> tuple[str, str, float] | None:
+        """(token, decision id, time) for a logged decision; None without a signer."""
+        if self.signer is None:
+            return None
+        now = self.clock()
+        features = None if ctx.features is None else tuple(ctx.features.tolist())
+        token, token_id = self.signer.issue_with_id(
+            route, decision.arm, decision.propensity, self.generation, features, ctx.label, now
+        )
+        return token, token_id, now
+
+    def decision_log(self, route: str) -> RouteLog | None:
+        """The route's decision log, for the feedback handler's reward records."""
+        return self._route_logs.get(route)
 
     def issue_token(self, route: str, decision: Decision, ctx: Context) -> str | None:
         if self.signer is None:
@@ -350,6 +406,8 @@ class Runtime:
         out["backends"] = {
             b: {"up": rb.up, "version": rb.cfg.version} for b, rb in r._backends.items()
         }
+        if r.dlog is not None:
+            out["decision_log"] = r.dlog.writer.health()
         return out
 
     def ready(self) -> tuple[bool, str]:
@@ -467,12 +525,61 @@ class Runtime:
                 engine = engine_for(rc.policy.kind)(rc, services)
                 await engine.start()
                 started.append(engine)
-                routes.append(RouteRuntime(rc, engine, backends, self.metrics, self))
+                dlog = self._open_log(rc, config)
+                routes.append(RouteRuntime(rc, engine, backends, self.metrics, self, dlog))
         except BaseException:
             for e in started:
                 await e.stop()
+            await self._sync_logs(self.routes)  # close what this failed build opened
             raise
+        await self._sync_logs(routes)
         return tuple(routes)
+
+    def _open_log(self, rc: RouteConfig, config: Config) -> RouteLog | None:
+        spec = rc.decision_log
+        if spec is None or not self._engine_learns(rc):
+            return None
+        base = self.config_path.resolve().parent if self.config_path else Path.cwd()
+        path = str(base / spec.path)
+        cur = self._writers.get(path)
+        if cur is None or cur[0] != spec:
+            writer = DecisionLogWriter(
+                path,
+                sample_rate=spec.sample_rate,
+                rotate_bytes=spec.rotate_size,
+                rotate_seconds=spec.rotate_interval,
+                retention=spec.retention,
+                queue_max=spec.queue,
+                clock=self.clock,
+            )
+            try:
+                writer.start()
+            except OSError as e:
+                raise ValueError(
+                    f"route '{rc.name}': decision_log.path {path}: cannot open: {e.strerror or e}"
+                ) from None
+            self._open_writers[id(writer)] = writer
+            self._writers[path] = (spec, writer)
+        else:
+            writer = cur[1]
+        return RouteLog.build(writer, rc.name, rc.policy, config.feedback.missing_reward)
+
+    @staticmethod
+    def _engine_learns(rc: RouteConfig) -> bool:
+        return rc.policy.kind in ("ab_test", "bandit", "contextual_bandit")
+
+    async def _sync_logs(self, routes: Iterable[RouteRuntime]) -> None:
+        """Point metrics and feedback at the live routes' logs; close writers nobody uses."""
+        live = {r.name: r.dlog for r in routes if r.dlog is not None}
+        for name in set(self._route_logs) - set(live):
+            self.metrics.watch_decision_log(name, None)
+        for name, rl in live.items():
+            self.metrics.watch_decision_log(name, rl.writer)
+        self._route_logs = live
+        used = {id(rl.writer) for rl in live.values()}
+        self._writers = {p: sw for p, sw in self._writers.items() if id(sw[1]) in used}
+        for key in [k for k in self._open_writers if k not in used]:
+            await asyncio.to_thread(self._open_writers.pop(key).close)
 
     # ---- health -----------------------------------------------------------------------------
 

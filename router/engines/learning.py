@@ -18,6 +18,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from policies.registry import build_encoder, build_policy
 from policies.regret import RegretTracker
 from policies.spec import ABTestSpec, RouteConfig
 from router.engines.base import ActionError, EngineFactory, Services
+from router.warmstart import WarmStartError, load_warm_start
 
 if TYPE_CHECKING:
     from router.http import Request
@@ -80,6 +82,7 @@ class LearningEngine:
         self._srm_flagged = False
         self._decided = False
         self._test: dict[str, Any] | None = None
+        self._warm_path = route.warm_start
 
     # ---- hot path ---------------------------------------------------------------------------
 
@@ -227,6 +230,8 @@ class LearningEngine:
 
     async def start(self) -> None:
         snap = await self._svc.store.get(self._key)
+        if not (isinstance(snap, dict) and snap.get("kind") == self.kind):
+            await self._warm_start()
         if isinstance(snap, dict) and snap.get("kind") == self.kind:
             try:
                 self.policy.restore(snap.get("policy", {}))
@@ -239,6 +244,25 @@ class LearningEngine:
         await self._pull()
         self._refresh()
         self._task = asyncio.create_task(self._loop(), name=f"learning:{self.route}")
+
+    async def _warm_start(self) -> None:
+        """A route with no state of its own yet starts from its `warm_start:` file."""
+        if self._warm_path is None:
+            return
+        source = self._svc.config.source
+        base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
+        path = base / self._warm_path
+        try:
+            state = load_warm_start(path, self.spec)
+            self.policy.restore(state)
+        except (WarmStartError, TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"route '{self.route}': warm_start: {e}") from None
+        self._dirty = True
+        rounds = sum(int(a.get("rewards", 0)) for a in state.get("arms", {}).values())
+        log.info("route '%s': warm start from %s (%d rewarded rounds)", self.route, path, rounds)
+        await self._svc.audit.record(
+            self.route, "warm_start", "controller", f"started from {path}", rounds=rounds
+        )
 
     async def stop(self) -> None:
         task, self._task = self._task, None

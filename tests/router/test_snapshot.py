@@ -104,3 +104,39 @@ async def test_snapshot_of_a_contextual_route_replays_as_the_live_model(
     assert "no learned model" in (await resp.json())["error"]
     resp = await client.get("/admin/routes/nope/snapshot")
     assert resp.status == 404
+
+
+async def test_a_new_route_warm_starts_from_a_snapshot(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+    runtime: Runtime,
+    tmp_path: Path,
+) -> None:
+    engine = runtime.route("clothing").engine
+    hot = np.array([1.0, 1.0, 0.0])
+    for _ in range(30):
+        engine.feedback("a", 1.0, Context(features=hot))
+    client = await aiohttp_client(create_admin_app(runtime, token=None))
+    doc = await (await client.get("/admin/routes/clothing/snapshot")).json()
+    (tmp_path / "model.json").write_text(json.dumps(doc))
+    path = tmp_path / "new.yaml"
+    lines = CONFIG.replace("name: clothing", "name: fresh").splitlines()
+    i = lines.index("  - name: split")
+    lines.insert(i, "    warm_start: model.json")
+    path.write_text("\n".join(lines) + "\n")
+    store = MemoryStore()
+    await store.open()
+    rt = await Runtime.create(
+        load_config(path),
+        store=store,
+        metrics=Metrics(CollectorRegistry()),
+        audit=Audit(store),
+        config_path=path,
+    )
+    try:
+        st = rt.status("fresh")
+        assert st["arms"]["a"]["rewards"] == 30  # learned before it served anything
+        audit = await store.audit_list(route="fresh")
+        assert any(e["action"] == "warm_start" for e in audit)
+    finally:
+        await rt.close()
+        await store.close()
