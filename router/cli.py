@@ -173,6 +173,15 @@ def format_status(status: Mapping[str, Any]) -> str:
         if srm:
             flag = "MISMATCH: the split is broken" if srm.get("flagged") else "ok"
             lines.append(f"  sample ratio: {flag} (chi-square p {_num(srm.get('p_value'), 3)})")
+    dlog = _map(status.get("decision_log"))
+    if dlog:
+        lag = dlog.get("lag_seconds")
+        lines.append(
+            f"  decision log {dlog.get('path', '?')}: {_num(dlog.get('written'))} written, "
+            f"{_num(dlog.get('dropped'))} dropped, {_num(dlog.get('rewards_written'))} rewards, "
+            f"lag {_num(lag, 3)}s"
+            + (f", {_num(dlog.get('errors'))} failed" if dlog.get("errors") else "")
+        )
     analysis = status.get("analysis")
     if isinstance(analysis, list) and analysis:
         lines.append("  analysis (latest):")

@@ -237,6 +237,9 @@ class DecisionLogWriter:
         self._policies: dict[str, dict[str, Any]] = {}
         self._layouts: dict[str, dict[str, Any]] = {}
         self._compressors: list[threading.Thread] = []
+        self._heads: dict[tuple[Any, ...], str] = {}
+        self._feats: dict[bytes, str] = {}
+        self._props: dict[float, str] = {}
         self.written = 0
         self.rewards_written = 0
         self.dropped = 0
@@ -370,10 +373,8 @@ class DecisionLogWriter:
         q = self._q
         if not q:
             return
-        batch: list[tuple[Any, ...]] = []
-        with contextlib.suppress(IndexError):
-            while True:
-                batch.append(q.popleft())
+        # take what is there now (a bounded batch: the deque is bounded)
+        batch = [q.popleft() for _ in range(len(q))]
         with self._lock:
             try:
                 if self._fh is None:
@@ -381,9 +382,13 @@ class DecisionLogWriter:
                 if self._due():
                     self._rotate()
                 parts: list[str] = []
+                add = parts.append
+                line = self._line
+                seen = self._in_file
                 for rec in batch:
-                    parts.extend(self._header(rec[5], rec[6]))
-                    parts.append(self._line(rec))
+                    if rec[5] not in seen or (rec[6] is not None and rec[6] not in seen):
+                        parts.extend(self._header(rec[5], rec[6]))
+                    add(line(rec))
                 data = "".join(parts)
                 self._fh.write(data)
                 self._fh.flush()
@@ -404,22 +409,45 @@ class DecisionLogWriter:
             out.append(json.dumps(self._layouts[layout], separators=(",", ":")) + "\n")
         return out
 
-    @staticmethod
-    def _line(rec: tuple[Any, ...]) -> str:
+    def _line(self, rec: tuple[Any, ...]) -> str:
         """One decision as JSON, formatted by hand: json.dumps of a dict costs several times
-        more, and this thread shares the interpreter lock with the data plane."""
+        more, and this thread shares the interpreter lock with the data plane. The part that
+        is the same for every record of a route (route, policy, layout) is encoded once."""
         t, route, tid, arm, p, version, layout, x, unit, rid = rec
+        key = (route, version, layout, arm)
+        head = self._heads.get(key)
+        if head is None:
+            head = self._heads[key] = (
+                f'{{"type":"decision","route":{_js(route)},"policy":{_js(version)},'
+                f'"layout":{_js(layout)},"arm":{_js(arm)},"t":'
+            )
         if x is None:
             feats = "null"
+        elif isinstance(x, np.ndarray):
+            # categorical contexts repeat: their text is cached (bounded) by the raw bytes
+            raw = x.tobytes()
+            cached = self._feats.get(raw)
+            if cached is None:
+                cached = "[" + ",".join(map(repr, x.tolist())) + "]"
+                if len(self._feats) >= 4096:
+                    self._feats.clear()
+                self._feats[raw] = cached
+            feats = cached
         else:
-            values = x.tolist() if hasattr(x, "tolist") else list(x)
-            feats = "[" + ",".join(map(repr, values)) + "]"
-        return (
-            f'{{"type":"decision","t":{round(t, 6)!r},"route":{_js(route)},"id":{_js(tid)},'
-            f'"arm":{_js(arm)},"propensity":{float(p)!r},"policy":{_js(version)},'
-            f'"layout":{_js(layout)},"features":{feats},"unit":{_js(unit)},'
-            f'"request_id":{_js(rid)}}}\n'
+            feats = "[" + ",".join(map(repr, x)) + "]"
+        ident = f'"{tid}"' if tid.isalnum() else _js(tid)
+        prop = self._props.get(p)
+        if prop is None:
+            prop = repr(float(p))
+            if len(self._props) >= 4096:
+                self._props.clear()
+            self._props[p] = prop
+        tail = (
+            'null,"request_id":null}\n'
+            if unit is None and rid is None
+            else f'{_js(unit)},"request_id":{_js(rid)}}}\n'
         )
+        return f'{head}{t:.6f},"id":{ident},"propensity":{prop},"features":{feats},"unit":{tail}'
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,7 @@ def _targets(env: Env) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
 def test_intervals_cover_the_truth_and_dr_beats_ips() -> None:
     cover: dict[str, list[bool]] = {e: [] for e in ope.ESTIMATORS}
     sq: dict[str, list[float]] = {e: [] for e in ope.ESTIMATORS}
+    signed: dict[str, list[float]] = {e: [] for e in ope.ESTIMATORS}
     heavy_flagged: list[bool] = []
     lines = []
     for env_name, env in ENVS.items():
@@ -77,6 +78,7 @@ def test_intervals_cover_the_truth_and_dr_beats_ips() -> None:
                         if not (env_name == "linear" and logger == "thompson"):
                             cover[est.estimator].append(hit)
                             sq[est.estimator].append(err)
+                            signed[est.estimator].append(est.value - truth)
                     if env_name == "linear" and logger == "thompson":
                         heavy_flagged.append(
                             any(("heavy-tailed" in n or "weak overlap" in n) for n in rep.notes)
@@ -96,6 +98,10 @@ def test_intervals_cover_the_truth_and_dr_beats_ips() -> None:
         + ", ".join(f"{e} coverage {c:.3f} rmse {r:.4f}" for e, (c, r) in summary.items())
     )
     flagged = float(np.mean(heavy_flagged))
+    print(
+        "pooled bias (mean estimate - truth): "
+        + ", ".join(f"{e} {np.mean(signed[e]):+.4f}" for e in ope.ESTIMATORS)
+    )
     print(f"linear/thompson runs flagged (weak overlap or heavy tails): {flagged:.2f}")
     for e, (c, _) in summary.items():
         assert 0.91 <= c <= 0.985, f"{e}: pooled coverage {c:.3f} is not about 95%"
