@@ -335,7 +335,7 @@ def export_vw(path: str, ext: Extract) -> None:
         for i in range(data.n):
             x = data.context[i]
             feats = " ".join(f"{names[j]}:{x[j]:.6g}" for j in range(1, len(x)) if x[j] != 0.0)
-            cost = -float(data.reward[i])
+            cost = 0.0 - float(data.reward[i])  # VW minimises cost; 0.0 - 0.0 is +0
             fh.write(
                 f"{int(data.action[i]) + 1}:{cost:.6g}:{float(data.pscore[i]):.6g} | {feats}\n"
             )
