@@ -1,6 +1,6 @@
 """Data-plane benchmark: direct vs nginx vs modelrouter, 90/10 weighted, wrk at c=32 and c=128.
 
-    .venv/bin/python bench/proxy.py [--quick] [--duration S] [--rounds N]
+    .venv/bin/python bench/proxy.py [--quick] [--duration S] [--rounds N] [--decision-log]
 
 Everything runs on 127.0.0.1 from a temp dir; only processes started here are stopped. The
 backends are nginx answering ~100-byte JSON (a tiny uvloop server when nginx is missing).
@@ -117,6 +117,7 @@ class Bench:
         self.rounds = rounds
         self.tmp = Path(tempfile.mkdtemp(prefix="mr-bench-"))
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.decision_log = False
 
     def spawn(self, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
         p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
@@ -157,23 +158,12 @@ class Bench:
         wait_port(port)
         return p, port
 
-    def start_modelrouter(self, pa: int, pb: int) -> tuple[subprocess.Popen[bytes], int]:
+    def start_modelrouter(
+        self, pa: int, pb: int, variant: str = "weighted"
+    ) -> tuple[subprocess.Popen[bytes], int]:
         port, admin = free_port(), free_port()
-        conf = self.tmp / "modelrouter.yaml"
-        conf.write_text(
-            f"""version: 1
-listen: 127.0.0.1:{port}
-admin: {{listen: 127.0.0.1:{admin}}}
-state: {{store: memory}}
-backends:
-  a: {{url: http://127.0.0.1:{pa}}}
-  b: {{url: http://127.0.0.1:{pb}}}
-routes:
-  - name: bench
-    match: {{path_prefix: /}}
-    policy: {{kind: weighted, weights: {{a: 90, b: 10}}}}
-"""
-        )
+        conf = self.tmp / f"modelrouter-{variant}.yaml"
+        conf.write_text(modelrouter_config(port, admin, pa, pb, variant))
         cli = Path(sys.executable).parent / "modelrouter"
         env = {**os.environ, "MODELROUTER_FEEDBACK_SECRET": "bench-secret"}
         if cli.exists() and os.environ.get("BENCH_INLINE") != "1":
@@ -229,6 +219,10 @@ routes:
             targets.append(("nginx", ng[1], ng[0].pid))
         mr, mr_port = self.start_modelrouter(pa, pb)
         targets.append(("modelrouter", mr_port, mr.pid))
+        if self.decision_log:
+            for variant in ("bandit", "bandit+log"):
+                p, port = self.start_modelrouter(pa, pb, variant)
+                targets.append((variant, port, p.pid))
         for _, port, _ in targets:  # warm up: connections, pools, caches
             subprocess.run(
                 [WRK, "-t1", "-c32", "-d1s", f"http://127.0.0.1:{port}/"],
@@ -284,6 +278,15 @@ routes:
                 cpu_ratio = med("modelrouter", c, "cpu_us") / med("nginx", c, "cpu_us")
                 line += f"  CPU/req vs nginx = {cpu_ratio:.1f}x"
             print(line)
+        if "bandit+log" in names:
+            for c in (32, 128):
+                cpu = med("bandit+log", c, "cpu_us") - med("bandit", c, "cpu_us")
+                p99 = med("bandit+log", c, "p99") - med("bandit", c, "p99")
+                rps = med("bandit+log", c, "rps") / med("bandit", c, "rps")
+                print(
+                    f"c={c}: decision log on vs off (bandit route): CPU/req {cpu:+.1f} µs, "
+                    f"p99 {p99:+.2f} ms, RPS x{rps:.2f}"
+                )
 
     def close(self) -> None:
         for p in self.procs:
@@ -296,6 +299,29 @@ routes:
                 p.kill()
                 p.wait(5)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def modelrouter_config(port: int, admin: int, pa: int, pb: int, variant: str) -> str:
+    """The router config of a variant: weighted 90/10, or a Thompson bandit learning from the
+    responses without (`bandit`) and with (`bandit+log`) a decision log."""
+    policy = "{kind: weighted, weights: {a: 90, b: 10}}"
+    extra = ""
+    if variant.startswith("bandit"):
+        policy = "{kind: bandit, arms: [a, b], reward: {from: response}}"
+    if variant == "bandit+log":
+        extra = "    decision_log: {path: decisions.jsonl}\n"
+    return f"""version: 1
+listen: 127.0.0.1:{port}
+admin: {{listen: 127.0.0.1:{admin}}}
+state: {{store: memory}}
+backends:
+  a: {{url: http://127.0.0.1:{pa}}}
+  b: {{url: http://127.0.0.1:{pb}}}
+routes:
+  - name: bench
+    match: {{path_prefix: /}}
+    policy: {policy}
+{extra}"""
 
 
 def _ms(s: str) -> float:
@@ -312,8 +338,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s (a smoke run)")
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run (default 4)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument(
+        "--decision-log",
+        action="store_true",
+        help="also a bandit route with the decision log off and on (its cost per request)",
+    )
     a = ap.parse_args()
     b = Bench(2.0 if a.quick else a.duration, 1 if a.quick else a.rounds)
+    b.decision_log = a.decision_log
     try:
         b.run()
     finally:
