@@ -464,7 +464,7 @@ def evaluate(
             f"effective sample size {diag.ess:.0f} of {data.n}: the target differs a lot from "
             "the logging policy, intervals are wide"
         )
-    if data.n and diag.weak_share > 0.05:
+    if data.n and diag.weak_share > 0.05 and diag.unsupported_share <= 0.01:
         notes.append(
             f"weak overlap: {diag.weak_share:.0%} of the target's choices fall where the logging "
             "policy was at least 99% sure of another arm; those are seen rarely, so the estimate "

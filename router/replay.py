@@ -190,7 +190,7 @@ def evaluate_candidate(
             diagnostics=None,
             validity={k: {"valid": v.valid, "reason": v.reason} for k, v in valid.items()},
             recommended="replay" if valid["replay"].valid else None,
-            notes=[] if valid["replay"].valid else [valid["replay"].reason],
+            notes=[],
         )
         return out
     rep = ope.evaluate(data, candidate_dist(c, data, seed), clip=clip, alpha=alpha, seed=seed)
@@ -404,7 +404,11 @@ def _print_report(doc: Mapping[str, Any], out: TextIO) -> None:
                 f"{_fmt(diag['max_weight'], 1)}, clipped {diag['clipped_share'] * 100:.1f}%"
             )
         if c.get("recommended") is None:
-            reasons = {v["reason"] for v in c["validity"].values() if not v["valid"]}
+            reasons = {
+                v["reason"]
+                for k, v in c["validity"].items()
+                if not v["valid"] and k in c["estimates"]
+            }
             lines.append("no valid estimator: " + "; ".join(sorted(reasons)))
         else:
             lines.append(f"{c['recommended']}: {c['validity'][c['recommended']]['reason']}")
