@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from router.audit import Audit
 from router.config import load_config
-from router.http import Request
+from router.dataplane.seam import Request
 from router.metrics import Metrics
 from router.runtime import Runtime
 from router.store.memory import MemoryStore

@@ -50,11 +50,11 @@ def _logger(env: Env, kind: str, epsilon: float, rng: np.random.Generator) -> tu
         algo = "epsilon_greedy" if kind == "epsilon_greedy" else "lin_ts"
         features = (context_feature(env),) if isinstance(env, TableEnv) else ()
         params = {"epsilon": epsilon} if kind == "epsilon_greedy" else {"alpha": 1.0}
-        spec: Any = ContextualSpec(arms, algo, params, features, reward)  # type: ignore[arg-type]
+        spec: Any = ContextualSpec(arms, algo, params, features, reward)
         dim = env.dim if isinstance(env, LinearEnv) else None
         return build_policy(spec, rng, dim=dim), spec
     params = {"epsilon": epsilon} if kind == "epsilon_greedy" else {}
-    spec = BanditSpec(arms, kind, reward, params)  # type: ignore[arg-type]
+    spec = BanditSpec(arms, kind, reward, params)
     return build_policy(spec, rng), spec
 
 

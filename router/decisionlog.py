@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from policies.ope import LoggedData
+from router.errors import ModelrouterError
 
 __all__ = [
     "SNAPSHOT_FORMAT",
@@ -70,7 +71,7 @@ _FULL = 1 << 32
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
-class LogError(Exception):
+class LogError(ModelrouterError):
     """A decision log that cannot be read or used; the message names the file and the problem."""
 
 
@@ -298,7 +299,7 @@ class DecisionLogWriter:
         layout: str | None,
         features: Any,
         unit: str | None,
-        request_id: str | None,
+        request_id: str | bytes | None,
     ) -> None:
         """Queue one decision record; never blocks (a full queue drops it and counts it)."""
         if self._threshold < _FULL and zlib.crc32(token_id.encode()) >= self._threshold:
@@ -442,6 +443,8 @@ class DecisionLogWriter:
             if len(self._props) >= 4096:
                 self._props.clear()
             self._props[p] = prop
+        if isinstance(rid, bytes):  # as forwarded: the data plane checked it is plain ASCII
+            rid = rid.decode("latin-1")
         tail = (
             'null,"request_id":null}\n'
             if unit is None and rid is None

@@ -30,6 +30,7 @@ from policies.registry import build_policy
 from policies.spec import ABTestSpec, BlueGreenSpec, ContextualSpec, PolicySpec, WeightedSpec
 from router.config import ConfigError, parse_policy
 from router.decisionlog import SNAPSHOT_FORMAT, Extract, LogError, read_log, to_logged_data
+from router.errors import ModelrouterError
 
 __all__ = [
     "FORMAT",
@@ -47,7 +48,7 @@ FORMAT = SNAPSHOT_FORMAT
 _LEARNING = ("bandit", "contextual_bandit")
 
 
-class ReplayError(Exception):
+class ReplayError(ModelrouterError):
     """Bad input to replay; the message names the file and what is wrong."""
 
 
@@ -130,7 +131,7 @@ def _policy_object(c: Candidate, dim: int, seed: int) -> Any:
                 f"{c.source}: the policy's features encode to {want} values (bias included) but "
                 f"the log's contexts have {dim}: the feature layouts differ"
             )
-    policy = build_policy(spec, np.random.default_rng(seed), dim=dim if dim > 1 else None)
+    policy: Any = build_policy(spec, np.random.default_rng(seed), dim=dim if dim > 1 else None)
     if c.state is not None:
         if isinstance(spec, ContextualSpec) and int(c.state.get("dim", -1)) != policy.dim:
             raise ReplayError(

@@ -1,6 +1,6 @@
 """The live routing table: backends, routes and their engines, matching, selection and reload.
 
-`Runtime.create(config, store=..., metrics=..., audit=...)` builds and starts everything;
+`router.app.open_runtime(config)` wires the store, metrics and audit and calls `Runtime.create`;
 the data plane calls `match`, `RouteRuntime.select` and `RouteRuntime.record` per request,
 the admin API calls `status`, `reload_from_file` and engine actions.
 """
@@ -13,7 +13,6 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,14 +23,15 @@ import numpy as np
 from policies.base import Context, Decision
 from policies.spec import BackendConfig, Config, DecisionLogSpec, Override, RouteConfig
 from policies.weighted import sticky_bucket
+from router.dataplane.mirror import Mirrorer
+from router.dataplane.seam import Selection
 from router.decisionlog import DecisionLogWriter, RouteLog
 from router.engines import Engine, Services, engine_for
 from router.feedback import FeedbackHandler, TokenSigner, load_secret
-from router.mirror import Mirrorer
 
 if TYPE_CHECKING:
     from router.audit import Audit
-    from router.http import Request
+    from router.dataplane.seam import Pool, Request, Route, Router
     from router.metrics import BoundRequest, Metrics
     from router.store.base import Store
 
@@ -50,19 +50,8 @@ class BackendRuntime:
         self.name = cfg.name
         self.cfg = cfg
         self.up = True
-        self.pool: Any = None  # router.upstream.UpstreamPool, created lazily by the proxy
+        self.pool: Pool | None = None  # the data plane's connections, created on first use
         self._fails = 0
-
-
-@dataclass(slots=True)
-class Selection:
-    """Where one request goes and why."""
-
-    backend: BackendRuntime
-    arm: str | None  # the policy arm; None when an override chose the backend
-    decision: Decision | None
-    context: Context | None
-    token: str | None  # x-modelrouter-decision on learning routes
 
 
 _NO_CONTEXT = Context()  # shared by plain routes; nothing writes to a Context
@@ -111,16 +100,17 @@ class RouteRuntime:
         self._backends = {b: backends[b] for b in cfg.backends}
         # a rollout engine may refuse a backend (not blessed yet, rolled back): then its
         # overrides do not apply either
-        admits: Callable[[str], bool] | None = getattr(engine, "admits", None)
-        self._admits = admits
+        self._admits = engine.admits
         self._overrides = tuple(_OverrideMatcher(o, backends[o.backend]) for o in cfg.overrides)
         # blue-green preview traffic arrives through overrides; its analysis must see it
-        self._observe_overrides = bool(getattr(engine, "observes_overrides", False))
+        self._observe_overrides = engine.observes_overrides
         self._bound: dict[str, BoundRequest] = {b: metrics.bind(cfg.name, b) for b in cfg.backends}
         self._healthy: Callable[[str], bool] = lambda name: self._backends[name].up
-        make_context = getattr(engine, "make_context", None)
-        self._make_context: Callable[[Request, int | None], Context] | None = make_context
-        self.needs_body: bool = bool(getattr(engine, "needs_body", False))
+        # only engines that read the request build the context; the rest get the bucket alone
+        self._make_context: Callable[[Request, int | None], Context] | None = (
+            engine.make_context if engine.reads_request else None
+        )
+        self.needs_body: bool = engine.needs_body
         self.mirror: Mirrorer | None = None
         if cfg.mirror is not None and runtime.http is not None:
             self.mirror = Mirrorer(
@@ -135,8 +125,12 @@ class RouteRuntime:
         self._sticky: Callable[[Request], str | None] | None = None
         if sticky is not None:
             name = sticky.name
-            getter = {"header": "header", "cookie": "cookie", "query": "query_param"}[sticky.source]
-            self._sticky = lambda req: getattr(req, getter)(name)
+            if sticky.source == "header":
+                self._sticky = lambda req: req.header(name)
+            elif sticky.source == "cookie":
+                self._sticky = lambda req: req.cookie(name)
+            else:
+                self._sticky = lambda req: req.query_param(name)
         # a plain route looks at nothing of the request: the proxy skips building the Request
         # view and calls select_plain(), which reuses one Selection per policy Decision
         self.plain: bool = (
@@ -151,7 +145,7 @@ class RouteRuntime:
 
     def select(self, req: Request) -> Selection:
         for o in self._overrides:
-            if o.matches(req) and (self._admits is None or self._admits(o.backend.name)):
+            if o.matches(req) and self._admits(o.backend.name):
                 return Selection(o.backend, None, None, None, None)
         bucket = None
         key = None
@@ -177,11 +171,16 @@ class RouteRuntime:
             if dl is None:
                 token = self._runtime.issue_token(self.name, decision, ctx)
             else:
-                token = self._log_decision(dl, decision, ctx, key)
+                token = self._log_decision(dl, decision, ctx, key, req.request_id)
         return Selection(backend, decision.arm, decision, ctx, token)
 
     def _log_decision(
-        self, dl: RouteLog, decision: Decision, ctx: Context, key: str | None
+        self,
+        dl: RouteLog,
+        decision: Decision,
+        ctx: Context,
+        key: str | None,
+        request_id: bytes | None,
     ) -> str | None:
         """Issue the token and queue the decision record (a deque append; never blocks)."""
         issued = self._runtime.issue_token_with_id(self.name, decision, ctx)
@@ -199,7 +198,7 @@ class RouteRuntime:
             dl.layout,
             ctx.features,
             unit,
-            None,
+            request_id,
         )
         return token
 
@@ -485,10 +484,15 @@ class Runtime:
                 task.cancel()
             if b.pool is not None:
                 b.pool.close()
+            if b.name not in backends:
+                self.metrics.forget_backend(b.name)
         self._start_health(b for b in backends.values() if b.name not in self._health)
-        restart = [
-            k for k in ("listen", "admin", "state") if getattr(old_cfg, k) != getattr(new, k)
-        ]
+        before_after = (
+            ("listen", old_cfg.listen, new.listen),
+            ("admin", old_cfg.admin, new.admin),
+            ("state", old_cfg.state, new.state),
+        )
+        restart = [k for k, was, now in before_after if was != now]
         return {
             "generation": self.generation,
             "added": sorted(new_names - set(by_name)),
@@ -617,3 +621,10 @@ class Runtime:
         if b.up != was:
             log.warning("backend '%s' is %s", b.name, "up" if b.up else "DOWN")
         self.metrics.set_backend_up(b.name, b.up)
+
+
+if TYPE_CHECKING:
+
+    def _provides_the_seam(rt: Runtime, route: RouteRuntime) -> tuple[Router, Route]:
+        """mypy checks here that the runtime is what the data plane needs (dataplane.seam)."""
+        return rt, route

@@ -16,13 +16,14 @@ import yaml
 
 from policies.features import FeatureEncoder
 from policies.spec import PolicySpec
+from router.errors import ModelrouterError
 
 __all__ = ["WarmStartError", "load_warm_start"]
 
 _KINDS = ("bandit", "contextual_bandit")
 
 
-class WarmStartError(Exception):
+class WarmStartError(ModelrouterError):
     """A warm-start file that cannot be used for a route; the message says why."""
 
 

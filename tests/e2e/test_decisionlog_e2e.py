@@ -76,6 +76,7 @@ async def test_live_route_logs_decisions_and_replay_matches_the_truth(
     rng = random.Random(11)
     names, weights = list(CLIMATES), list(CLIMATES.values())
     accepted = 0
+    request_ids: set[str] = set()
     todo = iter(range(ROUNDS))
 
     async def client(s: aiohttp.ClientSession) -> None:
@@ -90,6 +91,7 @@ async def test_live_route_logs_decisions_and_replay_matches_the_truth(
                 assert resp.status == 200
                 backend = resp.headers["x-modelrouter-backend"]
                 token = resp.headers["x-modelrouter-decision"]
+                request_ids.add(resp.headers["x-request-id"])
             if i % 10 == 9:
                 continue  # some decisions never get a reward
             reward = 1.0 if rng.random() < MEANS[climate][backend] else 0.0
@@ -130,6 +132,13 @@ async def test_live_route_logs_decisions_and_replay_matches_the_truth(
     contents = read_log(log)
     rewarded = sum(1 for x in contents.rounds.values() if x.reward is not None)
     assert rewarded == accepted, (rewarded, accepted)
+    # each decision record names the request it was made for (the x-request-id answered)
+    logged_ids = {
+        json.loads(line)["request_id"]
+        for line in log.read_text().splitlines()
+        if '"type":"decision"' in line
+    }
+    assert logged_ids == request_ids
 
     fixed = tmp_path / "winter.yaml"
     fixed.write_text("policy: {kind: weighted, weights: {winter: 1}}\n")

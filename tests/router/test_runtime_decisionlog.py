@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry
 
 from router.audit import Audit
 from router.config import load_config
+from router.dataplane.seam import Request
 from router.decisionlog import read_log, to_logged_data
-from router.http import Request
 from router.metrics import Metrics
 from router.runtime import Runtime
 from router.store.memory import MemoryStore
