@@ -17,7 +17,9 @@ File format (one JSON object per line, `type` says which):
 - `decision` t, route, id (the decision token's id), arm, propensity, policy (version), layout,
              features (exactly as the policy saw them, bias first) or null, unit (hashed sticky
              key) or null, request_id or null.
-- `reward`   t, route, id, reward, arm, propensity, features, decided_at, layout.
+- `reward`   t, route, id, reward, arm, propensity, features, decided_at, layout (from the
+             feedback endpoint: it repeats the token); or t, route, id, reward and
+             `"source": "response"` for a route whose reward comes from the response.
 
 Rotation: when the active file reaches `rotate_bytes` or `rotate_seconds`, it is renamed to
 `NAME-YYYYmmddTHHMMSSZ.jsonl` next to it and gzip-compressed in the background
@@ -300,15 +302,29 @@ class DecisionLogWriter:
         features: Any,
         unit: str | None,
         request_id: str | bytes | None,
-    ) -> None:
-        """Queue one decision record; never blocks (a full queue drops it and counts it)."""
+    ) -> bool:
+        """Queue one decision record; never blocks (a full queue drops it and counts it).
+
+        True when the record was queued (sampled in and not dropped)."""
         if self._threshold < _FULL and zlib.crc32(token_id.encode()) >= self._threshold:
-            return
+            return False
+        q = self._q
+        if len(q) >= self._max:
+            self.dropped += 1
+            return False
+        q.append((t, route, token_id, arm, propensity, version, layout, features, unit, request_id))
+        return True
+
+    def response_reward(self, t: float, route: str, token_id: str, reward: float) -> None:
+        """Queue the reward a route took from the response (`reward: {from: response}`).
+
+        Off the hot path like decisions (no fsync: nothing was acknowledged to anyone); the
+        reader joins it to its decision, which was queued before it."""
         q = self._q
         if len(q) >= self._max:
             self.dropped += 1
             return
-        q.append((t, route, token_id, arm, propensity, version, layout, features, unit, request_id))
+        q.append((t, route, token_id, reward))
 
     # ---- rewards (durable before the feedback answer) -------------------------------------------
 
@@ -386,7 +402,12 @@ class DecisionLogWriter:
                 add = parts.append
                 line = self._line
                 seen = self._in_file
+                rewards = 0
                 for rec in batch:
+                    if len(rec) == 4:
+                        add(self._reward_line(rec))
+                        rewards += 1
+                        continue
                     if rec[5] not in seen or (rec[6] is not None and rec[6] not in seen):
                         parts.extend(self._header(rec[5], rec[6]))
                     add(line(rec))
@@ -394,7 +415,8 @@ class DecisionLogWriter:
                 self._fh.write(data)
                 self._fh.flush()
                 self._size += len(data)
-                self.written += len(batch)
+                self.written += len(batch) - rewards
+                self.rewards_written += rewards
                 self.last_write = self._clock()
             except OSError as e:
                 self.errors += len(batch)
@@ -409,6 +431,15 @@ class DecisionLogWriter:
             self._in_file.add(layout)
             out.append(json.dumps(self._layouts[layout], separators=(",", ":")) + "\n")
         return out
+
+    @staticmethod
+    def _reward_line(rec: tuple[Any, ...]) -> str:
+        t, route, tid, reward = rec
+        ident = f'"{tid}"' if tid.isalnum() else _js(tid)
+        return (
+            f'{{"type":"reward","t":{t:.6f},"route":{_js(route)},"id":{ident},'
+            f'"reward":{float(reward)!r},"source":"response"}}\n'
+        )
 
     def _line(self, rec: tuple[Any, ...]) -> str:
         """One decision as JSON, formatted by hand: json.dumps of a dict costs several times
@@ -585,6 +616,7 @@ class LogContents:
     bad_lines: int = 0
     duplicate_rewards: int = 0
     rewards_without_decision: int = 0  # decision record missing: rebuilt from the reward record
+    orphan_rewards: int = 0  # response rewards whose decision record is missing: unusable
 
     def routes(self) -> list[str]:
         return sorted({r.route for r in self.rounds.values()})
@@ -605,6 +637,9 @@ def read_log(path: str | os.PathLike[str]) -> LogContents:
             raise LogError(f"{f}: cannot read: {e}") from None
     for tid, rec in rewards.items():
         r = out.rounds.get(tid)
+        if r is None and "arm" not in rec:
+            out.orphan_rewards += 1  # its decision record was dropped; nothing to join to
+            continue
         if r is None:
             out.rewards_without_decision += 1
             feats = rec.get("features")
@@ -644,7 +679,9 @@ def _ingest(line: str, out: LogContents, rewards: dict[str, dict[str, Any]]) -> 
             )
         elif kind == "reward":
             tid = str(rec["id"])
-            float(rec["reward"]), str(rec["arm"]), float(rec["propensity"]), str(rec["route"])
+            float(rec["reward"]), str(rec["route"])
+            if "arm" in rec:  # feedback rewards repeat the token; response rewards do not
+                str(rec["arm"]), float(rec["propensity"])
             if tid in rewards:
                 out.duplicate_rewards += 1
             else:

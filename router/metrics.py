@@ -112,7 +112,8 @@ class _DecisionLogCollector(Collector):
             ),
             CounterMetricFamily(
                 PREFIX + "decision_log_rewards",
-                "Reward records written (and fsync'ed) to the route's decision log.",
+                "Reward records written to the route's decision log (feedback rewards are "
+                "fsync'ed before their 202).",
                 labels=("route",),
             ),
             GaugeMetricFamily(

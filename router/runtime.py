@@ -94,6 +94,15 @@ class RouteRuntime:
         self.cfg = cfg
         self.engine = engine
         self.dlog = dlog
+        # routes that learn from the response log that reward next to the decision
+        self._response_reward: Callable[[int, float, str | None], float] | None = getattr(
+            engine, "response_reward", None
+        )
+        self._log_response = (
+            dlog is not None
+            and self._response_reward is not None
+            and bool(getattr(engine, "rewards_from_response", False))
+        )
         self.prefix = cfg.match.path_prefix
         self.methods = cfg.match.methods
         self._runtime = runtime
@@ -165,30 +174,20 @@ class RouteRuntime:
         backend = self._backends[decision.arm]
         if not backend.up:
             backend, decision = self._failover(decision)
-        token = None
-        if engine.learns:
-            dl = self.dlog
-            if dl is None:
-                token = self._runtime.issue_token(self.name, decision, ctx)
-            else:
-                token = self._log_decision(dl, decision, ctx, key, req.request_id)
-        return Selection(backend, decision.arm, decision, ctx, token)
-
-    def _log_decision(
-        self,
-        dl: RouteLog,
-        decision: Decision,
-        ctx: Context,
-        key: str | None,
-        request_id: bytes | None,
-    ) -> str | None:
-        """Issue the token and queue the decision record (a deque append; never blocks)."""
+        if not engine.learns:
+            return Selection(backend, decision.arm, decision, ctx, None)
+        dl = self.dlog
+        if dl is None:
+            token = self._runtime.issue_token(self.name, decision, ctx)
+            return Selection(backend, decision.arm, decision, ctx, token)
         issued = self._runtime.issue_token_with_id(self.name, decision, ctx)
         if issued is None:
-            return None
+            return Selection(backend, decision.arm, decision, ctx, None)
         token, token_id, now = issued
+        sel = Selection(backend, decision.arm, decision, ctx, token)
         unit = None if key is None else blake2b(key.encode(), digest_size=8).hexdigest()
-        dl.writer.decision(
+        # a deque append (or a counted drop): the writer thread does the rest
+        if dl.writer.decision(
             now,
             self.name,
             token_id,
@@ -198,9 +197,10 @@ class RouteRuntime:
             dl.layout,
             ctx.features,
             unit,
-            request_id,
-        )
-        return token
+            req.request_id,
+        ):
+            sel.logged = token_id
+        return sel
 
     def select_plain(self) -> Selection:
         """`select` for a plain route (see `plain`): no Request view, a shared empty Context."""
@@ -226,6 +226,12 @@ class RouteRuntime:
                 return b, Decision(arm, decision.propensity)
         return self._backends[decision.arm], decision  # nothing healthy: the proxy answers 503
 
+    def _log_reward(self, decision_id: str, status: int, latency: float, error: str | None) -> None:
+        rr, dl = self._response_reward, self.dlog
+        if rr is not None and dl is not None:
+            reward = rr(status, latency, error)
+            dl.writer.response_reward(self._runtime.clock(), self.name, decision_id, reward)
+
     def record(self, sel: Selection, status: int, latency: float, error: str | None) -> None:
         bound = self._bound[sel.backend.name]
         bound.observe(status, latency)
@@ -233,6 +239,8 @@ class RouteRuntime:
             bound.upstream_error(error)
         if sel.arm is not None:
             self.engine.observe(sel.arm, status, latency, error, sel.context)
+            if self._log_response and sel.logged is not None:
+                self._log_reward(sel.logged, status, latency, error)
         elif self._observe_overrides:
             self.engine.observe(sel.backend.name, status, latency, error)
 

@@ -118,7 +118,7 @@ class Backend(Protocol):
 class Selection:
     """Where one request goes and why (made by `Route.select`, handed back to `Route.record`)."""
 
-    __slots__ = ("arm", "backend", "context", "decision", "token")
+    __slots__ = ("arm", "backend", "context", "decision", "logged", "token")
 
     def __init__(
         self,
@@ -133,6 +133,7 @@ class Selection:
         self.decision = decision
         self.context = context
         self.token = token  # x-modelrouter-decision on learning routes
+        self.logged: str | None = None  # decision id, when the decision log holds its record
 
     def __repr__(self) -> str:
         return f"<Selection {self.backend.name} arm={self.arm!r}>"

@@ -147,11 +147,20 @@ class LearningEngine(EngineBase):
         """Outcome of a proxied request; learns from it when the reward comes from the response."""
         if not self._from_response:
             return
+        reward = self.response_reward(status, latency, error)
+        self._learn(arm, reward, ctx if ctx is not None else Context())
+
+    def response_reward(self, status: int, latency: float, error: str | None) -> float:
+        """The reward of a response under `reward: {from: response}`: 1 when it was good."""
         r = self._reward
         ok = error is None and status < r.max_status
         if ok and r.max_latency is not None:
             ok = latency <= r.max_latency
-        self._learn(arm, 1.0 if ok else 0.0, ctx if ctx is not None else Context())
+        return 1.0 if ok else 0.0
+
+    @property
+    def rewards_from_response(self) -> bool:
+        return self._from_response
 
     def feedback(self, arm: str, reward: float, ctx: Context, token_id: str | None = None) -> None:
         """An accepted, already durable reward from the feedback endpoint."""

@@ -87,3 +87,29 @@ async def test_decisions_rewards_reload_and_close(tmp_path: Path) -> None:
     decision = next(json.loads(x) for x in first if '"type":"decision"' in x)
     assert decision["unit"] is not None and len(decision["unit"]) == 16  # hashed sticky key
     assert "u0" not in json.dumps(decision)
+
+
+async def test_rewards_taken_from_responses_are_logged_with_their_decisions(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        (CONFIG % "").replace(
+            "params: {epsilon: 0.5}}", "params: {epsilon: 0.5}, reward: {from: response}}"
+        )
+    )
+    rt, store = await _runtime(path)
+    try:
+        route = rt.route("rec")
+        for i in range(30):
+            sel = route.select(_req(f"u{i}"))
+            assert sel.logged is not None
+            # a fails, b answers: the reward the route learns is the one logged
+            route.record(sel, 500 if sel.backend.name == "a" else 200, 0.01, None)
+    finally:
+        await rt.close()
+        await store.close()
+    ext = to_logged_data(read_log(tmp_path / "logs" / "rec.jsonl"))
+    assert ext.data.n == 30 and ext.unrewarded == 0
+    for r in ext.rounds:
+        assert r.reward == (0.0 if r.arm == "a" else 1.0)
