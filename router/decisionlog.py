@@ -101,7 +101,10 @@ def layout_of(features: Sequence[Any]) -> dict[str, Any]:
 
 
 def policy_block(spec: Any) -> dict[str, Any]:
-    """A policy spec written back as the `policy:` mapping of a config (for snapshots, logs)."""
+    """A policy spec written back as the `policy:` mapping of a config (for snapshots, logs).
+
+    Guardrails are left out: they cap arms of a live route, they are not part of what a frozen
+    policy would choose."""
     kind = spec.kind
     out: dict[str, Any] = {"kind": kind}
     if kind == "weighted":
@@ -122,8 +125,8 @@ def policy_block(spec: Any) -> dict[str, Any]:
     if kind == "ab_test":
         t = spec.test
         test: dict[str, Any] = {"method": t.method, "alpha": t.alpha, "min_samples": t.min_samples}
-        if t.tau is not None:
-            test["tau"] = t.tau
+        if t.mixing_sd is not None:
+            test["mixing_sd"] = t.mixing_sd
         out.update(arms=dict(spec.arms), split=dict(spec.split), reward=reward, test=test,
                    conclude=spec.conclude)  # fmt: skip
         return out

@@ -368,7 +368,14 @@ class Runtime:
         now = self.clock()
         features = None if ctx.features is None else tuple(ctx.features.tolist())
         token, token_id = self.signer.issue_with_id(
-            route, decision.arm, decision.propensity, self.generation, features, ctx.label, now
+            route,
+            decision.arm,
+            decision.propensity,
+            self.generation,
+            features,
+            ctx.label,
+            now,
+            bucket=ctx.bucket,
         )
         return token, token_id, now
 
@@ -388,6 +395,7 @@ class Runtime:
             features,
             ctx.label,
             self.clock(),
+            bucket=ctx.bucket,
         )
         return token
 

@@ -4,10 +4,12 @@ retries, mirror (the policy itself is read by `router.config.policies`)."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Final
 
 from policies.spec import (
     LEARNING_KINDS,
+    ABTestSpec,
     BackendConfig,
     DecisionLogSpec,
     HealthConfig,
@@ -236,6 +238,9 @@ def _warm_start(r: Reader, policy: PolicySpec) -> str | None:
 def _route(r: Reader, refs: Refs) -> RouteConfig:
     m = r.mapping(_ROUTE_KEYS, required=True)
     policy = read_policy(m["policy"], refs)
+    sticky = _sticky(m["sticky"])
+    if isinstance(policy, ABTestSpec) and sticky is not None:
+        policy = replace(policy, sticky=True)  # users are randomised: analyse users
     return RouteConfig(
         name=m["name"].name("route name"),
         match=_match(m["match"]),
@@ -243,7 +248,7 @@ def _route(r: Reader, refs: Refs) -> RouteConfig:
         decision_log=_decision_log(m["decision_log"], policy),
         warm_start=_warm_start(m["warm_start"], policy),
         overrides=tuple(_override(o, refs) for o in m["overrides"].sequence()),
-        sticky=_sticky(m["sticky"]),
+        sticky=sticky,
         retries=_retries(m["retries"]),
         timeout=m["timeout"].duration(None),
         mirror=_mirror(m["mirror"], refs),
