@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, ndtr
-from scipy.stats import norm
+from scipy.special import expit, ndtr, ndtri
 
 from policies.base import Context
 
@@ -212,7 +211,7 @@ def _f(x: float) -> float | None:
 def _z(alpha: float) -> float:
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    return float(norm.ppf(1.0 - alpha / 2.0))
+    return float(ndtri(1.0 - alpha / 2.0))  # scipy.stats would cost the router a second to import
 
 
 def _check_dist(data: LoggedData, action_dist: FloatArray) -> FloatArray:

@@ -44,12 +44,14 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from policies.ope import LoggedData
 from router.errors import ModelrouterError
+
+if TYPE_CHECKING:  # the router imports this module; only replay needs the estimators
+    from policies.ope import LoggedData
 
 __all__ = [
     "SNAPSHOT_FORMAT",
@@ -785,6 +787,8 @@ def to_logged_data(
         if target_dim is not None
         else np.ones((n, 1))
     )
+    from policies.ope import LoggedData
+
     data = LoggedData(
         tuple(arms),
         np.array([index[r.arm] for r in kept], dtype=np.intp),
