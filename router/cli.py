@@ -558,7 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the proxy and the admin listener")
     p.add_argument("config", metavar="CONFIG")
-    p.add_argument("--workers", type=_positive_int, default=1, metavar="N")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="N processes sharing the ports (SO_REUSEPORT) and the state store (default 1)",
+    )
 
     p = sub.add_parser("validate", help="check a config file; exit 2 with every error")
     p.add_argument("config", metavar="CONFIG")

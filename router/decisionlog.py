@@ -67,6 +67,7 @@ __all__ = [
     "snapshot_doc",
     "to_logged_data",
     "version_of",
+    "worker_log_path",
 ]
 
 log = logging.getLogger("modelrouter.decisionlog")
@@ -552,7 +553,10 @@ class DecisionLogWriter:
 
     def _expire(self) -> None:
         cutoff = self._clock() - self.retention
-        for f in log_files(self.path)[:-1]:  # never the active file
+        stem = self.path.name.removesuffix(".jsonl")
+        for f in _one_log(self.path, stem):
+            if f == self.path:  # never the active file
+                continue
             try:
                 if f.stat().st_mtime < cutoff:
                     f.unlink()
@@ -563,8 +567,20 @@ class DecisionLogWriter:
 # ---- reading ------------------------------------------------------------------------------------
 
 
+def worker_log_path(path: str | os.PathLike[str], worker: str) -> Path:
+    """Under `serve --workers N` each worker writes its own file, `NAME.wI.jsonl` (worker
+    index I, from MODELROUTER_WORKER "I:..."), so no two processes append to or rotate one
+    file; `log_files(NAME.jsonl)` reads them all."""
+    p = Path(path)
+    index = worker.split(":", 1)[0]
+    if not index.isdigit():
+        return p
+    return p.with_name(f"{p.name.removesuffix('.jsonl')}.w{index}.jsonl")
+
+
 def log_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The files of one log, oldest first: rotated (compressed or not) then the active file.
+    """The files of one log, oldest first: rotated (compressed or not) then the active file,
+    and the same for each worker's file (`NAME.wI.jsonl`) when `serve --workers` wrote them.
 
     A path to a single rotated file (`.jsonl.gz`) is read alone.
     """
@@ -572,6 +588,19 @@ def log_files(path: str | os.PathLike[str]) -> list[Path]:
     if p.name.endswith(".gz"):
         return [p]
     stem = p.name.removesuffix(".jsonl")
+    stems = [stem]
+    if p.parent.is_dir():
+        for f in p.parent.iterdir():
+            rest = f.name.removeprefix(stem + ".w")
+            if rest != f.name and rest.endswith(".jsonl") and rest[: -len(".jsonl")].isdigit():
+                stems.append(f.name.removesuffix(".jsonl"))
+    files: list[Path] = []
+    for s in sorted(stems):
+        files.extend(_one_log(p.parent / f"{s}.jsonl", s))
+    return files
+
+
+def _one_log(p: Path, stem: str) -> list[Path]:
     rotated: dict[str, Path] = {}
     if p.parent.is_dir():
         for f in p.parent.iterdir():

@@ -2,10 +2,20 @@
 
 The per-request pair (`requests_total`, `request_duration_seconds`) lives in plain counters behind
 a custom collector so the hot path costs well under a microsecond; the rest use prometheus_client.
+
+Under `serve --workers N` the supervisor sets PROMETHEUS_MULTIPROC_DIR for every worker, which
+puts prometheus_client in its multiprocess mode (each process writes its values to files there).
+`render()` then answers for the whole router, whichever worker serves it: counters and
+histograms add up across workers (a dead worker's counts keep counting), gauges (which every
+worker derives from the shared state) show the most recent value of a live worker. The plain
+per-request counters are written to the same directory by `sync_files()` (every second, and
+just before a render), so another worker's requests appear within a second.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
@@ -186,6 +196,60 @@ class _PlainCollector(Collector):
         )
 
 
+class _RewardCollector(Collector):
+    """The reward summary alone: in multiprocess mode it comes from the serving worker, whose
+    figures are the merged totals every worker shares (summing them would count N times)."""
+
+    def __init__(self, plain: _PlainCollector) -> None:
+        self._plain = plain
+
+    def collect(self) -> Iterator[Metric]:
+        yield list(self._plain.collect())[2]
+
+
+class _FileExport:
+    """This worker's plain request counters, written where prometheus_client's multiprocess
+    collector reads them (`counter_plain-PID.db`, `histogram_plain-PID.db`)."""
+
+    def __init__(self, path: str) -> None:
+        from prometheus_client.mmap_dict import MmapedDict
+
+        pid = os.getpid()
+        mmaped: Any = MmapedDict  # untyped in prometheus_client
+        self._counters: Any = mmaped(os.path.join(path, f"counter_plain-{pid}.db"))
+        self._histograms: Any = mmaped(os.path.join(path, f"histogram_plain-{pid}.db"))
+
+    def write(self, bound: dict[tuple[str, str], BoundRequest]) -> None:
+        from prometheus_client.mmap_dict import mmap_key
+
+        now = time.time()
+        req, dur = PREFIX + "requests", PREFIX + "request_duration_seconds"
+        for (route, backend), b in list(bound.items()):
+            for code, n in list(b.codes.items()):
+                key = mmap_key(
+                    req,
+                    req + "_total",
+                    ["route", "backend", "code"],
+                    [route, backend, str(code)],
+                    "Requests answered, by route, backend and HTTP status code.",
+                )
+                self._counters.write_value(key, float(n), now)
+            help_text = (
+                "Time from request head to the last byte of the answer, by route and backend."
+            )
+            for label, n in zip(_BUCKET_LABELS, b.buckets, strict=True):
+                key = mmap_key(
+                    dur,
+                    dur + "_bucket",
+                    ["route", "backend", "le"],
+                    [route, backend, label],
+                    help_text,
+                )
+                self._histograms.write_value(key, float(n), now)
+            key = mmap_key(dur, dur + "_sum", ["route", "backend"], [route, backend], help_text)
+            self._histograms.write_value(key, b.total, now)
+
+
 class Metrics:
     """Owns every modelrouter metric in one registry; callers use verbs, never metric objects."""
 
@@ -194,15 +258,21 @@ class Metrics:
         r = self.registry
         self._bound: dict[tuple[str, str], BoundRequest] = {}
         self._rewards: dict[tuple[str, str], tuple[int, float]] = {}
-        r.register(_PlainCollector(self._bound, self._rewards))
+        plain = _PlainCollector(self._bound, self._rewards)
+        r.register(plain)
         self._dlogs: dict[str, Any] = {}
         r.register(_DecisionLogCollector(self._dlogs))
+        # serve --workers: prometheus_client's multiprocess mode (see the module docstring)
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self._export: _FileExport | None = None
+        self._reward_collector = _RewardCollector(plain)
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(PREFIX + name, doc, labels, registry=r)
 
         def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
-            return Gauge(PREFIX + name, doc, labels, registry=r)
+            # every worker derives gauges from the shared state: show the latest live value
+            return Gauge(PREFIX + name, doc, labels, registry=r, multiprocess_mode="livemostrecent")
 
         # prometheus_client appends `_total` to counter names in the exposition
         self._upstream_errors = counter(
@@ -481,7 +551,7 @@ class Metrics:
         for plain in (self._bound, self._rewards):
             for key in [k for k in plain if k[0] == route]:
                 del plain[key]
-        for m in self._route_metrics:
+        for m in self._route_metrics if self.multiprocess_dir is None else ():
             m.remove_by_labels({"route": route})
         for cache in (self._decision_children, self._feedback_children):
             for key in [k for k in cache if k[0] == route]:
@@ -494,17 +564,37 @@ class Metrics:
         for plain in (self._bound, self._rewards):
             for key in [k for k in plain if k[1] == backend]:
                 del plain[key]
-        for m in self._backend_metrics:
+        for m in self._backend_metrics if self.multiprocess_dir is None else ():
             m.remove_by_labels({"backend": backend})
         for cache in (self._decision_children, self._feedback_children):
             for key in [k for k in cache if k[1] == backend]:
                 del cache[key]
 
+    def sync_files(self) -> None:
+        """Multiprocess mode: write this worker's plain request counters for the others."""
+        if self.multiprocess_dir is None:
+            return
+        if self._export is None:
+            self._export = _FileExport(self.multiprocess_dir)
+        self._export.write(self._bound)
+
     def render(self) -> bytes:
-        """The exposition text of every metric (Prometheus text format 0.0.4)."""
-        return generate_latest(self.registry)
+        """The exposition text of every metric (Prometheus text format 0.0.4); in multiprocess
+        mode, of the whole router (every worker's files)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.sync_files()
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        merged.register(self._reward_collector)
+        return generate_latest(merged)
 
 
 def _remove(metric: Counter | Gauge, *labels: str) -> None:
-    # prometheus_client's remove() ignores label sets it does not have
+    # prometheus_client's remove() ignores label sets it does not have; its multiprocess mode
+    # cannot remove a series at all (it warns), so there the last value stays until a restart
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
     metric.remove(*labels)

@@ -357,7 +357,8 @@ _SECTIONS: tuple[Section, ...] = (
         {
             "path": Key(
                 "path",
-                "JSON-lines file (relative to this file); rotated files sit next to it, gzipped.",
+                "JSON-lines file, relative to `$MODELROUTER_STATE_DIR` when set (the image's "
+                "volume), else to this file; rotated files sit next to it, gzipped.",
             ),
             "sample_rate": Key(
                 "number", "Share of decisions logged (by a hash of the decision id), in (0, 1]."

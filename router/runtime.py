@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
 import time
@@ -25,7 +26,7 @@ from policies.spec import BackendConfig, Config, DecisionLogSpec, Override, Rout
 from policies.weighted import sticky_bucket
 from router.dataplane.mirror import Mirrorer
 from router.dataplane.seam import Selection
-from router.decisionlog import DecisionLogWriter, RouteLog
+from router.decisionlog import DecisionLogWriter, RouteLog, worker_log_path
 from router.engines import Engine, Services, engine_for
 from router.feedback import FeedbackHandler, TokenSigner, load_secret
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from router.store.base import Store
 
 log = logging.getLogger("modelrouter.runtime")
+
+ENV_WORKER_VAR = "MODELROUTER_WORKER"  # router.workers.ENV_WORKER: "index:...", set per worker
+STATE_DIR_ENV = "MODELROUTER_STATE_DIR"  # router.store.sqlite.STATE_DIR_ENV
 
 HEALTH_FAILS_DOWN = 2  # consecutive failed checks before a backend is marked down
 PRUNE_EVERY = 300.0  # seconds between prunes of feedback older than twice the feedback TTL
@@ -280,6 +284,9 @@ class Runtime:
         self._open_writers: dict[int, DecisionLogWriter] = {}
         self._prune_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        # called after every successful reload with (actor, recorded); `serve --workers` uses it
+        # to pass a reload made on one worker on to the others
+        self.reload_listeners: list[Callable[[str, bool], None]] = []
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -434,9 +441,12 @@ class Runtime:
         return True, "ready"
 
     async def reload_from_file(
-        self, actor: str = "reload", reason: str | None = None
+        self, actor: str = "reload", reason: str | None = None, *, record: bool = True
     ) -> dict[str, Any]:
-        """Re-read the config file and apply it; raises ConfigError and keeps the old config."""
+        """Re-read the config file and apply it; raises ConfigError and keeps the old config.
+
+        `record=False` (a worker following a reload another worker made and recorded) neither
+        audits nor counts it, so one reload of the router is one entry whatever N is."""
         from router.config import load_config
 
         if self.config_path is None:
@@ -444,12 +454,18 @@ class Runtime:
         try:
             new = load_config(self.config_path)
         except Exception:
-            self.metrics.config_reload("failure")
+            if record:
+                self.metrics.config_reload("failure")
             raise
-        return await self.reload(new, actor=actor, reason=reason)
+        return await self.reload(new, actor=actor, reason=reason, record=record)
 
     async def reload(
-        self, new: Config, *, actor: str = "reload", reason: str | None = None
+        self,
+        new: Config,
+        *,
+        actor: str = "reload",
+        reason: str | None = None,
+        record: bool = True,
     ) -> dict[str, Any]:
         """Apply a validated config atomically; unchanged routes keep their engines and state.
 
@@ -460,10 +476,14 @@ class Runtime:
             try:
                 changes = await self._reload(new)
             except Exception:
-                self.metrics.config_reload("failure")
+                if record:
+                    self.metrics.config_reload("failure")
                 raise
-            self.metrics.config_reload("success")
-            await self.audit.record("*", "reload", actor, reason, **changes)
+            if record:
+                self.metrics.config_reload("success")
+                await self.audit.record("*", "reload", actor, reason, **changes)
+            for listener in self.reload_listeners:
+                listener(actor, record)
             return changes
 
     async def _reload(self, new: Config) -> dict[str, Any]:
@@ -533,6 +553,7 @@ class Runtime:
             clock=self.clock,
             rng=self.rng,
             http=self.http,
+            decider=self.signer,
         )
         routes: list[RouteRuntime] = []
         started: list[Engine] = []
@@ -559,8 +580,15 @@ class Runtime:
         spec = rc.decision_log
         if spec is None or not self._engine_learns(rc):
             return None
-        base = self.config_path.resolve().parent if self.config_path else Path.cwd()
-        path = str(base / spec.path)
+        # like the SQLite store: relative to $MODELROUTER_STATE_DIR when set (the image's
+        # writable volume; the config may be mounted read-only), else to the config file
+        state_dir = os.environ.get(STATE_DIR_ENV)
+        base = (
+            Path(state_dir)
+            if state_dir
+            else (self.config_path.resolve().parent if self.config_path else Path.cwd())
+        )
+        path = str(worker_log_path(base / spec.path, os.environ.get(ENV_WORKER_VAR, "")))
         cur = self._writers.get(path)
         if cur is None or cur[0] != spec:
             writer = DecisionLogWriter(

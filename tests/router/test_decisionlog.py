@@ -198,3 +198,22 @@ def test_reader_errors_name_the_problem(tmp_path: Path) -> None:
         to_logged_data(read_log(path), "z")
     with pytest.raises(ValueError, match="sample_rate must be in"):
         DecisionLogWriter(path, sample_rate=2.0)
+
+
+def test_each_worker_writes_its_own_file_and_the_reader_joins_them(tmp_path: Path) -> None:
+    from router.decisionlog import worker_log_path
+
+    path = tmp_path / "d.jsonl"
+    assert worker_log_path(path, "") == path
+    assert worker_log_path(path, "1:8080:9901:42").name == "d.w1.jsonl"
+    for i in range(2):
+        w, version, _ = _writer(worker_log_path(path, f"{i}:1:2:3"))
+        w.start()
+        w.decision(1.0 + i, "r", f"w{i}", "a", 0.5, version, None, None, None, None)
+        _wait(lambda w=w: w.written == 1)
+        # the reward of worker 0's decision arrives at worker 1
+        w.rewards([_reward("w0", 1.0)] if i == 1 else [])
+        w.close()
+    assert [f.name for f in log_files(path)] == ["d.w0.jsonl", "d.w1.jsonl"]
+    ext = to_logged_data(read_log(path))
+    assert ext.data.n == 1 and ext.rounds[0].id == "w0" and ext.unrewarded == 1
