@@ -164,6 +164,7 @@ def format_status(status: Mapping[str, Any]) -> str:
                 row.append("-" if up is None else ("yes" if up else "DOWN"))
             rows.append(row)
         lines.extend(_table(header, rows))
+    lines.extend(_endpoint_lines(backends))
     if test:
         scalars = ", ".join(
             f"{k} {_num(v, 3)}" for k, v in test.items() if not isinstance(v, dict | list)
@@ -192,6 +193,21 @@ def format_status(status: Mapping[str, Any]) -> str:
         lines.append("  analysis (latest):")
         lines.extend(f"    {_describe_item(a)}" for a in analysis[-3:])
     return "\n".join(lines)
+
+
+def _endpoint_lines(backends: Mapping[str, Any]) -> list[str]:
+    """One line per backend with several endpoints or one that is out of rotation."""
+    out = []
+    for name, b in backends.items():
+        eps = [_map(e) for e in (_map(b).get("endpoints") or [])]
+        if len(eps) < 2 and all(e.get("up", True) for e in eps):
+            continue
+        parts = []
+        for e in eps:
+            state = "up" if e.get("up") else ("EJECTED" if e.get("ejected") else "DOWN")
+            parts.append(f"{e.get('address')} {state} ({_num(e.get('in_flight'))} in flight)")
+        out.append(f"  endpoints of {name}: {', '.join(parts)}")
+    return out
 
 
 def _signed(v: Any, pct: bool = False) -> str:

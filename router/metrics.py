@@ -364,6 +364,40 @@ class Metrics:
             "(match, mismatch, error, skipped).",
             ("route", "backend", "result"),
         )
+        self._retries = counter(
+            "retries",
+            "Attempts sent again, by route, the backend whose attempt failed, and reason "
+            "(connect-failure, reset, timeout, 5xx, retriable-status, connection-closed).",
+            ("route", "backend", "reason"),
+        )
+        self._budget_exhausted = counter(
+            "retry_budget_exhausted",
+            "Retries refused because the backend's retry budget was used up.",
+            ("route", "backend"),
+        )
+        self._ejections = counter(
+            "outlier_ejections",
+            "Endpoints taken out of rotation by outlier detection, by reason "
+            "(consecutive_5xx, consecutive_local_origin_failure).",
+            ("backend", "endpoint", "reason"),
+        )
+        self._endpoint_up = gauge(
+            "endpoint_up",
+            "1 while the endpoint takes requests (healthy and not ejected), else 0.",
+            ("backend", "endpoint"),
+        )
+        self._store_up = gauge(
+            "store_up",
+            "1 while the state store takes writes, 0 while its calls fail (then /readyz is 503).",
+            (),
+        )
+        self._store_errors = counter(
+            "store_errors",
+            "Failed state-store calls by operation (get, put, audit_append, feedback_add, "
+            "probe, ...).",
+            ("operation",),
+        )
+        self._store_up.set(1.0)  # until a store call fails (router.store.health)
         for result in ("success", "failure"):
             self._reloads.labels(result)
         self._route_metrics: tuple[Counter | Gauge, ...] = (
@@ -379,6 +413,8 @@ class Metrics:
             self._prob_best,
             self._mirror,
             self._srm,
+            self._retries,
+            self._budget_exhausted,
             self._p_adjusted,
             self._lift,
             self._diff,
@@ -439,6 +475,26 @@ class Metrics:
 
     def set_backend_up(self, backend: str, up: bool) -> None:
         self._backend_up.labels(backend).set(1.0 if up else 0.0)
+
+    def retry(self, route: str, backend: str, reason: str) -> None:
+        """An attempt to `backend` failed for `reason` and the request is sent again."""
+        self._retries.labels(route, backend, reason).inc()
+
+    def retry_budget_exhausted(self, route: str, backend: str) -> None:
+        self._budget_exhausted.labels(route, backend).inc()
+
+    def ejection(self, backend: str, endpoint: str, reason: str) -> None:
+        self._ejections.labels(backend, endpoint, reason).inc()
+
+    def set_endpoint_up(self, backend: str, endpoint: str, up: bool) -> None:
+        self._endpoint_up.labels(backend, endpoint).set(1.0 if up else 0.0)
+
+    def set_store_up(self, up: bool) -> None:
+        self._store_up.set(1.0 if up else 0.0)
+
+    def store_error(self, operation: str) -> None:
+        """Count a failed store call; `operation` is a Store method name or "probe"."""
+        self._store_errors.labels(operation).inc()
 
     def config_reload(self, result: str) -> None:
         """Count a reload attempt; `result` is "success" or "failure"."""
@@ -569,6 +625,8 @@ class Metrics:
         for cache in (self._decision_children, self._feedback_children):
             for key in [k for k in cache if k[1] == backend]:
                 del cache[key]
+        for m in (self._ejections, self._endpoint_up):
+            m.remove_by_labels({"backend": backend})
 
     def sync_files(self) -> None:
         """Multiprocess mode: write this worker's plain request counters for the others."""

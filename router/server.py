@@ -181,6 +181,7 @@ def run_server(server: Server) -> None:
 def serve_main(config_path: str, workers: int = 1) -> int:
     """Entry point of `modelrouter serve`; returns the process exit code."""
     from router.config import ConfigError, load_config
+    from router.store import StoreError
 
     setup_logging()
     try:
@@ -195,6 +196,10 @@ def serve_main(config_path: str, workers: int = 1) -> int:
         return supervise(config, config_path, workers)
     try:
         run_server(Server(config, config_path))
+    except StoreError as e:
+        # unusable state store at start: one line saying which and what to do, no traceback
+        print(f"modelrouter: cannot start: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"modelrouter: cannot start: {e}", file=sys.stderr)
         return 1

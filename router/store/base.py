@@ -18,6 +18,9 @@ from policies.params import Param
 from policies.spec import StateConfig
 from router.errors import ModelrouterError
 
+# a document written when a store opens and by the health probe: proves that writes work
+PROBE_KEY = "store:probe"
+
 
 class StoreError(ModelrouterError):
     """The store cannot be used (unopenable file, unreachable server, closed)."""

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import re
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,13 +26,21 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from policies.params import Param
 from policies.spec import StateConfig
 from router.store.base import (
+    PROBE_KEY,
     FeedbackRecord,
     Merged,
     Store,
@@ -205,9 +214,13 @@ class RedisStore:
         )
         r = aioredis.Redis.from_pool(pool)
         try:
-            with self._errors():
-                await r.ping()
-                await self._check_persistence(r)
+            await r.ping()
+            # a replica or a primary refusing writes (MISCONF) answers PING: only a write tells
+            await r.set(f"{self.prefix}kv:{PROBE_KEY}", json.dumps({"opened": time.time()}))
+            await self._check_persistence(r)
+        except RedisError as e:
+            await r.aclose()
+            raise self._explain(e) from None
         except BaseException:
             await r.aclose()
             raise
@@ -215,6 +228,31 @@ class RedisStore:
         self._prune = r.register_script(_PRUNE)
         self._merge = r.register_script(_MERGE)
         self._r = r
+
+    def _explain(self, e: RedisError) -> StoreError:
+        """A one-line error for a store that cannot be used at start, saying what to do."""
+        where = f"state store {self.where}"
+        if isinstance(e, (AuthenticationError, AuthorizationError)):
+            return StoreError(
+                f"{where} refused the credentials ({e}); put the right user and password in "
+                "state.url (redis://user:password@host:port/db)"
+            )
+        if isinstance(e, BusyLoadingError):
+            return StoreUnavailable(
+                f"{where} is still loading its data set ({e}); start the router again when "
+                "Redis has finished loading"
+            )
+        if isinstance(e, (RedisConnectionError, RedisTimeoutError)):
+            return StoreUnavailable(
+                f"cannot reach {where} ({e}); check that Redis is running and reachable at "
+                "that address and that state.url is right"
+            )
+        if isinstance(e, ReadOnlyError):
+            return StoreError(
+                f"{where} does not accept writes ({e}); point state.url at the primary, not "
+                "a replica"
+            )
+        return StoreError(f"{where} cannot be used ({e}); check the Redis server's log")
 
     async def _check_persistence(self, r: aioredis.Redis) -> None:
         try:

@@ -10,9 +10,11 @@ only after its records are committed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +24,7 @@ from policies.params import Param
 from policies.spec import StateConfig
 from router.store.base import (
     MARK_FIELD,
+    PROBE_KEY,
     FeedbackRecord,
     Merged,
     Store,
@@ -34,6 +37,8 @@ from router.store.base import (
 )
 
 T = TypeVar("T")
+
+__all__ = ["SqliteStore", "explain"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,11 +64,53 @@ CREATE TABLE IF NOT EXISTS sums (
 """
 
 
+_PUT = (
+    "INSERT INTO kv (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+
+def explain(path: Path, e: BaseException) -> str:
+    """One line saying what is wrong with the SQLite store at `path` and what to do about it."""
+    name = getattr(e, "sqlite_errorname", "")
+    where = f"state store {path}"
+    if isinstance(e, OSError):
+        reason = e.strerror or str(e)
+        return (
+            f"{where}: cannot create its directory {path.parent} ({reason}); create it with "
+            "write access for the router's user, or set state.path to a writable place"
+        )
+    if name.startswith("SQLITE_READONLY"):
+        return (
+            f"{where} is not writable ({e}); give the router's user write access to the file "
+            "and its directory, or set state.path to a writable place"
+        )
+    if name.startswith("SQLITE_CANTOPEN"):
+        return (
+            f"{where} cannot be opened or created ({e}); check that {path.parent} exists and "
+            "the router's user may read and write there, or set state.path elsewhere"
+        )
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+        return (
+            f"{where} is corrupt or not an SQLite database ({e}); move it aside to start with "
+            "empty state (rollouts restart, learned statistics are lost), or restore a backup"
+        )
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return (
+            f"{where} is locked by another process ({e}); stop the other router using it, or "
+            "give this one its own state.path (or state.store: redis to share state)"
+        )
+    if name.startswith("SQLITE_FULL") or getattr(e, "errno", None) == errno.ENOSPC:
+        return f"{where}: the disk is full ({e}); free space on the volume of {path.parent}"
+    return f"{where}: {e}"
+
+
 class SqliteStore:
     """All SQLite work runs on one thread with one connection, so async callers never race."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.where = str(self.path)
         self._exec: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[list[FeedbackRecord], asyncio.Future[list[bool]]]] = []
@@ -83,6 +130,7 @@ class SqliteStore:
             raise
 
     def _connect(self) -> None:
+        conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), isolation_level=None)
@@ -94,8 +142,12 @@ class SqliteStore:
             cols = {row[1] for row in conn.execute("PRAGMA table_info(feedback)")}
             if "extra" not in cols:  # stores made before bucket/metrics were kept
                 conn.execute("ALTER TABLE feedback ADD COLUMN extra TEXT")
+            # a read-only file opens and reads fine: only a write shows it cannot be used
+            conn.execute(_PUT, (PROBE_KEY, json.dumps({"opened": time.time()})))
         except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"cannot open state store {self.path}: {e}") from e
+            if conn is not None:
+                conn.close()
+            raise StoreError(explain(self.path, e)) from None
         self._conn = conn
 
     async def close(self) -> None:
@@ -136,11 +188,7 @@ class SqliteStore:
         await self._run(self._put, key, text)
 
     def _put(self, key: str, text: str) -> None:
-        self._db().execute(
-            "INSERT INTO kv (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, text),
-        )
+        self._db().execute(_PUT, (key, text))
 
     # ---- additive sums: one transaction adds and reads back ----
 

@@ -290,3 +290,25 @@ def test_admin_url_from_config(tmp_path: Path, capsys: pytest.CaptureFixture[str
     bad.write_text("version: 1\nbogus: 1\n")
     assert main(["status", "--config", str(bad)]) == 2
     assert "is not valid" in capsys.readouterr().err
+
+
+def test_format_status_lists_endpoints_out_of_rotation() -> None:
+    status = {
+        "route": "r",
+        "kind": "weighted",
+        "shares": {"a": 1.0},
+        "backends": {
+            "a": {
+                "up": True,
+                "endpoints": [
+                    {"address": "10.0.0.1:8501", "up": True, "in_flight": 3},
+                    {"address": "10.0.0.2:8501", "up": False, "ejected": True, "in_flight": 0},
+                ],
+            }
+        },
+    }
+    text = format_status(status)
+    assert (
+        "endpoints of a: 10.0.0.1:8501 up (3 in flight), 10.0.0.2:8501 EJECTED (0 in flight)"
+        in text
+    )
