@@ -44,6 +44,7 @@ class StateConfig:
     store: str = "sqlite"  # a key of router.store.STORE_KINDS
     path: str = "modelrouter.db"  # relative paths resolve against the config file's directory
     url: str | None = None  # store: redis
+    lease: float = 10.0  # seconds a rollout's driver holds its lease without renewing it
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +196,7 @@ class Check:
     max_relative_to_stable: float | None = None
     query: str | None = None  # prometheus
     url: str | None = None  # prometheus base URL
+    failure_status: str | None = None  # error_rate: "5xx,404" (canonical, see checks.statuses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +206,10 @@ class AnalysisSpec:
     checks: tuple[Check, ...] = ()
     compare: Literal["sequential", "none"] = "none"
     alpha: float = 0.05  # for compare: sequential
+    confidence: float = 0.95  # threshold checks fail only when the bound is past the limit
+    inconclusive_limit: int = 5  # inconclusive analyses in a row before on_inconclusive; 0: never
+    on_inconclusive: Literal["pause", "rollback"] = "pause"
+    progress_deadline: float | None = None  # seconds progressing without a transition
 
 
 @dataclass(frozen=True, slots=True)

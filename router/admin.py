@@ -25,7 +25,7 @@ __all__ = ["ACTIONS", "RUNTIME_KEY", "ActionError", "AdminRuntime", "create_admi
 
 log = logging.getLogger("modelrouter.admin")
 
-ACTIONS: tuple[str, ...] = ("promote", "abort", "pause", "resume", "switch")
+ACTIONS: tuple[str, ...] = ("promote", "abort", "pause", "resume", "switch", "retry")
 DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
 DEFAULT_TOKEN_ENV = "MODELROUTER_ADMIN_TOKEN"
 AUDIT_MAX = 10_000

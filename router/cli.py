@@ -117,6 +117,16 @@ def format_status(status: Mapping[str, Any]) -> str:
         if isinstance(status.get(key), str) and status[key]:
             lines.append(f"  {key}: {status[key]}")
             break
+    control = _map(status.get("control"))
+    if control:
+        limit = status.get("inconclusive_limit")
+        plan = [f"failures {status.get('failures', 0)}/{status.get('failure_limit', '-')}"]
+        if status.get("phase") in ("validating", "progressing"):
+            driver = "this process" if control.get("leading") else "another process"
+            plan.insert(0, f"driven by {driver}")
+        if limit is not None:
+            plan.append(f"inconclusive {status.get('inconclusive', 0)}/{limit or 'no limit'}")
+        lines.append("  rollout: " + ", ".join(plan))
 
     shares = _map(status.get("shares"))
     arms = _map(status.get("arms"))
@@ -488,6 +498,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pause": cmd_action,
     "resume": cmd_action,
     "switch": cmd_action,
+    "retry": cmd_action,
     "set-weights": cmd_set_weights,
     "snapshot": cmd_snapshot,
     "reload": cmd_reload,
@@ -599,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("pause", "hold a rollout at its current step"),
         ("resume", "continue a paused rollout"),
         ("switch", "blue-green: make preview the active side"),
+        ("retry", "start a rolled-back rollout again from validation and step 0"),
     ):
         p = sub.add_parser(
             name, parents=[admin], help=what, epilog=f"The admin token is read from {TOKEN_ENV}."

@@ -29,7 +29,7 @@ from policies.spec import Address, Config
 from router.config import ConfigError, parse_config
 from router.errors import ModelrouterError
 from router.metrics import DURATION_BUCKETS, Metrics
-from router.store import STORE_KINDS
+from router.store import LEASE, STORE_KINDS
 
 __all__ = ["END", "SECTIONS", "START", "ReferenceError", "generate", "main", "splice"]
 
@@ -99,7 +99,7 @@ def _state_keys() -> dict[str, Key]:
     """``state``: the store choice and the keys every registered store kind declares."""
     store = "; ".join(f"`{name}`: {kind.help}" for name, kind in STORE_KINDS.items()) + "."
     params = {p.name: p for kind in STORE_KINDS.values() for p in kind.params}
-    return {"store": Key("choice", store), **_param_keys(tuple(params.values()))}
+    return {"store": Key("choice", store), **_param_keys((*params.values(), LEASE))}
 
 
 def _check_sections() -> tuple[Section, ...]:
@@ -610,6 +610,24 @@ _SECTIONS: tuple[Section, ...] = (
                 "stable error rate, checked every interval.",
             ),
             "alpha": Key("number", "Significance of `compare: sequential`."),
+            "confidence": Key(
+                "number",
+                "Threshold checks fail only when the confidence bound nearest the limit is "
+                "past it (a point estimate past it without that is inconclusive).",
+            ),
+            "inconclusive_limit": Key(
+                "int",
+                "Inconclusive analyses in a row before `on_inconclusive` applies; 0: wait "
+                "forever.",
+            ),
+            "on_inconclusive": Key(
+                "choice", "`pause` (with the reason; resume, promote or abort) or `rollback`."
+            ),
+            "progress_deadline": Key(
+                "duration",
+                "Longest time progressing without a transition; then `on_inconclusive` applies.",
+                default="off",
+            ),
         },
         get=lambda c: _pol(c).analysis,
         policy=_CANARY,

@@ -130,6 +130,7 @@ class RouteRuntime:
         # a rollout engine may refuse a backend (not blessed yet, rolled back): then its
         # overrides do not apply either
         self._admits = engine.admits
+        self._redirect = engine.override_backend
         self._overrides = tuple(_OverrideMatcher(o, backends[o.backend]) for o in cfg.overrides)
         # blue-green preview traffic arrives through overrides; its analysis must see it
         self._observe_overrides = engine.observes_overrides
@@ -176,8 +177,11 @@ class RouteRuntime:
 
     def select(self, req: Request) -> Selection:
         for o in self._overrides:
-            if o.matches(req) and self._admits(o.backend.name):
-                return Selection(o.backend, None, None, None, None)
+            if o.matches(req):
+                name = self._redirect(o.backend.name)
+                if self._admits(name):
+                    b = o.backend if name == o.backend.name else self._backends[name]
+                    return Selection(b, None, None, None, None)
         bucket = None
         key = None
         if self._sticky is not None:
@@ -663,6 +667,7 @@ class Runtime:
             clock=self.clock,
             rng=self.rng,
             http=self.http,
+            backend_up=lambda name: name in backends and backends[name].up,
             decider=self.signer,
         )
         routes: list[RouteRuntime] = []
