@@ -144,7 +144,7 @@ async def test_live_route_logs_decisions_and_replay_matches_the_truth(
     fixed.write_text("policy: {kind: weighted, weights: {winter: 1}}\n")
     code, out, err = await cli(
         "replay", str(log), "--policy", str(fixed), "--policy", str(snap), "--json",
-        "--alpha", "0.01",
+        "--alpha", "0.001",
     )  # fmt: skip
     assert code == 0, err
     doc = json.loads(out)
@@ -162,6 +162,9 @@ async def test_live_route_logs_decisions_and_replay_matches_the_truth(
         "fixed": _truth(lambda x: ope.fixed_dist(data.arms, {"winter": 1.0}, x.shape[0])),
         "live": _truth(live),
     }
+    # 99.9% intervals: the seeded coverage test measures the 95% ones; this one checks the
+    # plumbing (a wrong propensity, feature or join shows as a bias far outside), and the
+    # router's randomness is not seeded, so a tighter level would fail now and then
     for name, res in (("fixed", fixed_res), ("live", live_res)):
         est = res["estimates"][res["recommended"]]
         print(f"{name}: truth {truths[name]:.3f}, {res['recommended']} {est['value']:.3f} "
