@@ -7,8 +7,9 @@ Sections (all by default; `--only latency,bodies` picks some):
             p99, max latency, CPU µs per request per process (utime+stime / requests)
   bodies    POST bodies of 1 KB, 64 KB, 1 MB (small answers) and GETs answered with 1 KB, 64 KB,
             1 MB: RPS and payload MB/s against nginx
-  learning  the same JSON POST on a weighted, a bandit (decision tokens) and a contextual-bandit
-            route reading a JSON body feature: the added CPU per request of a learning decision
+  learning  the same JSON POST on a weighted, a bandit (decision tokens), the same bandit with a
+            decision log, and a contextual-bandit route reading a JSON body feature: the added
+            CPU per request of a learning decision and of logging it
   routes    1, 100 and 1,000 routes (one per model name), the request hitting the last or the
             middle one: RPS and CPU per request against 1 route
   memory    RSS at idle, per 10,000 idle keep-alive connections, and over an hour-equivalent
@@ -293,6 +294,10 @@ LEARNING_ROUTES = """  - name: weighted
   - name: bandit
     match: {path_prefix: /v1/models/bandit}
     policy: {kind: bandit, arms: [a, b], algorithm: thompson, reward: {type: binary}}
+  - name: logged
+    match: {path_prefix: /v1/models/logged}
+    policy: {kind: bandit, arms: [a, b], algorithm: thompson, reward: {type: binary}}
+    decision_log: {path: decisions.jsonl}
   - name: ctx
     match: {path_prefix: /v1/models/ctx}
     policy:
@@ -635,6 +640,7 @@ class Bench:
             for name, path in (
                 ("weighted", "/v1/models/w:predict"),
                 ("bandit", "/v1/models/bandit:predict"),
+                ("bandit + decision log", "/v1/models/logged:predict"),
                 ("contextual", "/v1/models/ctx:predict"),
             )
         ]

@@ -456,7 +456,9 @@ class ClientProtocol(asyncio.Protocol):
         if route is None or not route.plain:
             # the Request view: only routes that look at the request (and our own answers) need it
             client_ip = client_address(self.peer, self._xff, self.limits.trusted_hops)
-            ex.req = Request(ms, path, query_b.decode("latin-1"), self._headers, client_ip)
+            ex.req = Request(
+                ms, path, query_b.decode("latin-1"), self._headers, client_ip, request_id=rid
+            )
             if route is None:
                 self._unrouted(ex, ms, path)
                 return
