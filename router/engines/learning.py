@@ -15,11 +15,13 @@ process and replica through the store (`policies.merge`):
 So decisions and rewards add up exactly across processes, store traffic is one merge and one
 feedback read per route per tick (never per request), and a `kill -9` loses at most the
 un-flushed decisions and response rewards of that process (never an accepted reward: a survivor
-or the restart folds it). The `policy:{route}` document keeps what does not add up (an A/B
-test's per-unit statistics, periods, running p-values and winner; guardrail accumulators): as
-before merged sums, every process applies every accepted reward from the log to those (the
-watermark and applied ids in the document make a restart replay them exactly once), while
-decisions and response observations stay with the process that saw them.
+or the restart folds it). An A/B test's per-user statistics (per sticky bucket: arms, guardrails,
+SRM periods) are merged too, as sparse per-bucket increments (`policies.units`; the store adds
+the squares' change to dense sums in the same atomic step). The `policy:{route}` document keeps
+what does not add up (running p-values and maxima, periods' layout, the winner; a bandit
+route's guardrail accumulators; each process's exact per-request moments): every process
+applies every accepted reward from the log to those (the watermark and applied ids in the
+document make a restart replay them exactly once).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +46,7 @@ from policies.merge import Arrays, Merger, diff
 from policies.registry import build_encoder, build_policy
 from policies.regret import RegretTracker
 from policies.spec import ABTestSpec, BanditSpec, ContextualSpec, RouteConfig
+from policies.units import Units
 from router.engines.base import ActionError, EngineBase, EngineFactory, Services
 from router.feedback import DECIDER_CHARS
 from router.warmstart import WarmStartError, load_warm_start
@@ -119,6 +123,10 @@ class LearningEngine(EngineBase):
         # guardrails: an A/B policy tests them itself (a failing arm never wins); on bandit
         # routes the engine does, and caps a failing arm at min_share
         self._ab = self.policy if isinstance(self.policy, ABTestPolicy) else None
+        if self._ab is not None:
+            self._ab.units.shared = True  # per-bucket sums live in the store (see _sync)
+            if self._missing is not None:
+                self._ab.set_trial_value(self._missing)
         guards = spec.guardrails if isinstance(spec, ABTestSpec | BanditSpec) else ()
         self._guard: GuardrailSet | None = None
         if self._ab is not None:
@@ -278,21 +286,41 @@ class LearningEngine(EngineBase):
         if token_id in self._pulled or token_id in self._pulled_prev:
             return  # a pull got to it first (it applied the rest; a merge folds the sums)
         self._applied[token_id] = None
+
+        def apply(regret: RegretTracker) -> Callable[[], None]:
+            def run() -> None:
+                self._learn(arm, reward, ctx, self.policy, regret)
+                if metrics:
+                    self._learn_metrics(arm, metrics, ctx)
+
+            return run
+
         if token_id in self._folded or token_id in self._folded_prev:
-            self._local_only(lambda: self._learn(arm, reward, ctx, self.policy, RegretTracker()))
+            self._local_only(apply(RegretTracker()))
         else:
-            self._merger.provisionally(
-                token_id, lambda: self._learn(arm, reward, ctx, self.policy, self.regret)
-            )
-        if metrics:
-            self._learn_metrics(arm, metrics, ctx)
+            with self._units_paused():  # the fold adds the per-bucket part
+                self._merger.provisionally(token_id, apply(self.regret))
 
     def _local_only(self, apply: Callable[[], None]) -> None:
         """Run `apply` for what does not add up only: the additive state is put back (the
         shared sums have, or will get, that part through the merge)."""
         keep = self.policy.additive()
-        apply()
+        with self._units_paused():
+            apply()
         self.policy.load_additive(keep)
+
+    @contextlib.contextmanager
+    def _units_paused(self) -> Iterator[None]:
+        """Per-bucket increments (A/B routes) made inside are not flushed by this process."""
+        log = self._ab.units if self._ab is not None else None
+        if log is None:
+            yield
+            return
+        was, log.paused = log.paused, True
+        try:
+            yield
+        finally:
+            log.paused = was
 
     @property
     def guardrail_metrics(self) -> frozenset[str]:
@@ -431,6 +459,7 @@ class LearningEngine(EngineBase):
                     legacy, legacy_mark = self._additive(), self._watermark
             except (TypeError, ValueError, KeyError) as e:
                 log.warning("route '%s': ignoring an unreadable snapshot: %s", self.route, e)
+        await self._migrate_units()
         taken = self._merger.take()[1]
         if legacy is not None:
             # seeds only where nobody did yet (mark -1): N workers upgrading migrate it once
@@ -453,6 +482,25 @@ class LearningEngine(EngineBase):
             )
         self._refresh()
         self._task = asyncio.create_task(self._loop(), name=f"learning:{self.route}")
+
+    async def _migrate_units(self) -> None:
+        """Per-user A/B statistics of a document from before they were merged: added to the
+        shared sums once, by whichever process claims the migration first (a process that dies
+        between the claim and the merge loses them; none adds them twice)."""
+        if self._ab is None:
+            return
+        plain, rows = self._ab.legacy
+        self._ab.legacy = ({}, {})
+        if not plain and not rows:
+            return
+        me = uuid.uuid4().hex
+        won = await self.services.store.put_if_absent(f"units-migrated:{self.route}", me)
+        if won != me:
+            return
+        await self.services.store.merge(self._sums_key, plain, units=rows)
+        log.info(
+            "route '%s': per-user A/B statistics of the old document added to the sums", self.route
+        )
 
     def _warm_start(self) -> str | None:
         """Load the route's `warm_start:` file into the policy; the file's path, or None."""
@@ -591,8 +639,9 @@ class LearningEngine(EngineBase):
                 dead.add(node)
             folded.append(r)
             top = r.seq
-        fold = self._fold_increments(folded, recount) if folded else {}
+        fold, fold_units = self._fold_increments(folded, recount) if folded else ({}, {})
         inc, taken = self._merger.take()
+        units = self._ab.take_units() if self._ab is not None else {}
         nodes = [p for p in self._prefixes if f"#dead:{p}" not in self._meta]
         try:
             merged = await store.merge(
@@ -605,8 +654,12 @@ class LearningEngine(EngineBase):
                 stamp=stamp,
                 fence=me,
                 dead=sorted(dead),
+                units=units,
+                fold_units=fold_units,
             )
         except Exception:
+            if self._ab is not None:
+                self._ab.units.give_back(units)
             self._healthy_since = None  # judge nobody dead until we have been flushing again
             raise
         if self._healthy_since is None:
@@ -676,14 +729,22 @@ class LearningEngine(EngineBase):
         ref = max(last, self._healthy_since if self._healthy_since is not None else now)
         return ("recount" if now - ref > self.dead_after else "wait"), node
 
-    def _fold_increments(self, records: list[FeedbackRecord], recount: set[str]) -> Arrays:
-        """What `records` add to the sums: learned by a fresh policy, the difference taken.
-        A `recount` record also adds its decision (its decider died before flushing it)."""
+    def _fold_increments(
+        self, records: list[FeedbackRecord], recount: set[str]
+    ) -> tuple[Arrays, Units]:
+        """What `records` add to the sums (and, on A/B routes, per bucket): learned by a fresh
+        policy, the difference taken. A `recount` record also adds its decision (its decider
+        died before flushing it)."""
         policy = build_policy(self.spec, np.random.default_rng(0))
+        if isinstance(policy, ABTestPolicy):
+            policy.units.shared = True
+            if self._missing is not None:
+                policy.set_trial_value(self._missing)
         regret = RegretTracker()
         before = {**policy.additive(), **regret.additive()}
         for r in records:
             ctx = Context(
+                bucket=r.bucket,
                 features=None if r.context is None else np.asarray(r.context, dtype=float),
                 label=r.label,
             )
@@ -696,7 +757,13 @@ class LearningEngine(EngineBase):
                     policy.update(arm, self._missing, fit, trial=True)
                     regret.reward(arm, self._missing, ctx.label, trial=True)
             self._learn(r.arm, r.reward, ctx, policy, regret)
-        return diff({**policy.additive(), **regret.additive()}, before)
+            if r.metrics and isinstance(policy, ABTestPolicy):
+                arm_ = self._to_arm.get(r.arm)
+                for name, value in r.metrics.items():
+                    if arm_ is not None and name in self._reward_guards:
+                        policy.observe_guardrail(arm_, f"reward:{name}", float(value), ctx)
+        units = policy.take_units() if isinstance(policy, ABTestPolicy) else {}
+        return diff({**policy.additive(), **regret.additive()}, before), units
 
     async def _refresh_guardrails(self, result: Mapping[str, Any]) -> None:
         """Metrics and audit for guardrail results (either the A/B test's or the engine's)."""
