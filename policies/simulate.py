@@ -365,6 +365,8 @@ class SimResult:
     estimate: list[float] = field(default_factory=list)  # the router's regret estimate per seed
     estimate_sd: list[float | None] = field(default_factory=list)  # its own standard deviation
     estimate_method: str = "plain"
+    # the estimate as it was before issue 10 (today's per-label means, no model): a baseline
+    estimate_label_means: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -390,6 +392,8 @@ class SimResult:
                 if s is not None
             ]
             out["regret_interval_coverage"] = float(np.mean(covered)) if covered else None
+        if self.estimate_label_means:
+            out["regret_label_means_estimate"] = float(np.mean(self.estimate_label_means))
         return out
 
 
@@ -434,6 +438,7 @@ def run(
         policy = build_policy(spec, np.random.default_rng(seed), dim=dim)
         tracker = RegretTracker()
         tracker.attach(policy)
+        naive = RegretTracker()  # not attached: per-label current means, as before issue 10
         env_rng = np.random.default_rng(1_000_003 + seed)
         to_env = {a: _arm_name(spec, a) for a in policy.arms}
         has_result = hasattr(policy, "result")
@@ -449,6 +454,7 @@ def run(
                 ctx.clock = policy.clock
             arm = policy.choose(ctx).arm
             tracker.decision(arm, ctx.label, ctx.features)
+            naive.decision(arm, ctx.label)
             mean = means[to_env[arm]]
             r = env.reward(arm, mean, env_rng)
             if delay > 0.0:
@@ -458,9 +464,11 @@ def run(
                     _, _, a, rr, c = heapq.heappop(pending)
                     policy.update(a, rr, c)
                     tracker.reward(a, rr, c.label)
+                    naive.reward(a, rr, c.label)
             else:
                 policy.update(arm, r, ctx)
                 tracker.reward(arm, r, ctx.label)
+                naive.reward(arm, r, ctx.label)
             total += r
             regret += max(means[to_env[a]] for a in policy.arms) - mean
             if t in marks:
@@ -473,6 +481,7 @@ def run(
         result.estimate.append(float(est["regret"]))
         result.estimate_sd.append(est["regret_sd"])
         result.estimate_method = str(est["regret_method"])
+        result.estimate_label_means.append(naive.regret)
     return result
 
 
