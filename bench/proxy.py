@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 BODY = '{"model":"%s","version":"1.0.0","predictions":[[0.12,0.88]],"latency_ms":1.5,"ok":true}'
@@ -49,16 +48,12 @@ uvloop.run(main())
 
 SERVE_INLINE = r"""
 import asyncio, sys, uvloop
-from router.audit import Audit
+from router.app import open_runtime
 from router.config import parse_config
-from router.metrics import Metrics
 from router.proxy import start_proxy
-from router.runtime import Runtime
-from router.store.memory import MemoryStore
 async def main():
     cfg = parse_config(open(sys.argv[1]).read(), sys.argv[1])
-    store = MemoryStore(); await store.open()
-    rt = await Runtime.create(cfg, store=store, metrics=Metrics(), audit=Audit(store))
+    rt = await open_runtime(cfg)
     await start_proxy(rt, cfg.listen.host, cfg.listen.port)
     await asyncio.Event().wait()
 with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:

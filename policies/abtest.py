@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,8 +48,6 @@ class ABTestPolicy:
         total = float(sum(split.values()))
         if total <= 0 or any(w < 0 for w in split.values()):
             raise ValueError("split weights must be >= 0 and not all zero")
-        self.arms = tuple(split)
-        self.weights = {a: float(w) / total for a, w in split.items()}
         self.reward_type = reward_type
         self.method = method
         self.alpha = alpha
@@ -58,18 +56,45 @@ class ABTestPolicy:
         self.conclude = conclude
         self._np = rng
         self._rnd = random.Random(int(rng.integers(0, 2**63)))
+        self.arms: tuple[str, ...] = ()
+        self.weights: dict[str, float] = {}
+        self._bounds: list[int] = []
+        self._cum: list[float] = []
+        self._stats: dict[str, ArmStats] = {}
+        self._msprt_p: dict[str, float] = {}
+        self.winner: str | None = None
+        self._split(split)
+
+    def _split(self, split: Mapping[str, float]) -> None:
+        """Lay out the buckets for `split` (arm -> weight); kept arms keep their statistics."""
+        total = float(sum(split.values()))
+        self.arms = tuple(split)
+        self.weights = {a: float(w) / total for a, w in split.items()}
         # contiguous bucket ranges, in split order: arm j owns [bounds[j-1], bounds[j])
         acc = 0.0
-        self._bounds: list[int] = []
+        self._bounds = []
         for a in self.arms:
             acc += self.weights[a]
             self._bounds.append(round(acc * BUCKETS))
         self._bounds[-1] = BUCKETS
         self._cum = [b / BUCKETS for b in self._bounds]
-        self._stats = {a: ArmStats() for a in self.arms}
-        self._msprt_p = {a: 1.0 for a in self.arms[1:]}
-        self.winner: str | None = None
-        self._last: dict[str, Any] | None = None
+        self._stats = {a: self._stats.get(a) or ArmStats() for a in self.arms}
+        self._msprt_p = {a: self._msprt_p.get(a, 1.0) for a in self.arms[1:]}
+        if self.winner not in self._stats:
+            self.winner = None
+
+    def set_arms(self, arms: Sequence[str]) -> None:
+        """Change the arm set: kept arms keep their weight and statistics, a new arm gets the
+        mean weight of the kept ones; the first arm is the control. A winner that is gone is
+        forgotten, and so are the mSPRT p-values when the control changes (they compare
+        against it)."""
+        if len(arms) < 2:
+            raise ValueError("an A/B test needs at least two arms")
+        kept = [self.weights[a] for a in arms if a in self.weights]
+        fresh = sum(kept) / len(kept) if sum(kept) > 0.0 else 1.0
+        if self.arms and arms[0] != self.arms[0]:
+            self._msprt_p = {}
+        self._split({a: self.weights.get(a, fresh) for a in arms})
 
     @property
     def phase(self) -> str:
@@ -94,6 +119,7 @@ class ABTestPolicy:
     def update(
         self, arm: str, reward: float, context: Context | None = None, trial: bool = True
     ) -> None:
+        """Fold in one reward; `trial=False` credits a trial already counted (missing_reward)."""
         s = self._stats[arm]
         if trial:
             s.rewards += 1
@@ -176,7 +202,6 @@ class ABTestPolicy:
         out["decided"] = self.winner is not None
         out["min_samples"] = self.min_samples
         out["srm"] = {"p_value": srm_p, "flagged": srm_flag}
-        self._last = out
         return out
 
     # ---- persistence ---------------------------------------------------------------------------

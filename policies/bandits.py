@@ -1,9 +1,11 @@
 """Context-free multi-armed bandits: thompson, ucb1, kl_ucb, epsilon_greedy and softmax.
 
 One `BanditPolicy` keeps the sufficient statistics (discounted trials, reward sums, sums of
-squares); the algorithm is a small strategy looked up by name in `ALGORITHMS`. For 2-4 arms the
-standard library's `random` is several times faster per draw than numpy scalar calls, so the hot
-path uses a `random.Random` seeded from the injected numpy Generator (deterministic per seed).
+squares); the algorithm is a small strategy looked up by name in `ALGORITHMS`, which also
+declares each algorithm's parameters (the validator and the README reference read them there).
+For 2-4 arms the standard library's `random` is several times faster per draw than numpy scalar
+calls, so the hot path uses a `random.Random` seeded from the injected numpy Generator
+(deterministic per seed).
 
 Exploration floor (`min_share = m`, K arms): with probability K*m the arm is drawn uniformly,
 otherwise the algorithm picks. The logged propensity is therefore exactly
@@ -20,9 +22,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from policies.base import MAX_ABS_REWARD, ArmStats, Context, Decision
+from policies.params import Algorithm, Param, param_values
 from policies.probbest import BETA, NORMAL, prob_best
 
-__all__ = ["ALGORITHMS", "BanditPolicy"]
+__all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "BanditPolicy"]
 
 _NO_CONTEXT = Context()
 _DEFAULT_TEMPERATURE = 0.1  # softmax, relative to the reward scale
@@ -37,6 +40,10 @@ class _Algorithm(Protocol):
     def pick(self, b: BanditPolicy) -> int: ...
 
     def probs(self, b: BanditPolicy) -> list[float]: ...
+
+
+class _MakeAlgorithm(Protocol):
+    def __call__(self, params: Mapping[str, float], reward_type: str) -> _Algorithm: ...
 
 
 class BanditPolicy:
@@ -99,7 +106,7 @@ class BanditPolicy:
         self.discount = discount
         self._np = rng
         self._rnd = random.Random(int(rng.integers(0, 2**63)))
-        self._algo: _Algorithm = ALGORITHMS[algorithm](self.params, reward_type)
+        self._algo = ALGORITHMS[algorithm].make(self.params, reward_type)
         self.arms: tuple[str, ...] = ()
         self.n: list[float] = []
         self.mu: list[float] = []
@@ -209,6 +216,13 @@ class BanditPolicy:
 
     def stats(self) -> Mapping[str, ArmStats]:
         return self._stats
+
+    @property
+    def phase(self) -> str:
+        return "active"  # a bandit never concludes: it keeps shifting traffic
+
+    def result(self) -> None:
+        return None  # no hypothesis test: the shares are the answer
 
     def shares(self) -> dict[str, float]:
         """Intended share of traffic per arm right now (the propensities), sums to 1."""
@@ -392,11 +406,29 @@ class Thompson:
     error around 1e-6) and cached until the statistics change.
     """
 
+    PARAMS = (
+        Param(
+            "prior_alpha",
+            "Beta prior successes + 1 (Beta(1, 1): uniform).",
+            default=1.0,
+            gt=0.0,
+            reward="binary",
+        ),
+        Param(
+            "prior_beta",
+            "Beta prior failures + 1 (Beta(1, 1): uniform).",
+            default=1.0,
+            gt=0.0,
+            reward="binary",
+        ),
+    )
+
     def __init__(self, params: Mapping[str, float], reward_type: str) -> None:
         self.binary = reward_type == "binary"
         self.cold_first = not self.binary  # a Beta prior explores; a Normal needs data
-        self.prior_a = float(params.get("prior_alpha", 1.0))
-        self.prior_b = float(params.get("prior_beta", 1.0))
+        p = param_values(self.PARAMS, params)
+        self.prior_a = p["prior_alpha"]
+        self.prior_b = p["prior_beta"]
         if self.prior_a <= 0 or self.prior_b <= 0:
             raise ValueError("prior_alpha and prior_beta must be > 0")
         self.normal_above = float(params.get("normal_above", 50.0))
@@ -510,8 +542,10 @@ class _Deterministic:
 class UCB1(_Deterministic):
     """mean + c * sqrt(2 ln t / n) (scaled by the pooled reward sd for continuous rewards)."""
 
+    PARAMS = (Param("c", "Width of the confidence bonus.", default=1.0, min=0.0),)
+
     def __init__(self, params: Mapping[str, float], reward_type: str) -> None:
-        self.c = float(params.get("c", 1.0))
+        self.c = param_values(self.PARAMS, params)["c"]
         self.binary = reward_type == "binary"
 
     def scores(self, b: BanditPolicy) -> list[float]:
@@ -547,8 +581,10 @@ class KLUCB(_Deterministic):
     Continuous rewards use the Gaussian KL: mean + sqrt(2 sigma² level / n).
     """
 
+    PARAMS = (Param("c", "The `c log log t` term of the KL-UCB index.", default=0.0, min=0.0),)
+
     def __init__(self, params: Mapping[str, float], reward_type: str) -> None:
-        self.c = float(params.get("c", 0.0))
+        self.c = param_values(self.PARAMS, params)["c"]
         self.binary = reward_type == "binary"
 
     def scores(self, b: BanditPolicy) -> list[float]:
@@ -568,9 +604,17 @@ class EpsilonGreedy:
 
     cold_first = True
 
+    PARAMS = (
+        Param(
+            "epsilon", "Probability of a uniformly random arm (0-1).", default=0.1, min=0.0, max=1.0
+        ),
+        Param("decay", "Exploration decay: epsilon / (1 + decay * trials).", default=0.0, min=0.0),
+    )
+
     def __init__(self, params: Mapping[str, float], reward_type: str) -> None:
-        self.epsilon = float(params.get("epsilon", 0.1))
-        self.decay = float(params.get("decay", 0.0))
+        p = param_values(self.PARAMS, params)
+        self.epsilon = p["epsilon"]
+        self.decay = p["decay"]
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
         if self.decay < 0.0:
@@ -600,9 +644,17 @@ class Softmax:
 
     cold_first = True
 
+    PARAMS = (
+        Param(
+            "temperature",
+            "Boltzmann temperature. Unset: 0.1 x the reward scale (binary: the overall success "
+            "rate, so click-through rates are not routed uniformly; continuous: the pooled sd).",
+            gt=0.0,
+        ),
+    )
+
     def __init__(self, params: Mapping[str, float], reward_type: str) -> None:
-        t = params.get("temperature")
-        self.temperature = None if t is None else float(t)
+        self.temperature = param_values(self.PARAMS, params).get("temperature")
         if self.temperature is not None and self.temperature <= 0.0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -623,10 +675,12 @@ class Softmax:
         return [x / total for x in w]
 
 
-ALGORITHMS: dict[str, Any] = {
-    "thompson": Thompson,
-    "ucb1": UCB1,
-    "kl_ucb": KLUCB,
-    "epsilon_greedy": EpsilonGreedy,
-    "softmax": Softmax,
+# The registry: name -> implementation and the parameters it reads.
+ALGORITHMS: dict[str, Algorithm[_MakeAlgorithm]] = {
+    "thompson": Algorithm(Thompson, Thompson.PARAMS),
+    "ucb1": Algorithm(UCB1, UCB1.PARAMS),
+    "kl_ucb": Algorithm(KLUCB, KLUCB.PARAMS),
+    "epsilon_greedy": Algorithm(EpsilonGreedy, EpsilonGreedy.PARAMS),
+    "softmax": Algorithm(Softmax, Softmax.PARAMS),
 }
+DEFAULT_ALGORITHM = "thompson"

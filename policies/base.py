@@ -7,7 +7,7 @@ package must be usable from a notebook. Randomness comes from an injected numpy 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -120,3 +120,46 @@ class Policy(Protocol):
     def update(self, arm: str, reward: float, context: Context) -> None: ...
 
     def stats(self) -> Mapping[str, ArmStats]: ...
+
+
+class LearningPolicy(Policy, Protocol):
+    """A policy that learns from rewards (bandit, contextual bandit, A/B test).
+
+    Learning engines (`router/engines/learning.py`) and the simulator (`policies/simulate.py`)
+    see only this; `policies.registry.build_policy` returns it.
+    """
+
+    @property
+    def phase(self) -> str:
+        """Either "active", or "concluded" once an A/B test routes all traffic to its winner."""
+        ...
+
+    def choose(self, context: Context) -> Decision:
+        """Pick an arm for one request; counts the decision in `stats()`."""
+        ...
+
+    def update(
+        self, arm: str, reward: float, context: Context | None = None, trial: bool = True
+    ) -> None:
+        """Fold in one reward. `trial=False` credits a trial already counted (missing_reward)."""
+        ...
+
+    def shares(self) -> dict[str, float]:
+        """Intended (or, for contextual policies, realised) share of traffic per arm; sums to 1."""
+        ...
+
+    def result(self) -> dict[str, Any] | None:
+        """The policy's statistical test, looked at once (A/B tests); None when it has none."""
+        ...
+
+    def set_arms(self, arms: Sequence[str]) -> None:
+        """Change the arm set: kept arms keep what they learned, new arms start cold."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able sufficient statistics, for `restore` after a restart."""
+        ...
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Load what `state` returned; arms no longer present are ignored."""
+        ...

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy.special import ndtr
 
 from policies.base import MAX_ABS_REWARD, ArmStats, Context, Decision
+from policies.params import Algorithm, Param, param_values
 
-__all__ = ["LINEAR_ALGORITHMS", "LinearPolicy"]
+__all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "LINEAR_ALGORITHMS", "LinearPolicy"]
 
-LINEAR_ALGORITHMS = ("linucb", "lin_ts", "epsilon_greedy")
 _Z95 = 1.959963984540054
 _REFRESH = 512  # rebuild A^{-1} from A after this many rank-one updates of an arm
 # probabilists' Gauss–Hermite rule for the lin_ts propensity integral (weights sum to 1)
@@ -50,18 +50,18 @@ class LinearPolicy:
         rng: np.random.Generator,
         params: Mapping[str, float] | None = None,
     ) -> None:
-        if algorithm not in LINEAR_ALGORITHMS:
+        if algorithm not in ALGORITHMS:
             raise ValueError(
                 f"unknown contextual algorithm {algorithm!r}; one of {LINEAR_ALGORITHMS}"
             )
         if dim < 1:
             raise ValueError(f"feature dimension must be >= 1, got {dim}")
-        p = dict(params or {})
         self.algorithm = algorithm
-        self.params = p
-        self.alpha = float(p.get("alpha", 1.0))
-        self.lam = float(p.get("lambda", 1.0))
-        self.epsilon = float(p.get("epsilon", 0.1))
+        self.params = dict(params or {})
+        p = param_values(_ALL_PARAMS, self.params)
+        self.alpha = p["alpha"]
+        self.lam = p["lambda"]
+        self.epsilon = p["epsilon"]
         if self.lam <= 0.0:
             raise ValueError(f"lambda must be > 0, got {self.lam}")
         self.dim = dim
@@ -76,16 +76,14 @@ class LinearPolicy:
         self.theta: np.ndarray = np.zeros((0, dim))
         self._since: list[int] = []
         self._stats: dict[str, ArmStats] = {}
-        self._pick = {"linucb": self._linucb, "lin_ts": self._lin_ts, "epsilon_greedy": self._eps}[
-            algorithm
-        ]
+        self._pick = ALGORITHMS[algorithm].make
         self.set_arms(arms)
 
     # ---- serving --------------------------------------------------------------------------
 
     def choose(self, context: Context) -> Decision:
         x = context.features if context.features is not None else self._e0
-        i, p = self._pick(x)
+        i, p = self._pick(self, x)
         arm = self.arms[i]
         self._stats[arm].decisions += 1
         return Decision(arm, p)
@@ -115,10 +113,12 @@ class LinearPolicy:
         i = self._rnd.randrange(k) if self._rnd.random() < self.epsilon else greedy
         return i, self.epsilon / k + (1.0 - self.epsilon if i == greedy else 0.0)
 
-    def update(self, arm: str, reward: float, context: Context, trial: bool = True) -> None:
+    def update(
+        self, arm: str, reward: float, context: Context | None = None, trial: bool = True
+    ) -> None:
         """Fold in one reward; `trial=False` credits a trial already counted (missing_reward: 0)."""
         i = self.arms.index(arm)
-        x = context.features if context.features is not None else self._e0
+        x = self._e0 if context is None or context.features is None else context.features
         r = float(reward)
         if not math.isfinite(r) or abs(r) > MAX_ABS_REWARD:
             raise ValueError(
@@ -147,6 +147,13 @@ class LinearPolicy:
 
     def stats(self) -> Mapping[str, ArmStats]:
         return self._stats
+
+    @property
+    def phase(self) -> str:
+        return "active"
+
+    def result(self) -> None:
+        return None  # no hypothesis test
 
     def shares(self) -> dict[str, float]:
         """Share of decisions so far per arm (the choice depends on the context)."""
@@ -226,3 +233,36 @@ class LinearPolicy:
             m = float(mean[j])
             out[a] = (m, m - half, m + half)
         return out
+
+
+_LAMBDA = Param("lambda", "Ridge regularisation.", default=1.0, gt=0.0)
+_EPSILON = Param(
+    "epsilon", "Probability of a uniformly random arm (0-1).", default=0.1, min=0.0, max=1.0
+)
+# The registry: name -> the choosing method and the parameters it reads.
+ALGORITHMS: dict[str, Algorithm[Callable[[LinearPolicy, np.ndarray], tuple[int, float]]]] = {
+    "linucb": Algorithm(
+        LinearPolicy._linucb,
+        (
+            Param("alpha", "Width of the upper confidence bound.", default=1.0, min=0.0),
+            _LAMBDA,
+        ),
+    ),
+    "lin_ts": Algorithm(
+        LinearPolicy._lin_ts,
+        (
+            Param(
+                "alpha",
+                "Posterior scale: draws from N(theta, alpha^2 A^-1).",
+                default=1.0,
+                gt=0.0,
+            ),
+            _LAMBDA,
+        ),
+    ),
+    "epsilon_greedy": Algorithm(LinearPolicy._eps, (_EPSILON, _LAMBDA)),
+}
+DEFAULT_ALGORITHM = "linucb"
+LINEAR_ALGORITHMS = tuple(ALGORITHMS)
+# every parameter any algorithm declares, with its declared default (LinearPolicy keeps all)
+_ALL_PARAMS = tuple({p.name: p for a in ALGORITHMS.values() for p in a.params}.values())

@@ -13,10 +13,15 @@ import numpy as np
 
 from policies.abtest import ABTestPolicy
 from policies.bandits import BanditPolicy
+from policies.base import LearningPolicy
 from policies.contextual import LinearPolicy
 from policies.features import FeatureEncoder
 
-__all__ = ["BUILDERS", "build_encoder", "build_policy"]
+__all__ = ["BUILDERS", "Builder", "build_encoder", "build_policy"]
+
+# (spec, rng, feature dimension override) -> policy. A spec is one of policies.spec's learning
+# specs, or anything with the same fields (each builder reads only those of its kind)
+Builder = Callable[[Any, np.random.Generator, int | None], LearningPolicy]
 
 
 def _bandit(spec: Any, rng: np.random.Generator, dim: int | None) -> BanditPolicy:
@@ -49,14 +54,14 @@ def _ab(spec: Any, rng: np.random.Generator, dim: int | None) -> ABTestPolicy:
     )
 
 
-BUILDERS: dict[str, Callable[[Any, np.random.Generator, int | None], Any]] = {
+BUILDERS: dict[str, Builder] = {
     "bandit": _bandit,
     "contextual_bandit": _contextual,
     "ab_test": _ab,
 }
 
 
-def build_policy(spec: Any, rng: np.random.Generator, dim: int | None = None) -> Any:
+def build_policy(spec: Any, rng: np.random.Generator, dim: int | None = None) -> LearningPolicy:
     """A fresh learning policy for `spec` (kinds: bandit, contextual_bandit, ab_test).
 
     `dim` overrides the feature dimension of a contextual policy (the `linear` simulation

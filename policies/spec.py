@@ -1,6 +1,8 @@
-"""The validated configuration as frozen dataclasses: what `config.py` produces, all else reads.
+"""The validated configuration as frozen dataclasses: what `router/config` produces, all else reads.
 
-Dicts never leave `config.py`; the rest of the code sees only these types. Durations are float
+Dicts never leave `router/config/`; the rest of the code sees only these types. Names chosen from
+a registry (bandit and contextual algorithms, check kinds, store kinds) are plain `str`: the
+registry next to the implementation is the one list of them. Durations are float
 seconds, sizes are int bytes, percents/weights are floats.
 """
 
@@ -9,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-PolicyKind = Literal["weighted", "blue_green", "canary", "ab_test", "bandit", "contextual_bandit"]
 POLICY_KINDS: tuple[str, ...] = (
     "weighted",
     "blue_green",
@@ -19,7 +20,6 @@ POLICY_KINDS: tuple[str, ...] = (
     "contextual_bandit",
 )
 LEARNING_KINDS: frozenset[str] = frozenset({"ab_test", "bandit", "contextual_bandit"})
-ROLLOUT_KINDS: frozenset[str] = frozenset({"canary", "blue_green"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,7 @@ class AdminConfig:
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
-    store: Literal["sqlite", "redis", "memory"] = "sqlite"
+    store: str = "sqlite"  # a key of router.store.STORE_KINDS
     path: str = "modelrouter.db"  # relative paths resolve against the config file's directory
     url: str | None = None  # store: redis
 
@@ -111,9 +111,6 @@ class Sticky:
     name: str  # header names lower-case
 
 
-RetryOn = Literal["connect-failure", "reset", "timeout", "5xx"]
-
-
 @dataclass(frozen=True, slots=True)
 class Retries:
     attempts: int = 0  # extra attempts after the first
@@ -154,12 +151,9 @@ class ValidateSpec:
     attempts: int = 3
 
 
-CheckMetric = Literal["error_rate", "latency_p99", "reward_mean", "prometheus"]
-
-
 @dataclass(frozen=True, slots=True)
 class Check:
-    metric: CheckMetric
+    metric: str  # a key of policies.checks.CHECK_KINDS; its params are the fields below
     max: float | None = None  # latency_p99: seconds
     min: float | None = None
     min_relative_to_stable: float | None = None  # reward_mean
@@ -236,7 +230,7 @@ class ABTestSpec:
 @dataclass(frozen=True, slots=True)
 class BanditSpec:
     arms: tuple[str, ...]  # backend names
-    algorithm: Literal["thompson", "ucb1", "kl_ucb", "epsilon_greedy", "softmax"] = "thompson"
+    algorithm: str = "thompson"  # a key of policies.bandits.ALGORITHMS
     reward: RewardSpec = field(default_factory=RewardSpec)
     params: dict[str, float] = field(default_factory=dict)
     min_share: float = 0.0
@@ -262,7 +256,7 @@ class Feature:
 @dataclass(frozen=True, slots=True)
 class ContextualSpec:
     arms: tuple[str, ...]
-    algorithm: Literal["linucb", "lin_ts", "epsilon_greedy"] = "linucb"
+    algorithm: str = "linucb"  # a key of policies.contextual.ALGORITHMS
     params: dict[str, float] = field(default_factory=dict)
     features: tuple[Feature, ...] = ()
     reward: RewardSpec = field(default_factory=RewardSpec)

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from policies.spec import Config, RouteConfig, policy_backends
-from router.engines.base import ActionError
+from router.errors import ActionError
 
-__all__ = ["ACTIONS", "RUNTIME_KEY", "AdminRuntime", "ApiError", "create_admin_app"]
+__all__ = ["ACTIONS", "RUNTIME_KEY", "ActionError", "AdminRuntime", "create_admin_app"]
 
 log = logging.getLogger("modelrouter.admin")
 
@@ -124,15 +124,6 @@ def create_admin_app(runtime: AdminRuntime, *, token: str | None) -> web.Applica
 # ---- middlewares -----------------------------------------------------------------------------
 
 
-class ApiError(Exception):
-    """An error answer: raised anywhere in a handler, sent as `{"error": message}` with `status`."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -142,7 +133,7 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
     """Every error leaves as `{"error": ...}` JSON; an unexpected one is logged, never raised."""
     try:
         return await handler(request)
-    except ApiError as e:
+    except ActionError as e:
         return _error(e.status, e.message)
     except web.HTTPException as e:
         if e.status < 400:
@@ -249,7 +240,7 @@ def _route_or_404(runtime: AdminRuntime, name: str) -> _Route:
         return runtime.route(name)
     except KeyError:
         known = [r.name for r in runtime.routes]
-        raise ApiError(404, f"unknown route '{name}'; routes: {known}") from None
+        raise ActionError(404, f"unknown route '{name}'; routes: {known}") from None
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -260,16 +251,16 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+        raise ActionError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
-        raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
+        raise ActionError(400, f"request body must be a JSON object, got {type(body).__name__}")
     return body
 
 
 def _reason(body: Mapping[str, Any]) -> str | None:
     reason = body.get("reason")
     if reason is not None and not isinstance(reason, str):
-        raise ApiError(400, f"'reason' must be a string, got {json.dumps(reason)}")
+        raise ActionError(400, f"'reason' must be a string, got {json.dumps(reason)}")
     return reason or None
 
 
@@ -288,7 +279,7 @@ async def _route_action(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     action = request.match_info["action"]
     if action not in ACTIONS:
-        raise ApiError(
+        raise ActionError(
             404, f"unknown action '{action}'; actions: {', '.join(ACTIONS)} (POST), weights (PUT)"
         )
     route = _route_or_404(runtime, request.match_info["route"])
@@ -296,7 +287,7 @@ async def _route_action(request: web.Request) -> web.Response:
     reason = _reason(body)
     full = body.get("full", False)
     if not isinstance(full, bool):
-        raise ApiError(400, f"'full' must be true or false, got {json.dumps(full)}")
+        raise ActionError(400, f"'full' must be true or false, got {json.dumps(full)}")
     params = {k: v for k, v in body.items() if k != "reason"}
     return await _act(runtime, route, action, reason, params)
 
@@ -304,11 +295,9 @@ async def _route_action(request: web.Request) -> web.Response:
 async def _act(
     runtime: AdminRuntime, route: _Route, action: str, reason: str | None, params: dict[str, Any]
 ) -> web.Response:
-    try:
-        # the engine records the action in the audit log itself, next to automatic transitions
-        await route.engine.action(action, reason, "admin", params)
-    except ActionError as e:
-        return _error(e.status, e.message)
+    # the engine records the action in the audit log itself, next to automatic transitions;
+    # an ActionError it raises leaves through _errors_as_json like any other
+    await route.engine.action(action, reason, "admin", params)
     return web.json_response(runtime.status(route.name))
 
 
@@ -325,26 +314,26 @@ def _valid_weights(body: Mapping[str, Any], route: _Route) -> dict[str, float]:
     example = '{"weights": {"backend": 70, "other": 30}}'
     if set(body) - {"weights", "reason"}:
         extra = sorted(set(body) - {"weights", "reason"})
-        raise ApiError(400, f"unknown key(s) {extra}; allowed: weights, reason")
+        raise ActionError(400, f"unknown key(s) {extra}; allowed: weights, reason")
     raw = body.get("weights")
     if not isinstance(raw, dict) or not raw:
-        raise ApiError(400, f"body must be {example}")
+        raise ActionError(400, f"body must be {example}")
     allowed = policy_backends(route.cfg.policy)
     unknown = sorted(set(raw) - set(allowed))
     if unknown:
-        raise ApiError(
+        raise ActionError(
             400,
             f"unknown backend(s) {unknown} for route '{route.name}'; allowed: {list(allowed)}",
         )
     weights: dict[str, float] = {}
     for name, w in raw.items():
         if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
-            raise ApiError(
+            raise ActionError(
                 400, f"weights.{name}: must be a non-negative number, got {json.dumps(w)}"
             )
         weights[name] = float(w)
     if sum(weights.values()) <= 0:
-        raise ApiError(400, "weights must not all be zero")
+        raise ActionError(400, "weights must not all be zero")
     return weights
 
 
@@ -377,6 +366,6 @@ async def _audit(request: web.Request) -> web.Response:
     except ValueError:
         limit = 0
     if not 1 <= limit <= AUDIT_MAX:
-        raise ApiError(400, f"limit must be an integer 1..{AUDIT_MAX}, got '{raw_limit}'")
+        raise ActionError(400, f"limit must be an integer 1..{AUDIT_MAX}, got '{raw_limit}'")
     route = request.query.get("route") or None
     return web.json_response(await runtime.store.audit_list(limit, route))

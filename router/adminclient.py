@@ -13,20 +13,21 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from router.errors import ModelrouterError
+
 __all__ = ["DEFAULT_ADMIN_URL", "TOKEN_ENV", "AdminClient", "AdminError", "normalize_url"]
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9901"
 TOKEN_ENV = "MODELROUTER_ADMIN_TOKEN"
 
 
-class AdminError(Exception):
+class AdminError(ModelrouterError):
     """The admin API could not be reached or refused the call; `message` says what to do."""
 
     def __init__(
         self, message: str, status: int | None = None, errors: tuple[str, ...] = ()
     ) -> None:
         super().__init__(message)
-        self.message = message
         self.status = status  # HTTP status, None when there was no answer
         self.errors = errors  # every config error of a rejected reload
 

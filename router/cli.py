@@ -16,13 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from router.adminclient import DEFAULT_ADMIN_URL, TOKEN_ENV, AdminClient, AdminError
+from router.errors import ModelrouterError
 
 __all__ = ["COMMANDS", "format_status", "main", "parse_weights"]
 
 PROG = "modelrouter"
 
 
-class UsageError(Exception):
+class UsageError(ModelrouterError):
     """Bad command-line input: printed as `modelrouter: message`, exit 2."""
 
 

@@ -219,7 +219,6 @@ class Tally:
     conversions: Counter[str] = field(default_factory=Counter)
     feedback_sent: int = 0
     feedback_accepted: int = 0
-    feedback_failed: int = 0
     true_regret: float = 0.0
     uniform_regret: float = 0.0
     recent: dict[str, deque[str]] = field(
@@ -334,10 +333,8 @@ class Client:
                 if resp.status == 202 and isinstance(body, dict):
                     self.tally.feedback_accepted += int(body.get("accepted", 0))
                 else:
-                    self.tally.feedback_failed += len(batch)
                     log.warning("feedback answered %d: %s", resp.status, body)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            self.tally.feedback_failed += len(batch)
             log.warning("feedback post failed: %s", e)
 
     async def feedback_loop(self, stop: asyncio.Event) -> None:

@@ -31,16 +31,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from policies.base import Context
+from router.errors import ModelrouterError
 from router.store.base import FeedbackRecord
 
 if TYPE_CHECKING:
     from policies.spec import Config
+    from router.engines.base import Engine
     from router.metrics import Metrics
     from router.store.base import Store
 
 __all__ = [
     "SECRET_KEY",
-    "FeedbackError",
     "FeedbackHandler",
     "TokenData",
     "TokenError",
@@ -56,17 +57,14 @@ _VERSION = 1
 _MAX_BATCH = 10_000
 
 
-class TokenError(Exception):
-    """A decision token that cannot be credited; `status` is the HTTP answer (403 or 410)."""
+class TokenError(ModelrouterError):
+    """A feedback item that cannot be credited: `status` is the HTTP answer, `reason` the
+    `feedback_rejected_total` label."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
-        self.message = message
-
-
-FeedbackError = TokenError  # one error type for every refused feedback item
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,13 +202,9 @@ async def load_secret(config: Config, store: Store) -> bytes:
     return (again if isinstance(again, str) and len(again) >= 32 else fresh).encode()
 
 
-class _Engine(Protocol):
-    arms: tuple[str, ...]
-    reward_type: str
-
-    def feedback(
-        self, arm: str, reward: float, ctx: Context, token_id: str | None = None
-    ) -> None: ...
+class _Route(Protocol):
+    @property
+    def engine(self) -> Engine: ...
 
 
 class RuntimeLike(Protocol):
@@ -218,18 +212,18 @@ class RuntimeLike(Protocol):
 
     store: Store
     metrics: Metrics
-    signer: Any
+    signer: Any  # TokenSigner, set before the runtime builds this handler
     config: Config
     clock: Callable[[], float]
 
-    def route(self, name: str) -> Any: ...
+    def route(self, name: str) -> _Route: ...
 
 
 @dataclass(slots=True)
 class _Item:
     data: TokenData
     reward: float
-    engine: _Engine
+    engine: Engine
 
 
 def _json(status: int, doc: dict[str, Any]) -> tuple[int, bytes]:
@@ -339,7 +333,7 @@ class FeedbackHandler:
                 403, "foreign", f"decision: route '{data.route}' is not served by this router"
             ) from None
         engine = route.engine
-        if not getattr(engine, "learns", False) or not hasattr(engine, "reward_type"):
+        if not engine.learns:
             raise TokenError(403, "foreign", f"decision: route '{data.route}' does not learn")
         if data.arm not in engine.arms:
             raise TokenError(

@@ -235,6 +235,14 @@ class Metrics:
             self._mirror,
             self._srm,
         )
+        self._backend_metrics: tuple[Counter | Gauge, ...] = (
+            self._upstream_errors,
+            self._decisions,
+            self._feedback,
+            self._share,
+            self._reward_mean,
+            self._mirror,
+        )
         self._phases_seen: dict[str, set[str]] = {}
         # cached children for per-request verbs that are not pre-bound
         self._decision_children: dict[tuple[str, str], Counter] = {}
@@ -358,8 +366,16 @@ class Metrics:
         self._phases_seen.pop(route, None)
 
     def forget_backend(self, backend: str) -> None:
-        """Drop the `backend_up` series of a backend removed by a reload."""
+        """Drop every series labelled with `backend` (the backend was removed by a reload)."""
         _remove(self._backend_up, backend)
+        for plain in (self._bound, self._rewards):
+            for key in [k for k in plain if k[1] == backend]:
+                del plain[key]
+        for m in self._backend_metrics:
+            m.remove_by_labels({"backend": backend})
+        for cache in (self._decision_children, self._feedback_children):
+            for key in [k for k in cache if k[1] == backend]:
+                del cache[key]
 
     def render(self) -> bytes:
         """The exposition text of every metric (Prometheus text format 0.0.4)."""

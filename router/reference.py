@@ -1,7 +1,10 @@
 """Generate the Markdown reference of every config key and every metric from the code itself.
 
 Allowed keys, required keys, choices and defaults are read by probing `router.config` (the
-validator is the schema); metrics come from a fresh `router.metrics.Metrics()` registry.
+validator is the schema). Sections for registered kinds (bandit and contextual algorithm
+parameters, analysis check kinds, store kinds) are built from the registries that declare their
+parameters (`policies.params.Param`), so a new kind documents itself. Metrics come from a fresh
+`router.metrics.Metrics()` registry.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
+from policies import bandits, contextual
+from policies.checks import CHECK_KINDS
+from policies.params import Param
 from policies.spec import Address, Config
 from router.config import ConfigError, parse_config
+from router.errors import ModelrouterError
 from router.metrics import DURATION_BUCKETS, Metrics
+from router.store import STORE_KINDS
 
 __all__ = ["END", "SECTIONS", "START", "ReferenceError", "generate", "main", "splice"]
 
@@ -33,7 +40,7 @@ _ALLOWED_RE = re.compile(rf"unknown key '{_PROBE}'; allowed: ([^ ,(;]+(?:, [^ ,(
 _CHOICES_RE = re.compile(r"must be one of (.+?); got")
 
 
-class ReferenceError(Exception):
+class ReferenceError(ModelrouterError):
     """The documentation table below and the validator disagree; the message says how."""
 
 
@@ -84,34 +91,30 @@ def _pol(c: Config) -> Any:
     return c.routes[0].policy
 
 
-def _bandit_defaults(algorithm: str, reward: str = "binary") -> Callable[[], Mapping[str, str]]:
-    def read() -> Mapping[str, str]:
-        from policies.bandits import BanditPolicy
-
-        p = BanditPolicy(("x", "y"), algorithm, rng=np.random.default_rng(0), reward_type=reward)
-        algo = p._algo
-        names = {"prior_a": "prior_alpha", "prior_b": "prior_beta"}
-        return {
-            names.get(k, k): _fmt(getattr(algo, k), "number")
-            for k in ("c", "epsilon", "decay", "temperature", "prior_a", "prior_b")
-            if hasattr(algo, k)
-        }
-
-    return read
+def _param_keys(params: Sequence[Param]) -> dict[str, Key]:
+    return {p.name: Key(p.shown_type, p.help) for p in params}
 
 
-def _linear_defaults(algorithm: str) -> Callable[[], Mapping[str, str]]:
-    def read() -> Mapping[str, str]:
-        from policies.contextual import LinearPolicy
+def _state_keys() -> dict[str, Key]:
+    """``state``: the store choice and the keys every registered store kind declares."""
+    store = "; ".join(f"`{name}`: {kind.help}" for name, kind in STORE_KINDS.items()) + "."
+    params = {p.name: p for kind in STORE_KINDS.values() for p in kind.params}
+    return {"store": Key("choice", store), **_param_keys(tuple(params.values()))}
 
-        p = LinearPolicy(("x", "y"), algorithm, dim=2, rng=np.random.default_rng(0))
-        return {
-            "alpha": _fmt(p.alpha, "number"),
-            "lambda": _fmt(p.lam, "number"),
-            "epsilon": _fmt(p.epsilon, "number"),
-        }
 
-    return read
+def _check_sections() -> tuple[Section, ...]:
+    """One table per registered check kind (`policies.checks.CHECK_KINDS`)."""
+    return tuple(
+        Section(
+            f"analysis.checks[] (metric: {name})",
+            (*_POLICY, "analysis", "checks", 0),
+            kind.example,
+            {"metric": Key("kind", kind.help), **_param_keys(kind.params)},
+            policy=_CANARY,
+            note=kind.note,
+        )
+        for name, kind in CHECK_KINDS.items()
+    )
 
 
 # Every key the validator accepts must be described here; `generate()` fails otherwise.
@@ -156,16 +159,7 @@ _SECTIONS: tuple[Section, ...] = (
         "state",
         ("state",),
         {},
-        {
-            "store": Key(
-                "choice",
-                "`sqlite`: one embedded file; `redis`: shared by replicas; `memory`: lost on exit.",
-            ),
-            "path": Key(
-                "string", "SQLite file; relative paths resolve against the config file's directory."
-            ),
-            "url": Key("redis:// URL", "Redis server, required with `store: redis`."),
-        },
+        _state_keys(),
         get=lambda c: c.state,
     ),
     Section(
@@ -449,55 +443,7 @@ _SECTIONS: tuple[Section, ...] = (
         get=lambda c: _pol(c).analysis,
         policy=_CANARY,
     ),
-    Section(
-        "analysis.checks[] (metric: error_rate)",
-        (*_POLICY, "analysis", "checks", 0),
-        {"metric": "error_rate", "max": 0.01},
-        {
-            "metric": Key("kind", "What to check."),
-            "max": Key("number", "Highest candidate error rate (5xx and upstream errors), 0-1."),
-        },
-        policy=_CANARY,
-    ),
-    Section(
-        "analysis.checks[] (metric: latency_p99)",
-        (*_POLICY, "analysis", "checks", 0),
-        {"metric": "latency_p99", "max": "500ms"},
-        {
-            "metric": Key("kind", "What to check."),
-            "max": Key("duration", "Highest candidate p99 latency."),
-        },
-        policy=_CANARY,
-    ),
-    Section(
-        "analysis.checks[] (metric: reward_mean)",
-        (*_POLICY, "analysis", "checks", 0),
-        {"metric": "reward_mean", "min": 0.1},
-        {
-            "metric": Key("kind", "What to check (needs reward feedback)."),
-            "min": Key("number", "Lowest candidate reward mean."),
-            "min_relative_to_stable": Key("number", "Lowest ratio candidate / stable mean."),
-            "max_relative_to_stable": Key("number", "Highest ratio candidate / stable mean."),
-        },
-        policy=_CANARY,
-        note="One of `min`, `min_relative_to_stable`, `max_relative_to_stable` is required.",
-    ),
-    Section(
-        "analysis.checks[] (metric: prometheus)",
-        (*_POLICY, "analysis", "checks", 0),
-        {"metric": "prometheus", "query": "up", "url": "http://127.0.0.1:9090", "max": 1},
-        {
-            "metric": Key("kind", "What to check."),
-            "query": Key(
-                "PromQL", "Instant query; an empty result, NaN or an error is inconclusive."
-            ),
-            "url": Key("http URL", "Prometheus base URL."),
-            "min": Key("number", "Lowest allowed value."),
-            "max": Key("number", "Highest allowed value."),
-        },
-        policy=_CANARY,
-        note="At least one of `min`, `max` is required.",
-    ),
+    *_check_sections(),
     Section(
         "webhooks[] (canary, blue_green)",
         (*_POLICY, "webhooks", 0),
@@ -632,67 +578,46 @@ _SECTIONS: tuple[Section, ...] = (
 )
 
 
+def _defaults(params: Sequence[Param]) -> Callable[[], Mapping[str, str]]:
+    def read() -> Mapping[str, str]:
+        return {p.name: _fmt(p.default, "number") for p in params}
+
+    return read
+
+
 def _params_sections() -> tuple[Section, ...]:
-    bandit = {
-        "thompson": (
-            "binary",
-            {
-                "prior_alpha": Key("number", "Beta prior successes + 1 (Beta(1, 1): uniform)."),
-                "prior_beta": Key("number", "Beta prior failures + 1 (Beta(1, 1): uniform)."),
-            },
-        ),
-        "ucb1": ("binary", {"c": Key("number", "Width of the confidence bonus.")}),
-        "kl_ucb": ("binary", {"c": Key("number", "The `c log log t` term of the KL-UCB index.")}),
-        "epsilon_greedy": (
-            "binary",
-            {
-                "epsilon": Key("number", "Probability of a uniformly random arm (0-1)."),
-                "decay": Key("number", "Exploration decay: epsilon / (1 + decay * trials)."),
-            },
-        ),
-        "softmax": ("binary", {"temperature": Key("number", "Boltzmann temperature.")}),
-    }
+    """One table per registered algorithm with parameters, from the algorithm registries."""
     out: list[Section] = []
-    for label, (reward, keys) in bandit.items():
-        algo = label.strip()
+    for algo, entry in bandits.ALGORITHMS.items():
+        reward = "binary"  # reward-dependent parameters are documented for binary rewards
+        params = entry.params_for(reward)
+        if not params:
+            continue
         policy = {**_BANDIT, "algorithm": algo, "reward": {"type": reward}}
         title = f"params (bandit, algorithm: {algo}" + (
-            f", reward: {reward})" if algo == "thompson" else ")"
+            f", reward: {reward})" if entry.reward_dependent else ")"
         )
         out.append(
             Section(
                 title,
                 (*_POLICY, "params"),
                 {},
-                keys,
+                _param_keys(params),
                 policy=policy,
-                defaults=_bandit_defaults(algo, reward),
+                defaults=_defaults(params),
             )
         )
-    linear = {
-        "linucb": {
-            "alpha": Key("number", "Width of the upper confidence bound."),
-            "lambda": Key("number", "Ridge regularisation."),
-        },
-        "lin_ts": {
-            "alpha": Key("number", "Posterior scale: draws from N(theta, alpha^2 A^-1)."),
-            "lambda": Key("number", "Ridge regularisation."),
-        },
-        "epsilon_greedy": {
-            "epsilon": Key("number", "Probability of a uniformly random arm (0-1)."),
-            "lambda": Key("number", "Ridge regularisation."),
-        },
-    }
-    for algo, keys in linear.items():
-        policy = {**_CONTEXTUAL, "algorithm": algo}
+    for algo, lin in contextual.ALGORITHMS.items():
+        if not lin.params:
+            continue
         out.append(
             Section(
                 f"params (contextual_bandit, algorithm: {algo})",
                 (*_POLICY, "params"),
                 {},
-                keys,
-                policy=policy,
-                defaults=_linear_defaults(algo),
+                _param_keys(lin.params),
+                policy={**_CONTEXTUAL, "algorithm": algo},
+                defaults=_defaults(lin.params),
             )
         )
     return tuple(out)
@@ -872,7 +797,7 @@ def config_tables() -> list[_Table]:
         tables.append(table)
     if problems:
         raise ReferenceError(
-            "router/reference.py is out of step with router/config.py: "
+            "router/reference.py is out of step with router/config: "
             + "; ".join(problems)
             + ". Describe the key in SECTIONS."
         )

@@ -1,6 +1,6 @@
 """The live routing table: backends, routes and their engines, matching, selection and reload.
 
-`Runtime.create(config, store=..., metrics=..., audit=...)` builds and starts everything;
+`router.app.open_runtime(config)` wires the store, metrics and audit and calls `Runtime.create`;
 the data plane calls `match`, `RouteRuntime.select` and `RouteRuntime.record` per request,
 the admin API calls `status`, `reload_from_file` and engine actions.
 """
@@ -107,16 +107,17 @@ class RouteRuntime:
         self._backends = {b: backends[b] for b in cfg.backends}
         # a rollout engine may refuse a backend (not blessed yet, rolled back): then its
         # overrides do not apply either
-        admits: Callable[[str], bool] | None = getattr(engine, "admits", None)
-        self._admits = admits
+        self._admits = engine.admits
         self._overrides = tuple(_OverrideMatcher(o, backends[o.backend]) for o in cfg.overrides)
         # blue-green preview traffic arrives through overrides; its analysis must see it
-        self._observe_overrides = bool(getattr(engine, "observes_overrides", False))
+        self._observe_overrides = engine.observes_overrides
         self._bound: dict[str, BoundRequest] = {b: metrics.bind(cfg.name, b) for b in cfg.backends}
         self._healthy: Callable[[str], bool] = lambda name: self._backends[name].up
-        make_context = getattr(engine, "make_context", None)
-        self._make_context: Callable[[Request, int | None], Context] | None = make_context
-        self.needs_body: bool = bool(getattr(engine, "needs_body", False))
+        # only engines that read the request build the context; the rest get the bucket alone
+        self._make_context: Callable[[Request, int | None], Context] | None = (
+            engine.make_context if engine.reads_request else None
+        )
+        self.needs_body: bool = engine.needs_body
         self.mirror: Mirrorer | None = None
         if cfg.mirror is not None and runtime.http is not None:
             self.mirror = Mirrorer(
@@ -131,8 +132,12 @@ class RouteRuntime:
         self._sticky: Callable[[Request], str | None] | None = None
         if sticky is not None:
             name = sticky.name
-            getter = {"header": "header", "cookie": "cookie", "query": "query_param"}[sticky.source]
-            self._sticky = lambda req: getattr(req, getter)(name)
+            if sticky.source == "header":
+                self._sticky = lambda req: req.header(name)
+            elif sticky.source == "cookie":
+                self._sticky = lambda req: req.cookie(name)
+            else:
+                self._sticky = lambda req: req.query_param(name)
         # a plain route looks at nothing of the request: the proxy skips building the Request
         # view and calls select_plain(), which reuses one Selection per policy Decision
         self.plain: bool = (
@@ -147,7 +152,7 @@ class RouteRuntime:
 
     def select(self, req: Request) -> Selection:
         for o in self._overrides:
-            if o.matches(req) and (self._admits is None or self._admits(o.backend.name)):
+            if o.matches(req) and self._admits(o.backend.name):
                 return Selection(o.backend, None, None, None, None)
         bucket = None
         if self._sticky is not None:
@@ -427,10 +432,15 @@ class Runtime:
                 task.cancel()
             if b.pool is not None:
                 b.pool.close()
+            if b.name not in backends:
+                self.metrics.forget_backend(b.name)
         self._start_health(b for b in backends.values() if b.name not in self._health)
-        restart = [
-            k for k in ("listen", "admin", "state") if getattr(old_cfg, k) != getattr(new, k)
-        ]
+        before_after = (
+            ("listen", old_cfg.listen, new.listen),
+            ("admin", old_cfg.admin, new.admin),
+            ("state", old_cfg.state, new.state),
+        )
+        restart = [k for k, was, now in before_after if was != now]
         return {
             "generation": self.generation,
             "added": sorted(new_names - set(by_name)),

@@ -49,21 +49,11 @@ class Server:
     async def start(self) -> None:
         import router.proxy as proxy_module
         from router.admin import create_admin_app
-        from router.audit import Audit
-        from router.metrics import Metrics
+        from router.app import open_runtime
         from router.proxy import start_proxy
-        from router.runtime import Runtime
-        from router.store import open_store
 
         cfg = self.config
-        base_dir = Path(self.config_path).resolve().parent if self.config_path else Path.cwd()
-        store = open_store(cfg.state, base_dir, feedback_ttl=cfg.feedback.ttl)
-        await store.open()
-        metrics = Metrics()
-        audit = Audit(store)
-        self.runtime = await Runtime.create(
-            cfg, store=store, metrics=metrics, audit=audit, config_path=self.config_path
-        )
+        self.runtime = await open_runtime(cfg, config_path=self.config_path)
         port = cfg.listen.port if self._proxy_port_override is None else self._proxy_port_override
         self.proxy = await start_proxy(self.runtime, cfg.listen.host, port)
         self.proxy_port = self.proxy.port
@@ -121,8 +111,9 @@ class Server:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if self.runtime is not None:
-            await self.runtime.close()
-            await self.runtime.store.close()
+            from router.app import close_runtime
+
+            await close_runtime(self.runtime)
         self._stopped.set()
 
     async def run(self) -> None:

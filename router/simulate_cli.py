@@ -18,15 +18,16 @@ import numpy as np
 import yaml
 
 from policies import simulate as sim
-from policies.spec import LEARNING_KINDS, PolicySpec
+from policies.spec import LEARNING_KINDS, ABTestSpec, BanditSpec, ContextualSpec, PolicySpec
 from router.config import ConfigError, parse_policy
+from router.errors import ModelrouterError
 
 __all__ = ["Scenario", "ScenarioError", "load_scenario", "simulate_main"]
 
 _KEYS = ("policy", "environment", "horizon", "seeds", "checkpoints")
 
 
-class ScenarioError(Exception):
+class ScenarioError(ModelrouterError):
     """A bad scenario file; `errors` are lines like `FILE: path: message`."""
 
     def __init__(self, errors: list[str]) -> None:
@@ -120,8 +121,9 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def _policy_arms(p: PolicySpec) -> list[str]:
-    arms = getattr(p, "arms", ())
-    return list(arms)
+    if isinstance(p, ABTestSpec | BanditSpec | ContextualSpec):
+        return list(p.arms)
+    return []  # not a learning kind: already reported
 
 
 def _env_arm(p: PolicySpec, arm: str) -> str:
@@ -138,10 +140,15 @@ def _positive(v: Any, key: str, err: Any) -> int:
 
 
 def _describe(s: Scenario) -> str:
-    algo = getattr(s.policy, "algorithm", None) or getattr(
-        getattr(s.policy, "test", None), "method", ""
-    )
-    return f"{s.policy.kind}/{algo} vs {s.env.type}"
+    p = s.policy
+    algo: str
+    if isinstance(p, ABTestSpec):
+        algo = p.test.method
+    elif isinstance(p, BanditSpec | ContextualSpec):
+        algo = p.algorithm
+    else:
+        algo = ""
+    return f"{p.kind}/{algo} vs {s.env.type}"
 
 
 def _print_table(s: Scenario, res: sim.SimResult, elapsed: float, out: TextIO) -> None:

@@ -13,23 +13,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from policies.base import Context, Decision
+from policies.spec import policy_backends
+from router.errors import ActionError as ActionError  # re-exported: engines raise it
 
 if TYPE_CHECKING:
     import aiohttp
 
     from policies.spec import BackendConfig, Config, RouteConfig
     from router.audit import Audit
+    from router.http import Request
     from router.metrics import Metrics
     from router.store.base import Store
-
-
-class ActionError(Exception):
-    """An admin action that does not apply; carries the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass
@@ -48,15 +42,37 @@ class Services:
 
 
 class Engine(Protocol):
-    """What the runtime needs of a route's engine (see docs/ARCHITECTURE.md)."""
+    """What the runtime, the feedback endpoint and the admin API need of a route's engine.
+
+    Engines derive from `EngineBase`, which supplies the optional capabilities below with their
+    plain-route defaults; an engine overrides only what it does differently.
+    """
 
     kind: str
-    learns: bool
+    route: str  # the route's name
+    arms: tuple[str, ...]  # backends the policy chooses among (a decision token names one)
+    learns: bool  # issues decision tokens (x-modelrouter-decision) and takes feedback
+    reward_type: str  # "binary" | "continuous": what feedback may carry (when it learns)
+    reads_request: bool  # make_context looks at the request (features): never a plain route
+    needs_body: bool  # make_context needs the request body (json: features)
+    observes_overrides: bool  # observe() also sees traffic an override sent (rollout analysis)
+
+    def admits(self, backend: str) -> bool:
+        """Whether an override may send a request to `backend` now."""
+        ...
+
+    def make_context(self, req: Request, bucket: int | None) -> Context:
+        """The policy's view of one request (called when `reads_request`)."""
+        ...
 
     def choose(self, ctx: Context, healthy: Callable[[str], bool] | None = None) -> Decision: ...
 
     def observe(
         self, arm: str, status: int, latency: float, error: str | None, ctx: Context | None = None
+    ) -> None: ...
+
+    def feedback(
+        self, arm: str, reward: float, ctx: Context, token_id: str | None = None
     ) -> None: ...
 
     def shares(self) -> dict[str, float]: ...
@@ -71,7 +87,43 @@ class Engine(Protocol):
         self, name: str, reason: str | None, actor: str, params: Mapping[str, Any]
     ) -> dict[str, Any]: ...
 
-    def feedback(self, arm: str, reward: float, ctx: Context) -> None: ...
+
+class EngineBase:
+    """Defaults for an engine's optional capabilities: a route that learns nothing from the
+    request or its outcome. Subclasses implement choose, shares, status and action."""
+
+    kind: str = ""
+    learns: bool = False
+    reward_type: str = "continuous"
+    reads_request: bool = False
+    needs_body: bool = False
+    observes_overrides: bool = False
+
+    def __init__(self, route: RouteConfig, services: Services) -> None:
+        self.route = route.name
+        self.services = services
+        self.arms: tuple[str, ...] = policy_backends(route.policy)
+
+    def admits(self, backend: str) -> bool:
+        return True
+
+    def make_context(self, req: Request, bucket: int | None) -> Context:
+        return Context(bucket=bucket)
+
+    def observe(
+        self, arm: str, status: int, latency: float, error: str | None, ctx: Context | None = None
+    ) -> None:
+        return None
+
+    def feedback(self, arm: str, reward: float, ctx: Context, token_id: str | None = None) -> None:
+        # the feedback endpoint only hands rewards to engines that learn
+        raise TypeError(f"route '{self.route}' ({self.kind}) does not take feedback")
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
 
 
 EngineFactory = Callable[["RouteConfig", Services], Engine]

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from policies.base import ArmStats, Context, Decision
+from policies.base import ArmStats, Context, Decision, LearningPolicy
 from policies.features import FeatureEncoder, json_pointer
 from policies.registry import build_encoder, build_policy
 from policies.regret import RegretTracker
-from policies.spec import ABTestSpec, RouteConfig
-from router.engines.base import ActionError, EngineFactory, Services
+from policies.spec import ABTestSpec, BanditSpec, ContextualSpec, RouteConfig
+from router.engines.base import ActionError, EngineBase, EngineFactory, Services
 
 if TYPE_CHECKING:
     from router.http import Request
@@ -40,7 +40,7 @@ log = logging.getLogger("modelrouter.learning")
 _Z95 = 1.959963984540054
 
 
-class LearningEngine:
+class LearningEngine(EngineBase):
     """One learning route: an ab_test or bandit policy fed by decisions and rewards."""
 
     learns = True
@@ -48,16 +48,18 @@ class LearningEngine:
 
     def __init__(self, route: RouteConfig, services: Services) -> None:
         spec = route.policy
-        self.kind: str = spec.kind
-        self.route = route.name
+        if not isinstance(spec, ABTestSpec | BanditSpec | ContextualSpec):
+            raise TypeError(f"route '{route.name}': a learning engine needs a learning policy")
+        super().__init__(route, services)
+        self.kind = spec.kind
         self.spec = spec
-        self._svc = services
+        self._algorithm = None if isinstance(spec, ABTestSpec) else spec.algorithm
         self._metrics = services.metrics
-        self.reward_type: str = spec.reward.type  # type: ignore[union-attr]
-        self._reward = spec.reward  # type: ignore[union-attr]
+        self.reward_type = spec.reward.type
+        self._reward = spec.reward
         self._from_response = self._reward.source == "response"
         self._missing = services.config.feedback.missing_reward
-        self.policy: Any = build_policy(spec, services.rng)
+        self.policy: LearningPolicy = build_policy(spec, services.rng)
         if isinstance(spec, ABTestSpec):
             backends = list(spec.arms.values())
             if len(set(backends)) != len(backends):
@@ -69,7 +71,7 @@ class LearningEngine:
         else:
             self._to_backend = {a: a for a in self.policy.arms}
         self._to_arm = {b: a for a, b in self._to_backend.items()}
-        self.arms: tuple[str, ...] = tuple(self._to_backend[a] for a in self.policy.arms)
+        self.arms = tuple(self._to_backend[a] for a in self.policy.arms)
         self.regret = RegretTracker()
         self._watermark = 0
         self._applied: dict[str, None] = {}  # ids applied by the handler, not yet seen by a pull
@@ -90,7 +92,7 @@ class LearningEngine:
         arm before anything is counted, so decisions, missing-reward trials and regret all name
         the arm that really served (see `_failover`).
         """
-        d: Decision = self.policy.choose(ctx)
+        d = self.policy.choose(ctx)
         arm = d.arm
         backend = self._to_backend[arm]
         if healthy is not None and not all(healthy(b) for b in self.arms):
@@ -123,7 +125,7 @@ class LearningEngine:
         if healthy(self._to_backend[d.arm]):
             own = shares.get(d.arm, 0.0)
             return Decision(d.arm, min(1.0, d.propensity + down * own / total))
-        u = float(self._svc.rng.random()) * total
+        u = float(self.services.rng.random()) * total
         arm, share = up[-1]
         for a, s in up:
             u -= s
@@ -183,10 +185,10 @@ class LearningEngine:
 
     @property
     def phase(self) -> str:
-        return str(getattr(self.policy, "phase", "active"))
+        return self.policy.phase
 
     def status(self) -> dict[str, Any]:
-        versions = {n: c.version for n, c in self._svc.backends.items()}
+        versions = {n: c.version for n, c in self.services.backends.items()}
         arms: dict[str, Any] = {}
         for arm, st in self.policy.stats().items():
             b = self._to_backend[arm]
@@ -212,11 +214,11 @@ class LearningEngine:
             "regret_uniform": regret_uniform,
             "reward": {"type": self.reward_type, "from": self._reward.source},
         }
-        algorithm = getattr(self.spec, "algorithm", None)
-        if algorithm is not None:
-            out["algorithm"] = algorithm
-        if self.kind == "ab_test":
-            out["test"] = self._test if self._test is not None else self.policy.result()
+        if self._algorithm is not None:
+            out["algorithm"] = self._algorithm
+        test = self._test if self._test is not None else self.policy.result()
+        if test is not None:
+            out["test"] = test
         return out
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -226,7 +228,7 @@ class LearningEngine:
         return f"policy:{self.route}"
 
     async def start(self) -> None:
-        snap = await self._svc.store.get(self._key)
+        snap = await self.services.store.get(self._key)
         if isinstance(snap, dict) and snap.get("kind") == self.kind:
             try:
                 self.policy.restore(snap.get("policy", {}))
@@ -273,7 +275,7 @@ class LearningEngine:
     async def persist(self) -> None:
         snap = {
             "kind": self.kind,
-            "algorithm": getattr(self.spec, "algorithm", None),
+            "algorithm": self._algorithm,
             "policy": self.policy.state(),
             "regret": self.regret.state(),
             "watermark": self._watermark,
@@ -281,13 +283,13 @@ class LearningEngine:
         }
         self._dirty = False
         try:
-            await self._svc.store.put(self._key, snap)
+            await self.services.store.put(self._key, snap)
         except Exception:
             self._dirty = True
             raise
 
     async def _pull(self) -> None:
-        records: list[FeedbackRecord] = await self._svc.store.feedback_since(
+        records: list[FeedbackRecord] = await self.services.store.feedback_since(
             self.route, self._watermark
         )
         self._pulled_prev, self._pulled = self._pulled, set()
@@ -304,11 +306,11 @@ class LearningEngine:
             self._watermark = max(self._watermark, r.seq)
 
     async def _refresh_test(self) -> None:
-        if self.kind != "ab_test":
-            return
-        test: dict[str, Any] = self.policy.result()
+        test = self.policy.result()
+        if test is None:
+            return  # the policy has no test to look at
         self._test = test
-        audit = self._svc.audit
+        audit = self.services.audit
         srm = test["srm"]
         if srm["flagged"] and not self._srm_flagged:
             log.warning("route '%s': sample ratio mismatch (p=%.2g)", self.route, srm["p_value"])
@@ -352,7 +354,7 @@ class LearningEngine:
                 m.set_prob_best(self.route, arm, p)
 
     async def action(
-        self, name: str, reason: str | None, actor: str, params: Mapping[str, Any] | None = None
+        self, name: str, reason: str | None, actor: str, params: Mapping[str, Any]
     ) -> dict[str, Any]:
         raise ActionError(
             409,
@@ -364,10 +366,13 @@ class LearningEngine:
 class ContextualEngine(LearningEngine):
     """A contextual bandit route: builds each request's features before choosing."""
 
+    reads_request = True
+
     def __init__(self, route: RouteConfig, services: Services) -> None:
         super().__init__(route, services)
         encoder = build_encoder(self.spec)
-        assert encoder is not None
+        if encoder is None:
+            raise TypeError(f"route '{route.name}': a contextual engine needs a contextual policy")
         self.encoder: FeatureEncoder = encoder
         self.needs_body = encoder.needs_body
 

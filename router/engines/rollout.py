@@ -1,42 +1,39 @@
-"""The `canary` and `blue_green` engines: the Engine seam over a RolloutController."""
+"""The `canary` and `blue_green` engines: the Engine seam over a RolloutController
+(`router/engines/rollout_controller.py`), which drives the pure `policies.rollout`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from policies import canary
+from policies import rollout
 from policies.base import Context, Decision
-from policies.canary import Event, RolloutState
-from policies.spec import BlueGreenSpec, CanarySpec, RouteConfig, policy_backends
-from router.engines.base import ActionError, EngineFactory, Services
-from router.rollout import RolloutController, RolloutSpec
+from policies.checks import CHECK_KINDS
+from policies.rollout import RolloutState
+from policies.spec import BlueGreenSpec, CanarySpec, RouteConfig
+from router.engines.base import ActionError, EngineBase, EngineFactory, Services
+from router.engines.rollout_controller import RolloutController, RolloutSpec, Transition
 
 __all__ = ["ENGINES", "BlueGreenEngine", "CanaryEngine"]
 
 _ACTIONS = ("promote", "abort", "pause", "resume", "switch")
 
 
-class _RolloutEngine:
+class _RolloutEngine(EngineBase):
     """Shared by canary and blue-green: the hot path goes straight to the WeightedPolicy."""
 
-    kind = ""
-    learns = False
     observes_overrides = True  # arms are backend names: override traffic counts for analysis
-
     reward_type = "continuous"  # rewards for reward_mean checks: any finite number
 
     def __init__(self, route: RouteConfig, spec: RolloutSpec, services: Services) -> None:
-        self._route = route.name
+        super().__init__(route, services)
         self._spec = spec
-        self.arms = policy_backends(spec)
         # a reward_mean check needs rewards: the route then issues decision tokens and the
         # feedback endpoint credits them, exactly as on learning routes
         analysis = spec.analysis
         self.learns = analysis is not None and any(
-            c.metric == "reward_mean" for c in analysis.checks
+            CHECK_KINDS[c.metric].needs_rewards for c in analysis.checks
         )
-        self._services = services
         self.controller = RolloutController(route.name, spec, services)
         self.policy = self.controller.policy
         self._choose = self.policy.choose
@@ -61,10 +58,6 @@ class _RolloutEngine:
     def shares(self) -> dict[str, float]:
         return self.policy.shares()
 
-    @property
-    def state(self) -> RolloutState:
-        return self.controller.state
-
     async def start(self) -> None:
         await self.controller.start()
 
@@ -77,26 +70,26 @@ class _RolloutEngine:
         if name not in _ACTIONS:
             raise ActionError(
                 409,
-                f"route '{self._route}' is a {self.kind} route: '{name}' does not apply; "
+                f"route '{self.route}' is a {self.kind} route: '{name}' does not apply; "
                 f"allowed actions: {', '.join(_ACTIONS)}",
             )
         spec = self._spec
-        clock = self._services.clock
-        fn: Callable[[RolloutState], tuple[RolloutState, list[Event]]]
+        clock = self.services.clock
+        fn: Callable[[RolloutState], Transition]
         if name == "promote":
             full = bool(params.get("full", False))
 
-            def fn(s: RolloutState) -> tuple[RolloutState, list[Event]]:
-                return canary.promote(s, spec, clock(), full, reason, actor)
+            def fn(s: RolloutState) -> Transition:
+                return rollout.promote(s, spec, clock(), full, reason, actor)
         else:
             pure = {
-                "abort": canary.abort,
-                "pause": canary.pause,
-                "resume": canary.resume,
-                "switch": canary.switch,
+                "abort": rollout.abort,
+                "pause": rollout.pause,
+                "resume": rollout.resume,
+                "switch": rollout.switch,
             }[name]
 
-            def fn(s: RolloutState) -> tuple[RolloutState, list[Event]]:
+            def fn(s: RolloutState) -> Transition:
                 return pure(s, spec, clock(), reason, actor)
 
         await self.controller.act(name, fn, actor, reason)
@@ -105,7 +98,7 @@ class _RolloutEngine:
     def status(self) -> dict[str, Any]:
         c = self.controller
         st = c.state
-        backends = self._services.backends
+        backends = self.services.backends
         stats = self.policy.stats()
         weights = self.policy.weights
         arms: dict[str, Any] = {}
@@ -147,7 +140,7 @@ class _RolloutEngine:
             "failure_limit": analysis.failure_limit if analysis else None,
             "step_started_at": st.step_started_at,
             "next_analysis_at": st.next_analysis_at
-            if canary.analysis_due(st, self._spec, float("inf"))
+            if rollout.analysis_due(st, self._spec, float("inf"))
             else None,
             "changed_at": st.changed_at,
             "test": {"method": "msprt", "result": c.last_sequential}

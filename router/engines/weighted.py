@@ -8,38 +8,29 @@ from typing import Any
 from policies.base import Context, Decision
 from policies.spec import RouteConfig, WeightedSpec
 from policies.weighted import WeightedPolicy
-from router.engines.base import ActionError, Services
+from router.engines.base import ActionError, EngineBase, Services
 
 
-class WeightedEngine:
+class WeightedEngine(EngineBase):
     """Serves fixed weights; weights set through the admin API persist until the file changes."""
 
     kind = "weighted"
-    learns = False
 
     def __init__(self, route: RouteConfig, services: Services) -> None:
-        assert isinstance(route.policy, WeightedSpec)
-        self._route = route.name
+        if not isinstance(route.policy, WeightedSpec):
+            raise TypeError(f"route '{route.name}': WeightedEngine needs a weighted policy")
+        super().__init__(route, services)
         self._spec = route.policy
-        self._services = services
         self.policy = WeightedPolicy(route.policy.weights, services.rng)
 
     def choose(self, ctx: Context, healthy: Callable[[str], bool] | None = None) -> Decision:
         return self.policy.choose(ctx)
 
-    def observe(
-        self, arm: str, status: int, latency: float, error: str | None, ctx: Context | None = None
-    ) -> None:
-        return None
-
-    def feedback(self, arm: str, reward: float, ctx: Context) -> None:
-        self.policy.update(arm, reward, ctx)
-
     def shares(self) -> dict[str, float]:
         return self.policy.shares()
 
     def status(self) -> dict[str, Any]:
-        versions = self._services.backends
+        versions = self.services.backends
         arms = {}
         for arm, s in self.policy.stats().items():
             if arm not in self.policy.arms:
@@ -63,7 +54,7 @@ class WeightedEngine:
         }
 
     async def start(self) -> None:
-        saved = await self._services.store.get(f"weights:{self._route}")
+        saved = await self.services.store.get(f"weights:{self.route}")
         # weights set at run time survive a restart, until the file's weights change
         if isinstance(saved, dict) and saved.get("config") == dict(self._spec.weights):
             weights = saved.get("weights")
@@ -71,16 +62,13 @@ class WeightedEngine:
                 self.policy.set_weights({a: float(weights[a]) for a in self._spec.weights})
         self._publish()
 
-    async def stop(self) -> None:
-        return None
-
     async def action(
         self, name: str, reason: str | None, actor: str, params: Mapping[str, Any]
     ) -> dict[str, Any]:
         if name != "weights":
             raise ActionError(
                 409,
-                f"route '{self._route}' is a weighted route: '{name}' applies to canary and "
+                f"route '{self.route}' is a weighted route: '{name}' applies to canary and "
                 "blue_green routes; use set-weights (PUT /admin/routes/{route}/weights)",
             )
         new = params.get("weights")
@@ -90,7 +78,7 @@ class WeightedEngine:
         if unknown:
             raise ActionError(
                 400,
-                f"unknown backend(s) {unknown} for route '{self._route}'; "
+                f"unknown backend(s) {unknown} for route '{self.route}'; "
                 f"allowed: {list(self.policy.arms)}",
             )
         weights: dict[str, float] = {}
@@ -104,16 +92,16 @@ class WeightedEngine:
         if sum(weights.values()) <= 0:
             raise ActionError(400, "weights must not all be zero")
         before = self.shares()
-        await self._services.store.put(
-            f"weights:{self._route}", {"config": dict(self._spec.weights), "weights": weights}
+        await self.services.store.put(
+            f"weights:{self.route}", {"config": dict(self._spec.weights), "weights": weights}
         )
         self.policy.set_weights(weights)
         self._publish()
-        await self._services.audit.record(
-            self._route, "set_weights", actor, reason, before=before, after=self.shares()
+        await self.services.audit.record(
+            self.route, "set_weights", actor, reason, before=before, after=self.shares()
         )
         return self.status()
 
     def _publish(self) -> None:
         for arm, share in self.shares().items():
-            self._services.metrics.set_share(self._route, arm, share)
+            self.services.metrics.set_share(self.route, arm, share)

@@ -1,36 +1,47 @@
-"""State stores behind one interface; `open_store` picks the one the config names."""
+"""State stores behind one interface; `open_store` picks the one the config names.
+
+Each store module declares its `KIND` (how to build it, the `state` keys it reads); `STORE_KINDS`
+registers them, and the config validator and README reference read the same registry.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from policies.spec import StateConfig
-from router.store.base import FeedbackRecord, Store, StoreError
+from router.store import memory, redis, sqlite
+from router.store.base import FeedbackRecord, Store, StoreError, StoreKind
 from router.store.memory import MemoryStore
 from router.store.redis import RedisStore
 from router.store.sqlite import SqliteStore
 
 __all__ = [
+    "DEFAULT_STORE",
+    "STORE_KINDS",
     "FeedbackRecord",
     "MemoryStore",
     "RedisStore",
     "SqliteStore",
     "Store",
     "StoreError",
+    "StoreKind",
     "open_store",
 ]
+
+# `state.store` values, in the order errors and the reference list them
+STORE_KINDS: dict[str, StoreKind] = {
+    "sqlite": sqlite.KIND,
+    "redis": redis.KIND,
+    "memory": memory.KIND,
+}
+DEFAULT_STORE = "sqlite"
 
 
 def open_store(cfg: StateConfig, base_dir: Path, *, feedback_ttl: float = 3600.0) -> Store:
     """Build (not yet open) the configured store; relative sqlite paths resolve against base_dir."""
-    if cfg.store == "memory":
-        return MemoryStore()
-    if cfg.store == "sqlite":
-        path = Path(cfg.path)
-        return SqliteStore(path if path.is_absolute() else base_dir / path)
-    if cfg.store == "redis":
-        if not cfg.url:
-            raise StoreError("state.url: required for store: redis (e.g. redis://127.0.0.1:6379/0)")
-        # duplicate detection must outlive the window in which rewards are accepted
-        return RedisStore(cfg.url, dedup_ttl=max(7200.0, 2 * feedback_ttl))
-    raise StoreError(f"state.store: unknown store {cfg.store!r}; allowed: sqlite, redis, memory")
+    kind = STORE_KINDS.get(cfg.store)
+    if kind is None:
+        raise StoreError(
+            f"state.store: unknown store {cfg.store!r}; allowed: {', '.join(STORE_KINDS)}"
+        )
+    return kind.open(cfg, base_dir, feedback_ttl)

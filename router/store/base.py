@@ -6,11 +6,17 @@ so callers never know which one they talk to. Values are JSON-able documents.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from policies.params import Param
+from policies.spec import StateConfig
+from router.errors import ModelrouterError
 
-class StoreError(Exception):
+
+class StoreError(ModelrouterError):
     """The store cannot be used (unopenable file, unreachable server, closed)."""
 
 
@@ -58,3 +64,16 @@ class Store(Protocol):
     # forget records received before `older_than`; a token stays a duplicate at least until
     # its record is pruned, so callers prune only records older than the feedback TTL
     async def feedback_prune(self, older_than: float) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreKind:
+    """One ``state.store`` choice, declared by its module and registered in `router.store`.
+
+    ``open(cfg, base_dir, feedback_ttl)`` builds the (not yet opened) store; ``params`` are the
+    ``state`` keys it reads (each a field of `StateConfig`); ``help`` explains the choice.
+    """
+
+    open: Callable[[StateConfig, Path, float], Store]
+    params: tuple[Param, ...] = ()
+    help: str = ""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
-from router.store.base import FeedbackRecord
+from policies.spec import StateConfig
+from router.store.base import FeedbackRecord, Store, StoreKind
 
 
 def _copy(value: Any) -> Any:
@@ -75,3 +77,10 @@ def _with_seq(r: FeedbackRecord, seq: int) -> FeedbackRecord:
     return FeedbackRecord(
         r.token_id, r.route, r.arm, r.reward, r.decided_at, r.received_at, r.context, r.label, seq
     )
+
+
+def _open(cfg: StateConfig, base_dir: Path, feedback_ttl: float) -> Store:
+    return MemoryStore()
+
+
+KIND = StoreKind(_open, help="lost on exit")

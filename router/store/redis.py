@@ -18,6 +18,7 @@ import math
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,7 +29,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from router.store.base import FeedbackRecord, StoreError
+from policies.params import Param
+from policies.spec import StateConfig
+from router.store.base import FeedbackRecord, Store, StoreError, StoreKind
 
 __all__ = ["RedisStore", "StoreUnavailable"]
 
@@ -322,3 +325,28 @@ class RedisStore:
             total += n
             if n < _PRUNE_BATCH:
                 return total
+
+
+def _open(cfg: StateConfig, base_dir: Path, feedback_ttl: float) -> Store:
+    if not cfg.url:
+        raise StoreError("state.url: required for store: redis (e.g. redis://127.0.0.1:6379/0)")
+    # duplicate detection must outlive the window in which rewards are accepted
+    return RedisStore(cfg.url, dedup_ttl=max(7200.0, 2 * feedback_ttl))
+
+
+KIND = StoreKind(
+    _open,
+    (
+        Param(
+            "url",
+            "Redis server, required with `store: redis`.",
+            type="string",
+            required=True,
+            pattern=r"(redis|rediss|unix)://\S+",
+            what="a redis:// URL",
+            example="redis://127.0.0.1:6379/0",
+            doc_type="redis:// URL",
+        ),
+    ),
+    help="shared by replicas",
+)

@@ -17,7 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from router.store.base import FeedbackRecord, StoreError
+from policies.params import Param
+from policies.spec import StateConfig
+from router.store.base import FeedbackRecord, Store, StoreError, StoreKind
 
 T = TypeVar("T")
 
@@ -251,3 +253,22 @@ class SqliteStore:
     def _prune(self, older_than: float) -> int:
         cur = self._db().execute("DELETE FROM feedback WHERE received_at < ?", (older_than,))
         return int(cur.rowcount)
+
+
+def _open(cfg: StateConfig, base_dir: Path, feedback_ttl: float) -> Store:
+    path = Path(cfg.path)
+    return SqliteStore(path if path.is_absolute() else base_dir / path)
+
+
+KIND = StoreKind(
+    _open,
+    (
+        Param(
+            "path",
+            "SQLite file; relative paths resolve against the config file's directory.",
+            type="string",
+            default="modelrouter.db",
+        ),
+    ),
+    help="one embedded file",
+)

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+
+from tests.helpers import eventually
 
 MODELROUTER = str(Path(sys.executable).parent / "modelrouter")
 ADMIN_TOKEN = "e2e-secret-token"
@@ -138,21 +139,23 @@ class Router:
         )
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
+
+            async def healthy() -> bool:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
                     raise AssertionError(f"router exited {self.proc.returncode}:\n{self.log()}")
                 try:
                     async with s.get(f"{self.admin}/healthz") as r:
-                        if r.status == 200:
-                            # the data plane listens before the admin side starts
-                            return
+                        # the data plane listens before the admin side starts
+                        return r.status == 200
                 except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"router not ready after {timeout}s:\n{self.log()}")
+                    return False
+
+            try:
+                await eventually(healthy, timeout=timeout, interval=0.05, what="/healthz")
+            except AssertionError as e:
+                raise AssertionError(f"router not ready: {e}\n{self.log()}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

@@ -15,6 +15,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import ADMIN_TOKEN, MODELROUTER, Router
+from tests.helpers import eventually
 
 PREDICT = "/v1/models/clf:predict"
 
@@ -37,10 +38,11 @@ async def wait_status(
     timeout: float = 40.0,
 ) -> dict[str, Any]:
     """Poll `GET /admin/routes/{route}` until `pred` holds; fail with the last status and log."""
-    deadline = time.monotonic() + timeout
     last: dict[str, Any] | None = None
     async with aiohttp.ClientSession(headers=r.headers) as s:
-        while time.monotonic() < deadline:
+
+        async def probe() -> dict[str, Any] | None:
+            nonlocal last
             assert r.proc is not None
             if r.proc.poll() is not None:
                 raise AssertionError(f"router exited {r.proc.returncode}:\n{r.log()}")
@@ -50,11 +52,14 @@ async def wait_status(
                         last = await resp.json()
                         if pred(last):
                             return last
-            await asyncio.sleep(0.1)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}; last status:\n"
-        f"{json.dumps(last, indent=1)[:4000]}\nrouter log:\n{r.log()}"
-    )
+            return None
+
+        try:
+            return await eventually(probe, timeout=timeout, interval=0.1, what=what)
+        except AssertionError as e:
+            raise AssertionError(
+                f"{e}; last status:\n{json.dumps(last, indent=1)[:4000]}\nrouter log:\n{r.log()}"
+            ) from None
 
 
 async def admin_post(r: Router, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import pytest
 from router.feedback import TokenSigner
 from tests.e2e.conftest import HEAD, Router, Upstream
 from tests.e2e.helpers import get_metrics, get_status, metric, wait_status
+from tests.helpers import consistently, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -70,14 +71,17 @@ async def post_feedback(
 
 async def wait_metric(
     r: Router, name: str, want: float | None = None, timeout: float = 10.0, **labels: str
-) -> float | None:
-    """Poll /metrics until the sample exists (and equals `want` when given); its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
+) -> float:
+    """Poll /metrics until the sample exists (and equals `want` when given); its value."""
+
+    async def sample() -> list[float]:  # a list: a value of 0.0 is a found sample too
         got = metric(await get_metrics(r), name, **labels)
-        if (got is not None and (want is None or got == want)) or time.monotonic() > deadline:
-            return got
-        await asyncio.sleep(0.2)
+        if got is None or (want is not None and got != want):
+            return []
+        return [got]
+
+    found = await eventually(sample, timeout=timeout, interval=0.2, what=f"{name} {labels}")
+    return found[0]
 
 
 async def test_live_bandit_learns_the_best_arm_from_client_feedback(
@@ -259,10 +263,13 @@ async def test_accepted_feedback_survives_sigkill(upstreams: Any, router: Any) -
     got = {b: (a["rewards"], a["reward_sum"]) for b, a in st["arms"].items()}
     want = {b: (rewards[b], sums[b]) for b in ("a", "b", "c")}
     assert got == want, (got, want)
-    # and a pull tick later nothing is counted twice
-    await asyncio.sleep(1.2)
-    st = await get_status(r, "rec")
-    assert {b: (a["rewards"], a["reward_sum"]) for b, a in st["arms"].items()} == want
+    # and over more than one pull tick (1 s) nothing is counted twice
+
+    async def unchanged() -> bool:
+        st = await get_status(r, "rec")
+        return {b: (a["rewards"], a["reward_sum"]) for b, a in st["arms"].items()} == want
+
+    await consistently(unchanged, duration=1.5, interval=0.1, what="no double counting")
 
 
 async def test_ab_test_status_shows_test_results(upstreams: Any, router: Any) -> None:

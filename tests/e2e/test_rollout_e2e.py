@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +26,7 @@ from tests.e2e.helpers import (
     sequential,
     wait_status,
 )
+from tests.helpers import consistently, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -199,9 +199,7 @@ async def test_candidate_failing_infra_validation_never_gets_a_live_request(
         st2 = await wait_status(r, "other", phase_is("rolled_back", "progressing"), "validation")
         # some live traffic after the verdict too
         sent = t1.sent + t2.sent + t3.sent
-        deadline = time.monotonic() + 20
-        while t1.sent + t2.sent + t3.sent < sent + 100 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await eventually(lambda: t1.sent + t2.sent + t3.sent >= sent + 100, timeout=20)
     for t in (t1, t2, t3):
         assert t.codes.keys() == {200}, t.codes
         assert set(t.backends) == {"v1"}, t.backends
@@ -243,10 +241,13 @@ async def test_manual_gate_pauses_then_cli_promote_finishes(upstreams: Any, rout
         assert st["gate"] == {"mode": "manual", "waiting": True}
         assert "manual gate" in st["paused_reason"], st
         assert st["step"] == 0 and st["shares"] == {"v1": 0.5, "v2": 0.5}
-        # the gate holds: still paused after more than one interval of traffic
-        await asyncio.sleep(1.5)
-        st = await get_status(r, "clf")
-        assert st["phase"] == "paused" and st["shares"] == {"v1": 0.5, "v2": 0.5}, st
+        # the gate holds: still paused through more than one interval (1 s) of traffic
+
+        async def holds() -> bool:
+            st = await get_status(r, "clf")
+            return st["phase"] == "paused" and st["shares"] == {"v1": 0.5, "v2": 0.5}
+
+        await consistently(holds, duration=1.5, interval=0.1, what="the manual gate")
 
         code, out, err = await cli(
             "promote", "clf", "--admin", r.admin, "--reason", "dashboards look good"
@@ -278,10 +279,7 @@ async def test_cli_abort_sends_everything_to_stable_within_one_request(
     url = r.url + PREDICT
     await wait_status(r, "clf", phase_is("progressing"), "the first step")
     async with Traffic(url, concurrency=4) as traffic:
-        deadline = time.monotonic() + 20
-        while traffic.backends["v2"] < 50 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert traffic.backends["v2"] >= 50, traffic.backends
+        await eventually(lambda: traffic.backends["v2"] >= 50, timeout=20, what="50 on v2")
         code, _, err = await cli("abort", "clf", "--admin", r.admin, "--reason", "pager went off")
         assert code == 0, err
         # the very next requests (while the background load keeps going) all go to stable

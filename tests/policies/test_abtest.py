@@ -111,6 +111,26 @@ def test_state_round_trip_keeps_running_min() -> None:
     assert q.winner == r1["winner"]
 
 
+def test_set_arms_keeps_what_kept_arms_learned() -> None:
+    p = ABTestPolicy({"A": 25, "B": 75}, rng=np.random.default_rng(0), conclude="route_winner")
+    feed(p, {"A": 0.1, "B": 0.5}, 2000)
+    b_stats = ArmStats.from_json(p.stats()["B"].to_json())
+    p.winner = "A"
+    p.set_arms(["B", "A", "C"])  # B becomes the control, C joins with the mean weight
+    assert p.arms == ("B", "A", "C") and p.winner == "A"
+    assert p.weights == pytest.approx({"B": 0.75 / 1.5, "A": 0.25 / 1.5, "C": 0.5 / 1.5})
+    assert p.shares() == {"B": 0.0, "A": 1.0, "C": 0.0}  # concluded: the winner serves
+    p.set_arms(["B", "C"])  # the winner is gone: the test runs again
+    assert p.winner is None and p.phase == "active"
+    assert p.stats()["B"] == b_stats and p.stats()["C"] == ArmStats()
+    assert p.shares() == pytest.approx({"B": 0.6, "C": 0.4})  # relative weights kept
+    assert p.choose(Context(bucket=0)).arm == "B"
+    assert p.choose(Context(bucket=BUCKETS - 1)).arm == "C"
+    assert set(p.result()["p_value"]) == {"C"}
+    with pytest.raises(ValueError, match="at least two arms"):
+        p.set_arms(["B"])
+
+
 def _aa_false_positive_rate(method: str, reps: int, looks: int, step: int) -> float:
     """Share of A/A experiments declared decided when peeking every `step` users per arm."""
     g = np.random.default_rng(42)

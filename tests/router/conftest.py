@@ -13,9 +13,8 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from router.audit import Audit
+from router.app import close_runtime, open_runtime
 from router.config import parse_config
-from router.metrics import Metrics
 from router.proxy import ProxyServer, start_proxy
 from router.runtime import Runtime
 from router.store.memory import MemoryStore
@@ -116,11 +115,10 @@ async def router() -> AsyncIterator[Callable[..., Awaitable[Router]]]:
 
     async def make(text: str, **_: Any) -> Router:
         config = parse_config(textwrap.dedent(text), "test.yaml")
-        store = MemoryStore()
-        await store.open()
         registry = CollectorRegistry()
-        metrics = Metrics(registry=registry)
-        runtime = await Runtime.create(config, store=store, metrics=metrics, audit=Audit(store))
+        store = MemoryStore()  # whatever the test's config says: nothing touches the disk
+        await store.open()
+        runtime = await open_runtime(config, store=store, registry=registry)
         proxy = await start_proxy(runtime, "127.0.0.1", 0, freeze_gc=False)
         r = Router(runtime, proxy, registry)
         made.append(r)
@@ -129,7 +127,7 @@ async def router() -> AsyncIterator[Callable[..., Awaitable[Router]]]:
     yield make
     for r in made:
         r.proxy.close()
-        await r.runtime.close()
+        await close_runtime(r.runtime)
 
 
 def simple_config(
@@ -235,30 +233,15 @@ def parse_responses(buf: bytes) -> list[tuple[int, dict[str, list[str]], bytes]]
     return out
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `cond` until true, or fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
 SERVE_CODE = """
 import asyncio, sys, uvloop
-from router.audit import Audit
+from router.app import open_runtime
 from router.config import parse_config
-from router.metrics import Metrics
 from router.proxy import start_proxy
-from router.runtime import Runtime
-from router.store.memory import MemoryStore
 
 async def main():
     cfg = parse_config(open(sys.argv[1]).read(), sys.argv[1])
-    store = MemoryStore()
-    await store.open()
-    rt = await Runtime.create(cfg, store=store, metrics=Metrics(), audit=Audit(store))
+    rt = await open_runtime(cfg)
     px = await start_proxy(rt, "127.0.0.1", int(sys.argv[2]) if len(sys.argv) > 2 else 0)
     print(px.port, flush=True)
     await asyncio.Event().wait()

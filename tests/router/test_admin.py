@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -11,15 +9,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from prometheus_client import CollectorRegistry
 
 import router.admin as admin
 from router.admin import create_admin_app
-from router.audit import Audit
+from router.app import close_runtime, open_runtime
 from router.config import load_config
-from router.metrics import Metrics
 from router.runtime import Runtime
-from router.store.memory import MemoryStore
+from tests.helpers import eventually
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -48,18 +44,9 @@ routes:
 async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
     path = tmp_path / "router.yaml"
     path.write_text(config_text())
-    store = MemoryStore()
-    await store.open()
-    rt = await Runtime.create(
-        load_config(path),
-        store=store,
-        metrics=Metrics(CollectorRegistry()),
-        audit=Audit(store),
-        config_path=path,
-    )
+    rt = await open_runtime(load_config(path), config_path=path)
     yield rt
-    await rt.close()
-    await store.close()
+    await close_runtime(rt)
 
 
 @pytest.fixture
@@ -330,6 +317,33 @@ async def test_reload_applies_a_valid_file(client: Client, runtime: Runtime) -> 
     assert reg.get_sample_value("modelrouter_config_reloads_total", {"result": "success"}) == 1
 
 
+async def test_reload_drops_the_series_of_a_removed_backend(
+    client: Client, runtime: Runtime
+) -> None:
+    route = runtime.route("clf")
+    for _ in range(200):  # 90/10: model-b serves some of these
+        sel = route.select_plain()
+        route.record(sel, 200, 0.01, "reset" if sel.backend.name == "model-b" else None)
+    text = await (await client.get("/metrics")).text()
+    assert 'modelrouter_requests_total{backend="model-b"' in text
+    assert 'modelrouter_upstream_errors_total{backend="model-b"' in text
+    assert 'modelrouter_backend_up{backend="model-b"} 1.0' in text
+    assert runtime.config_path is not None
+    runtime.config_path.write_text(
+        config_text()
+        .replace('  model-b: {url: "http://127.0.0.1:9", version: 1.1.0}\n', "")
+        .replace("model-a: 90, model-b: 10", "model-a: 1")
+    )
+    resp = await client.post("/admin/reload", headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    assert (await json_of(resp))["backends_changed"] == []
+    text = await (await client.get("/metrics")).text()
+    assert "model-b" not in text, [ln for ln in text.splitlines() if "model-b" in ln]
+    assert 'modelrouter_requests_total{backend="model-a",code="200",route="clf"}' in text
+    assert 'modelrouter_traffic_share{backend="model-a",route="clf"} 1.0' in text
+    assert 'modelrouter_backend_up{backend="model-a"} 1.0' in text
+
+
 async def test_reload_rejects_a_bad_file_and_keeps_serving(
     client: Client, runtime: Runtime
 ) -> None:
@@ -397,20 +411,10 @@ async def test_canary_actions_end_to_end(
             "interval: 1h}",
         )
     )
-    store = MemoryStore()
-    await store.open()
-    rt = await Runtime.create(
-        load_config(path),
-        store=store,
-        metrics=Metrics(CollectorRegistry()),
-        audit=Audit(store),
-        config_path=path,
-    )
+    rt = await open_runtime(load_config(path), config_path=path)
     try:
         client = await aiohttp_client(create_admin_app(rt, token=TOKEN))
-        deadline = time.monotonic() + 20
-        while rt.status("clf")["phase"] == "validating" and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await eventually(lambda: rt.status("clf")["phase"] != "validating", timeout=20)
         assert rt.status("clf")["phase"] == "progressing"
 
         async def act(action: str, **body: Any) -> dict[str, Any]:
@@ -429,7 +433,7 @@ async def test_canary_actions_end_to_end(
         assert st["shares"] == pytest.approx({"model-a": 1.0, "model-b": 0.0})
         resp = await client.post("/admin/routes/clf/switch", headers=AUTH)
         assert resp.status == 409
-        admin_entries = [e for e in await store.audit_list(50, "clf") if e["actor"] == "admin"]
+        admin_entries = [e for e in await rt.store.audit_list(50, "clf") if e["actor"] == "admin"]
         assert [(e["reason"]) for e in admin_entries] == [
             "bake looked fine",
             "hold",
@@ -437,5 +441,4 @@ async def test_canary_actions_end_to_end(
             "latency",
         ]
     finally:
-        await rt.close()
-        await store.close()
+        await close_runtime(rt)

@@ -13,15 +13,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from prometheus_client import CollectorRegistry
 
 from router.admin import create_admin_app
-from router.audit import Audit
+from router.app import close_runtime, open_runtime
 from router.cli import UsageError, format_status, main, parse_weights
 from router.config import load_config
-from router.metrics import Metrics
-from router.runtime import Runtime
-from router.store.memory import MemoryStore
 from tests.router.test_admin import TOKEN, config_text
 
 MODELROUTER = Path(sys.executable).parent / "modelrouter"
@@ -193,21 +189,12 @@ def test_validate_exit_codes(tmp_path: Path) -> None:
 async def admin_url(tmp_path: Path) -> AsyncIterator[str]:
     path = tmp_path / "router.yaml"
     path.write_text(config_text())
-    store = MemoryStore()
-    await store.open()
-    rt = await Runtime.create(
-        load_config(path),
-        store=store,
-        metrics=Metrics(CollectorRegistry()),
-        audit=Audit(store),
-        config_path=path,
-    )
+    rt = await open_runtime(load_config(path), config_path=path)
     server = TestServer(create_admin_app(rt, token=TOKEN), host="127.0.0.1")
     await server.start_server()
     yield f"http://127.0.0.1:{server.port}"
     await server.close()
-    await rt.close()
-    await store.close()
+    await close_runtime(rt)
 
 
 async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router.config import (
+from policies.spec import (
     ABTestSpec,
     Address,
     AdminConfig,
@@ -18,13 +18,15 @@ from router.config import (
     BlueGreenSpec,
     CanarySpec,
     Config,
-    ConfigError,
     ContextualSpec,
     FeedbackConfig,
     Limits,
     Retries,
     StateConfig,
     WeightedSpec,
+)
+from router.config import (
+    ConfigError,
     load_config,
     parse_config,
     parse_duration,

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router.config import (
+from policies.spec import (
     BanditSpec,
     CanarySpec,
     ContextualSpec,
     WeightedSpec,
+)
+from router.config import (
     load_config,
     parse_policy,
     validate_main,

@@ -14,13 +14,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry
 
 from policies.base import Context, Decision
-from router.audit import Audit
+from router.app import open_runtime
 from router.config import parse_config
 from router.feedback import SECRET_KEY, TokenError, TokenSigner, load_secret
-from router.metrics import Metrics
 from router.runtime import Runtime
 from router.store.memory import MemoryStore
 from router.store.sqlite import SqliteStore
@@ -101,13 +99,7 @@ async def test_load_secret(monkeypatch: pytest.MonkeyPatch) -> None:
 async def rt() -> AsyncIterator[Runtime]:
     store = MemoryStore()
     await store.open()
-    runtime = await Runtime.create(
-        parse_config(textwrap.dedent(CONFIG)),
-        store=store,
-        metrics=Metrics(registry=CollectorRegistry()),
-        audit=Audit(store),
-        clock=Clock(),
-    )
+    runtime = await open_runtime(parse_config(textwrap.dedent(CONFIG)), store=store, clock=Clock())
     yield runtime
     await runtime.close()
 
@@ -236,19 +228,15 @@ async def test_store_failure_answers_503_and_learns_nothing(rt: Runtime) -> None
 
 _CRASH = r"""
 import asyncio, json, os, signal, sys
-from prometheus_client import CollectorRegistry
 from policies.base import Context, Decision
-from router.audit import Audit
+from router.app import open_runtime
 from router.config import parse_config
-from router.metrics import Metrics
-from router.runtime import Runtime
 from router.store.sqlite import SqliteStore
 
 async def main():
     store = SqliteStore(sys.argv[1])
     await store.open()
-    rt = await Runtime.create(parse_config(sys.argv[2]), store=store,
-                              metrics=Metrics(registry=CollectorRegistry()), audit=Audit(store))
+    rt = await open_runtime(parse_config(sys.argv[2]), store=store)
     for i in range(5):
         tok = rt.issue_token("bin", Decision("b", 0.5), Context())
         status, _ = await rt.handle_feedback(json.dumps({"decision": tok, "reward": 1}).encode())
@@ -275,23 +263,13 @@ async def test_accepted_feedback_survives_kill_9(tmp_path: Path) -> None:
     store = SqliteStore(db)
     await store.open()
     try:
-        rt = await Runtime.create(
-            parse_config(textwrap.dedent(CONFIG)),
-            store=store,
-            metrics=Metrics(registry=CollectorRegistry()),
-            audit=Audit(store),
-        )
+        rt = await open_runtime(parse_config(textwrap.dedent(CONFIG)), store=store)
         engine: Any = rt.route("bin").engine
         assert engine.policy.stats()["b"].rewards == 5
         assert engine.policy.stats()["b"].reward_sum == 5.0
         await rt.close()
         # and after a clean restart nothing is counted twice (snapshot + watermark)
-        rt = await Runtime.create(
-            parse_config(textwrap.dedent(CONFIG)),
-            store=store,
-            metrics=Metrics(registry=CollectorRegistry()),
-            audit=Audit(store),
-        )
+        rt = await open_runtime(parse_config(textwrap.dedent(CONFIG)), store=store)
         engine = rt.route("bin").engine
         assert engine.policy.stats()["b"].rewards == 5
         await rt.close()

@@ -144,7 +144,7 @@ async def test_ab_engine_maps_arms_to_backends_and_concludes() -> None:
         assert st["shares"] == {"a": 0.0, "b": 1.0}
         assert e.choose(Context(bucket=0)).arm == "b"
         assert metric(e, "modelrouter_experiment_p_value", route="r", arm="B") < 0.05
-        audit = await e._svc.audit.list()
+        audit = await e.services.audit.list()
         assert any(x["action"] == "concluded" and x["winner"] == "B" for x in audit)
     finally:
         await e.stop()
@@ -159,10 +159,10 @@ async def test_ab_srm_is_audited() -> None:
             e.choose(Context(bucket=BUCKETS - 1))
         await e.tick()
         assert e.status()["test"]["srm"]["flagged"]
-        audit = await e._svc.audit.list()
+        audit = await e.services.audit.list()
         assert [x["action"] for x in audit].count("srm_flagged") == 1
         await e.tick()
-        assert [x["action"] for x in await e._svc.audit.list()].count("srm_flagged") == 1
+        assert [x["action"] for x in await e.services.audit.list()].count("srm_flagged") == 1
         assert "prob_best" in e.status()["test"]
     finally:
         await e.stop()

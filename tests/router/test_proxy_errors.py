@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.router.conftest import parse_responses, raw_exchange, simple_config, wait_for
+from tests.helpers import eventually
+from tests.router.conftest import parse_responses, raw_exchange, simple_config
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -168,9 +169,9 @@ async def test_503_when_too_many_wait_for_a_connection(upstreams, router):
                 return resp.status
 
         first = asyncio.create_task(get())
-        await wait_for(lambda: up.count == 1)
+        await eventually(lambda: up.count == 1)
         second = asyncio.create_task(get())
-        await wait_for(lambda: len(pool.waiters) == 1)
+        await eventually(lambda: len(pool.waiters) == 1)
         assert await get() == 503
         gate.set()
         assert await first == 200 and await second == 200
@@ -346,7 +347,7 @@ async def test_upstream_closing_mid_response_closes_client(raw_upstream, router)
     # the truncated answer, then the close: never a second answer glued to a broken first
     assert buf.startswith(b"HTTP/1.1 200") and buf.endswith(b"p" * 10)
     assert buf.count(b"HTTP/1.1") == 1
-    await wait_for(
+    await eventually(
         lambda: (
             r.sample("modelrouter_upstream_errors_total", route="r", backend="a", reason="reset")
             == 1
@@ -402,9 +403,9 @@ async def test_client_gone_mid_request_is_recorded_and_upstream_freed(upstreams,
     _reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
     writer.write(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
     await writer.drain()
-    await wait_for(lambda: up.count == 1)
+    await eventually(lambda: up.count == 1)
     writer.close()
-    await wait_for(
+    await eventually(
         lambda: r.sample("modelrouter_requests_total", route="r", backend="a", code="499") == 1
     )
     gate.set()

@@ -263,22 +263,11 @@ async def test_on_uvloop(upstreams):
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            from prometheus_client import CollectorRegistry
-
-            from router.audit import Audit
+            from router.app import open_runtime
             from router.config import parse_config
-            from router.metrics import Metrics
             from router.proxy import start_proxy
-            from router.runtime import Runtime
-            from router.store.memory import MemoryStore
 
-            store = MemoryStore()
-            rt = await Runtime.create(
-                parse_config(simple_config(("a", port)), "t.yaml"),
-                store=store,
-                metrics=Metrics(CollectorRegistry()),
-                audit=Audit(store),
-            )
+            rt = await open_runtime(parse_config(simple_config(("a", port)), "t.yaml"))
             px = await start_proxy(rt, "127.0.0.1", 0)
             codes = []
             async with aiohttp.ClientSession() as s:

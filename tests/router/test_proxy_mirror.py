@@ -5,7 +5,8 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from tests.router.conftest import simple_config, wait_for
+from tests.helpers import eventually
+from tests.router.conftest import simple_config
 
 MIRRORED = "modelrouter_mirror_requests_total"
 
@@ -41,7 +42,7 @@ async def test_shadow_gets_a_copy_and_the_client_sees_the_primary(upstreams, rou
                 assert resp.status == 200
                 assert await resp.json() == {"from": "primary", "n": len(body)}
                 assert resp.headers["x-modelrouter-backend"] == "a"
-        await wait_for(lambda: r.sample(MIRRORED, **labels, result="match") == 3)
+        await eventually(lambda: r.sample(MIRRORED, **labels, result="match") == 3)
         assert [(x.method, x.path) for x in shadow.seen] == [
             ("POST", f"/v1/m:predict?q={i}") for i in range(3)
         ]
@@ -53,7 +54,7 @@ async def test_shadow_gets_a_copy_and_the_client_sees_the_primary(upstreams, rou
         async with s.get(f"{r.url}/v1/differ") as resp:
             assert resp.status == 200
             assert (await resp.json())["from"] == "primary"
-        await wait_for(lambda: r.sample(MIRRORED, **labels, result="mismatch") == 1)
+        await eventually(lambda: r.sample(MIRRORED, **labels, result="mismatch") == 1)
     # mirrored traffic is not counted as the shadow serving requests
     assert r.sample("modelrouter_requests_total", route="r", backend="shadow", code="200") == 0
 
@@ -66,7 +67,7 @@ async def test_mirror_uses_the_shadow_backends_rewrite(upstreams, router):
     )
     async with aiohttp.ClientSession() as s, s.get(f"{r.url}/v1/models/x?y=1") as resp:
         assert resp.status == 200
-    await wait_for(lambda: shadow.count == 1)
+    await eventually(lambda: shadow.count == 1)
     assert shadow.seen[0].path == "/v2/models/x?y=1"
     assert a.seen[0].path == "/v1/models/x?y=1"
 
@@ -98,8 +99,8 @@ async def test_big_bodies_are_not_mirrored_and_big_answers_compare_by_status(ups
         async with s.post(f"{r.url}/big", data=b"b" * (100 * 1024)) as resp:
             assert resp.status == 200
             assert await resp.read() == big_answer
-        await wait_for(lambda: r.sample(MIRRORED, **labels, result="skipped") == 1)
+        await eventually(lambda: r.sample(MIRRORED, **labels, result="skipped") == 1)
         async with s.get(f"{r.url}/small-request-big-answer") as resp:
             assert await resp.read() == big_answer
-        await wait_for(lambda: r.sample(MIRRORED, **labels, result="match") == 1)
+        await eventually(lambda: r.sample(MIRRORED, **labels, result="match") == 1)
     assert [x.path for x in shadow.seen] == ["/small-request-big-answer"]

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from tests.router.conftest import SERVE_CODE, rss_peak_kib, simple_config, wait_for
+from tests.helpers import eventually
+from tests.router.conftest import SERVE_CODE, rss_peak_kib, simple_config
 
 BIG = 64 * 1024 * 1024
 PIECE = b"\xab" * (256 * 1024)
@@ -99,7 +100,7 @@ async def test_drain_finishes_in_flight_and_refuses_new(upstreams, router):
         head = await asyncio.wait_for(idle_r.readuntil(b"done"), 5)
         assert head.startswith(b"HTTP/1.1 200")
         busy_w.write(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
-        await wait_for(lambda: up.count == 2)
+        await eventually(lambda: up.count == 2)
         drain = asyncio.create_task(r.proxy.drain(10))
         assert await asyncio.wait_for(idle_r.read(), 5) == b""  # idle connection closed
         with contextlib.suppress(OSError):

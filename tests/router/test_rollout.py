@@ -40,9 +40,10 @@ from policies.spec import (
 from router.audit import Audit
 from router.engines.base import ActionError, Services
 from router.engines.rollout import ENGINES, BlueGreenEngine, CanaryEngine
+from router.engines.rollout_controller import Window, parse_prometheus
 from router.metrics import Metrics
-from router.rollout import Window, parse_prometheus
 from router.store import MemoryStore, SqliteStore, Store
+from tests.helpers import eventually
 
 # ---- real upstreams ------------------------------------------------------------------------------
 
@@ -168,14 +169,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await cand.stop()
 
 
-async def until(cond: Callable[[], bool], timeout: float = 20.0, tick: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(tick)
-
-
 async def drive(
     rig: Rig,
     eng: Any,
@@ -234,7 +227,7 @@ def phase(eng: Any) -> str:
 async def test_healthy_candidate_walks_the_steps_to_promoted(rig: Rig) -> None:
     eng = await rig.engine(canary_spec())
     assert isinstance(eng, CanaryEngine)
-    await until(lambda: phase(eng) == "progressing")
+    await eventually(lambda: phase(eng) == "progressing", timeout=20)
     st = eng.status()
     assert st["blessed"]["ok"] and st["blessed"]["results"][0].startswith("GET /health -> 200")
     assert st["shares"] == {"v1": 0.8, "v2": 0.2}
@@ -260,7 +253,7 @@ async def test_healthy_candidate_walks_the_steps_to_promoted(rig: Rig) -> None:
 async def test_candidate_failing_30_percent_is_rolled_back_with_the_reason(rig: Rig) -> None:
     rig.cand.fail_per_10 = 3
     eng = await rig.engine(canary_spec(steps=(50, 100), min_requests=20))
-    await until(lambda: phase(eng) == "progressing")
+    await eventually(lambda: phase(eng) == "progressing", timeout=20)
     await drive(rig, eng, lambda: phase(eng) == "rolled_back")
     st = eng.status()
     assert re.search(
@@ -277,7 +270,7 @@ async def test_candidate_failing_infra_validation_never_gets_a_live_request(rig:
     eng = await rig.engine(canary_spec(validate=ValidateSpec((), timeout=1.0, attempts=2)))
     assert eng.shares()["v2"] == 0.0  # nothing before validation either
     await rig.send(eng, 50)
-    await until(lambda: phase(eng) == "rolled_back")
+    await eventually(lambda: phase(eng) == "rolled_back", timeout=20)
     st = eng.status()
     assert st["blessed"]["ok"] is False
     assert (
@@ -296,13 +289,13 @@ async def test_candidate_failing_infra_validation_never_gets_a_live_request(rig:
 async def test_configured_validation_requests_with_body_and_expected_status(rig: Rig) -> None:
     v = ValidateSpec((ValidateRequest("POST", "/predict", {"instances": [[1.0]]}, (), 200),))
     eng = await rig.engine(canary_spec(validate=v))
-    await until(lambda: phase(eng) == "progressing")
+    await eventually(lambda: phase(eng) == "progressing", timeout=20)
     assert eng.status()["blessed"]["results"][0].startswith("POST /predict -> 200")
 
 
 async def test_manual_gate_pauses_and_promote_finishes(rig: Rig) -> None:
     eng = await rig.engine(canary_spec(steps=(30, 100), gate="manual"))
-    await until(lambda: phase(eng) == "progressing")
+    await eventually(lambda: phase(eng) == "progressing", timeout=20)
     await drive(rig, eng, lambda: phase(eng) == "paused")
     st = eng.status()
     assert st["gate"] == {"mode": "manual", "waiting": True}
@@ -318,7 +311,7 @@ async def test_manual_gate_pauses_and_promote_finishes(rig: Rig) -> None:
 
 async def test_abort_moves_everything_to_stable_within_one_request(rig: Rig) -> None:
     eng = await rig.engine(canary_spec(steps=(50, 100), interval=30.0))
-    await until(lambda: phase(eng) == "progressing")
+    await eventually(lambda: phase(eng) == "progressing", timeout=20)
     assert set(await rig.send(eng, 40)) == {"v1", "v2"}
     out = await eng.action("abort", "latency spike", "admin", {})
     assert out["phase"] == "rolled_back"
@@ -331,7 +324,7 @@ async def test_abort_moves_everything_to_stable_within_one_request(rig: Rig) -> 
 
 async def test_pause_resume_promote_full_and_unknown_action(rig: Rig) -> None:
     eng = await rig.engine(canary_spec(steps=(10, 20, 50, 100), interval=30.0))
-    await until(lambda: phase(eng) == "progressing")
+    await eventually(lambda: phase(eng) == "progressing", timeout=20)
     assert (await eng.action("pause", "lunch", "admin", {}))["phase"] == "paused"
     assert (await eng.action("resume", None, "admin", {}))["phase"] == "progressing"
     assert (await eng.action("promote", None, "admin", {}))["step"] == 1
@@ -346,7 +339,7 @@ async def test_pause_resume_promote_full_and_unknown_action(rig: Rig) -> None:
 async def test_unreachable_prometheus_never_promotes(rig: Rig) -> None:
     check = Check("prometheus", query="sum(up)", max=5, url="http://127.0.0.1:9")
     eng = await rig.engine(canary_spec(steps=(50, 100), checks=(check,), interval=0.2))
-    await until(lambda: phase(eng) == "progressing")
+    await eventually(lambda: phase(eng) == "progressing", timeout=20)
     await drive(rig, eng, lambda: len(eng.status()["analysis"]) >= 4, max_requests=2000, timeout=30)
     st = eng.status()
     assert st["phase"] == "progressing" and st["step"] == 0
@@ -461,12 +454,12 @@ async def test_webhooks_are_retried_with_backoff_and_never_block(rig: Rig) -> No
             Webhook("http://127.0.0.1:9/unreachable", frozenset({"rolled_back"})),
         )
         eng = await rig.engine(canary_spec(interval=30.0, webhooks=hooks))
-        await until(lambda: phase(eng) == "progressing")
+        await eventually(lambda: phase(eng) == "progressing", timeout=20)
         assert calls["n"] == 0  # progressing is not subscribed
         t0 = time.monotonic()
         await eng.action("abort", "bad model", "admin", {})
         assert time.monotonic() - t0 < 2.0  # delivery happens in the background
-        await until(lambda: bool(got), timeout=15)
+        await eventually(lambda: bool(got), timeout=15)
         assert got[0]["route"] == "clf" and got[0]["from"] == "progressing"
         assert got[0]["to"] == "rolled_back" and got[0]["shares"] == {"v1": 1.0, "v2": 0.0}
         assert "abort by admin: bad model" in got[0]["reason"] and "ts" in got[0]
@@ -484,7 +477,7 @@ async def test_state_restored_exactly_after_a_crash(rig: Rig) -> None:
     await store.open()
     spec = canary_spec(steps=(20, 50, 80, 100), interval=0.3)
     eng = await rig.engine(spec, store)
-    await until(lambda: phase(eng) == "progressing")
+    await eventually(lambda: phase(eng) == "progressing", timeout=20)
     await drive(rig, eng, lambda: eng.status()["step"] >= 1)
     await eng.action("pause", "hold", "admin", {})
     before = eng.status()
@@ -542,7 +535,7 @@ async def test_blue_green_switch_and_switch_back(rig: Rig) -> None:
     eng = await rig.engine(BlueGreenSpec(active="blue", preview="green", interval=0.3))
     assert isinstance(eng, BlueGreenEngine)
     assert not eng.admits("green")  # overrides may not reach it before validation
-    await until(lambda: phase(eng) == "progressing")
+    await eventually(lambda: phase(eng) == "progressing", timeout=20)
     assert eng.admits("green") and eng.shares() == {"blue": 1.0, "green": 0.0}
     assert (await rig.send(eng, 20)) == {"blue": 20}
     out = await eng.action("switch", "release 1.1", "admin", {})
@@ -562,18 +555,18 @@ async def test_blue_green_analysis_on_preview_traffic_auto_switches(rig: Rig) ->
         analysis=AnalysisSpec(min_requests=10, checks=(Check("error_rate", max=0.05),)),
     )
     eng = await rig.engine(spec)
-    await until(lambda: phase(eng) == "progressing")
+    await eventually(lambda: phase(eng) == "progressing", timeout=20)
 
     async def preview_traffic() -> None:  # what the runtime's override path feeds in
         for _ in range(5):
             async with rig.http.post(f"http://127.0.0.1:{rig.cand.port}/predict") as r:
                 eng.observe("green", r.status, 0.01, None)
 
-    deadline = time.monotonic() + 20
-    while phase(eng) != "promoted":
-        assert time.monotonic() < deadline
+    async def promoted_after_preview() -> bool:
         await preview_traffic()
-        await asyncio.sleep(0.02)
+        return phase(eng) == "promoted"
+
+    await eventually(promoted_after_preview, timeout=20, what="promotion on preview traffic")
     assert eng.status()["active"] == "green" and eng.shares()["green"] == 1.0
 
 

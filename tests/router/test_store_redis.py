@@ -20,6 +20,7 @@ import redis
 
 from router.store.base import FeedbackRecord, Store, StoreError
 from router.store.redis import RedisStore, StoreUnavailable, redact
+from tests.helpers import eventually
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -469,15 +470,13 @@ async def test_accepted_feedback_survives_a_redis_crash(scratch_server: RedisSer
         scratch_server.start()  # same port, same --dir: replays the AOF
 
         # the replica's pool reconnects by itself once Redis is back
-        deadline = time.monotonic() + 15
-        while True:
+        async def reconnected() -> list[FeedbackRecord] | None:
             try:
-                after = await s.feedback_since("r", 0)
-                break
+                return await s.feedback_since("r", 0)
             except StoreUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+                return None
+
+        after = await eventually(reconnected, timeout=15, interval=0.05, what="reconnect")
         assert after == before and after[0].token_id == "t1"
 
         fresh = RedisStore(scratch_server.url)

@@ -1,5 +1,6 @@
 """Pure rollout logic for canary and blue-green: from (state, observations, spec, now) to the next
-state and the transitions it made. No clock, no I/O: `router/rollout.py` drives it.
+state and the transitions it made. No clock, no I/O: `router/engines/rollout_controller.py`
+drives it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
+from policies.checks import CHECK_KINDS
 from policies.spec import AnalysisSpec, BlueGreenSpec, CanarySpec, Check
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "ArmObs",
     "Blessing",
     "Event",
+    "EventKind",
     "Observations",
     "Phase",
     "PromResult",
@@ -40,7 +43,6 @@ __all__ = [
 ]
 
 HISTORY_LIMIT = 200  # analysis results kept in the state (and the store)
-MIN_REWARDS = 30  # rewards per arm before reward_mean is judged (capped by min_requests)
 SEQUENTIAL_TAU = 0.05  # mSPRT mixing sd on the error-rate difference: effects of ~5 points
 SEQUENTIAL_MIN_REQUESTS = 10  # per side, so the normal approximation is not absurd
 
@@ -215,14 +217,45 @@ class RolloutState:
             raise ValueError(f"stored rollout state is unreadable: {type(e).__name__}: {e}") from e
 
 
+class EventKind(StrEnum):
+    """What a transition did, set by the step function that made it.
+
+    The value is the audit action of an automatic transition (an admin's is the action's name)
+    and, with the phase entered, a name webhooks may subscribe to.
+    """
+
+    BLESSED = "blessed"  # infra validation passed: the rollout starts (wherever that leads)
+    VALIDATION_FAILED = "validation_failed"  # infra validation failed: rolled back
+    STEP = "step"  # on to the next canary step
+    ANALYSIS_FAILED = "analysis_failed"  # a failed window below the failure limit
+    ANALYSIS_PASSED = "analysis_passed"  # the preview passed: waiting for switch
+    PAUSED = "paused"  # by an admin, or the manual gate was reached
+    RESUMED = "resumed"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A transition: a phase change, a step change, or a failed analysis that did not roll back."""
+    """A transition: a phase change, a step change, or a failed analysis that did not roll back.
 
+    `switched`: a blue-green switch (automatic or by an admin) changed the serving side.
+    """
+
+    kind: EventKind
     from_phase: Phase
     to_phase: Phase
     reason: str
     step: int
+    switched: bool = False
+
+    @property
+    def names(self) -> frozenset[str]:
+        """What a webhook's `on:` list matches: the phase entered, the kind, and `switched`."""
+        names = {self.to_phase.value, self.kind.value}
+        if self.switched:
+            names.add("switched")
+        return frozenset(names)
 
 
 # ---- observations --------------------------------------------------------------------------------
@@ -269,89 +302,11 @@ class Observations:
 # ---- analysis ------------------------------------------------------------------------------------
 
 
-def _fmt(x: float, unit: str = "") -> str:
-    if unit == "s":
-        return f"{x * 1000:.4g}ms" if abs(x) < 1 else f"{x:.4g}s"
-    return f"{x:.4g}"
-
-
-def _judge(
-    name: str,
-    value: float,
-    check: Check,
-    base: float | None,
-    suffix: str,
-    unit: str = "",
-) -> tuple[Outcome, str]:
-    """Compare a value with the check's limits; the message shows value against limit."""
-    v = _fmt(value, unit)
-    sfx = f" {suffix}" if suffix else ""
-    if check.max is not None and value > check.max:
-        return "fail", f"{name} {v} > max {_fmt(check.max, unit)}{sfx}"
-    if check.min is not None and value < check.min:
-        return "fail", f"{name} {v} < min {_fmt(check.min, unit)}{sfx}"
-    limits = []
-    if check.max is not None:
-        limits.append(f"max {_fmt(check.max, unit)}")
-    if check.min is not None:
-        limits.append(f"min {_fmt(check.min, unit)}")
-    relative = (
-        ("min", "<", check.min_relative_to_stable),
-        ("max", ">", check.max_relative_to_stable),
-    )
-    for word, cmp, ratio in relative:
-        if ratio is None:
-            continue
-        if base is None:
-            return "inconclusive", f"{name}: stable has no data to compare with{sfx}"
-        limit = ratio * base
-        rel = f"{word} {ratio:g} x stable {_fmt(base, unit)} = {_fmt(limit, unit)}"
-        if (value < limit) if word == "min" else (value > limit):
-            return "fail", f"{name} {v} {cmp} {rel}{sfx}"
-        limits.append(rel)
-    within = ", ".join(limits) if limits else "no limit"
-    return "pass", f"{name} {v} ok ({within}){sfx}"
-
-
 def _check(check: Check, obs: Observations, min_requests: int) -> tuple[Outcome, str]:
-    c, s = obs.candidate, obs.stable
-    if check.metric == "error_rate":
-        return _judge(
-            "error_rate", c.errors / c.requests, check, s.error_rate, f"over {c.requests} requests"
-        )
-    if check.metric == "latency_p99":
-        if c.latency_p99 is None:
-            return "inconclusive", "latency_p99: no latency samples"
-        return _judge(
-            "latency_p99", c.latency_p99, check, s.latency_p99, f"over {c.requests} requests", "s"
-        )
-    if check.metric == "reward_mean":
-        need = max(1, min(MIN_REWARDS, min_requests))
-        relative = (
-            check.min_relative_to_stable is not None or check.max_relative_to_stable is not None
-        )
-        if c.rewards < need or (relative and s.rewards < need):
-            got = f"candidate {c.rewards}" + (f", stable {s.rewards}" if relative else "")
-            return "inconclusive", f"reward_mean: too few rewards ({got}; need {need} per arm)"
-        return _judge(
-            "reward_mean",
-            c.reward_sum / c.rewards,
-            check,
-            s.reward_mean,
-            f"over {c.rewards} rewards",
-        )
-    if check.metric == "prometheus":
-        q = check.query or ""
-        found = [r for r in obs.prometheus if r.query == q]
-        if not found:
-            return "inconclusive", f"prometheus {q!r}: not queried"
-        r = found[-1]
-        if r.error is not None:
-            return "inconclusive", f"prometheus {q!r}: {r.error}"
-        if r.value is None or not math.isfinite(r.value):
-            return "inconclusive", f"prometheus {q!r}: no usable value ({r.value})"
-        return _judge(f"prometheus {q!r}", r.value, check, None, "")
-    return "inconclusive", f"unknown check metric {check.metric!r}"
+    kind = CHECK_KINDS.get(check.metric)
+    if kind is None:
+        return "inconclusive", f"unknown check metric {check.metric!r}"
+    return kind.judge(check, obs, min_requests)
 
 
 def sequential_error_test(
@@ -483,10 +438,17 @@ def _pct(spec: CanarySpec, i: int) -> str:
 
 
 def _enter(
-    state: RolloutState, spec: CanarySpec, idx: int, now: float, reason: str, via_gate: bool
+    state: RolloutState,
+    spec: CanarySpec,
+    idx: int,
+    now: float,
+    reason: str,
+    via_gate: bool,
+    kind: EventKind | None = None,
 ) -> tuple[RolloutState, list[Event]]:
     """Move to step `idx`: the manual gate pauses before the final step; a final 100% step (or
-    passing the last one) is promotion."""
+    passing the last one) is promotion. `kind` overrides the event kind the move implies
+    (validation: blessed, wherever the rollout lands)."""
     last = len(spec.steps) - 1
     before = state.phase
     if idx > last or (
@@ -500,7 +462,7 @@ def _enter(
             reason=reason,
             changed_at=now,
         )
-        return new, [Event(before, Phase.PROMOTED, reason, new.step)]
+        return new, [Event(kind or EventKind.PROMOTED, before, Phase.PROMOTED, reason, new.step)]
     if idx == last and spec.gate == "manual" and not via_gate:
         why = f"{reason}; manual gate: waiting for promote before {_pct(spec, idx)}"
         new = replace(
@@ -511,7 +473,7 @@ def _enter(
             reason=why,
             changed_at=now,
         )
-        return new, [Event(before, Phase.PAUSED, why, new.step)]
+        return new, [Event(kind or EventKind.PAUSED, before, Phase.PAUSED, why, new.step)]
     new = replace(
         state,
         phase=Phase.PROGRESSING,
@@ -524,10 +486,13 @@ def _enter(
         reason=reason,
         changed_at=now,
     )
-    return new, [Event(before, Phase.PROGRESSING, f"{reason}; now at {_pct(spec, idx)}", idx)]
+    why = f"{reason}; now at {_pct(spec, idx)}"
+    return new, [Event(kind or EventKind.STEP, before, Phase.PROGRESSING, why, idx)]
 
 
-def _roll_back(state: RolloutState, now: float, reason: str) -> tuple[RolloutState, list[Event]]:
+def _roll_back(
+    state: RolloutState, now: float, reason: str, kind: EventKind = EventKind.ROLLED_BACK
+) -> tuple[RolloutState, list[Event]]:
     new = replace(
         state,
         phase=Phase.ROLLED_BACK,
@@ -536,7 +501,7 @@ def _roll_back(state: RolloutState, now: float, reason: str) -> tuple[RolloutSta
         reason=reason,
         changed_at=now,
     )
-    return new, [Event(state.phase, Phase.ROLLED_BACK, reason, state.step)]
+    return new, [Event(kind, state.phase, Phase.ROLLED_BACK, reason, state.step)]
 
 
 def _sequential(state: RolloutState, obs: Observations, analysis: AnalysisSpec) -> tuple[bool, str]:
@@ -614,7 +579,8 @@ def _analysis_tick(
             f"{label}: analysis failed {closed.failures}/{analysis.failure_limit}: "
             f"{result.reasons[0]}"
         )
-        return closed, [Event(state.phase, state.phase, why, state.step)], None
+        event = Event(EventKind.ANALYSIS_FAILED, state.phase, state.phase, why, state.step)
+        return closed, [event], None
     return closed, [], result.reasons[0]
 
 
@@ -628,12 +594,14 @@ def validated(
     state = replace(state, blessing=blessing)
     if not ok:
         failing = next((r for r in results if "FAIL" in r), results[-1] if results else "no answer")
-        return _roll_back(state, now, f"infra validation of {backend} failed: {failing}")
+        why = f"infra validation of {backend} failed: {failing}"
+        return _roll_back(state, now, why, EventKind.VALIDATION_FAILED)
     reason = f"{backend} blessed: {len(results)} validation request(s) passed"
     if spec.kind == "blue_green":
         bg: BlueGreenSpec = spec
         if bg.auto_switch and bg.analysis is None:
-            return _do_switch(state, bg, now, f"{reason}; auto_switch without analysis")
+            why = f"{reason}; auto_switch without analysis"
+            return _do_switch(state, bg, now, why, EventKind.BLESSED)
         new = replace(
             state,
             phase=Phase.PROGRESSING,
@@ -642,11 +610,13 @@ def validated(
             reason=reason,
             changed_at=now,
         )
-        return new, [Event(Phase.VALIDATING, Phase.PROGRESSING, reason, new.step)]
+        return new, [
+            Event(EventKind.BLESSED, Phase.VALIDATING, Phase.PROGRESSING, reason, new.step)
+        ]
     c: CanarySpec = spec
     if len(c.steps) == 1 and c.gate == "manual":
         state = replace(state, step=-1)
-    return _enter(state, c, 0, now, reason, via_gate=False)
+    return _enter(state, c, 0, now, reason, via_gate=False, kind=EventKind.BLESSED)
 
 
 # ---- actions (pure; the engine maps TransitionError to 409) --------------------------------------
@@ -708,7 +678,7 @@ def pause(
         )
     why = _by(actor, "pause", reason)
     new = replace(state, phase=Phase.PAUSED, paused_reason=why, reason=why, changed_at=now)
-    return new, [Event(state.phase, Phase.PAUSED, why, state.step)]
+    return new, [Event(EventKind.PAUSED, state.phase, Phase.PAUSED, why, state.step)]
 
 
 def resume(
@@ -729,11 +699,15 @@ def resume(
         reason=why,
         changed_at=now,
     )
-    return new, [Event(Phase.PAUSED, Phase.PROGRESSING, why, state.step)]
+    return new, [Event(EventKind.RESUMED, Phase.PAUSED, Phase.PROGRESSING, why, state.step)]
 
 
 def _do_switch(
-    state: RolloutState, spec: BlueGreenSpec, now: float, reason: str
+    state: RolloutState,
+    spec: BlueGreenSpec,
+    now: float,
+    reason: str,
+    kind: EventKind | None = None,
 ) -> tuple[RolloutState, list[Event]]:
     current = state.active or spec.active
     target = spec.preview if current == spec.active else spec.active
@@ -748,7 +722,9 @@ def _do_switch(
         reason=why,
         changed_at=now,
     )
-    return new, [Event(state.phase, phase, why, state.step)]
+    if kind is None:
+        kind = EventKind.PROMOTED if phase is Phase.PROMOTED else EventKind.ROLLED_BACK
+    return new, [Event(kind, state.phase, phase, why, state.step, switched=True)]
 
 
 def switch(
@@ -786,5 +762,6 @@ def blue_green_step(
     why = f"{label} passed analysis: {passed}"
     if spec.auto_switch:
         return _do_switch(closed, spec, now, f"{why}; auto_switch")
-    new = replace(closed, gate_waiting=True, reason=f"{why}; waiting for switch", changed_at=now)
-    return new, [Event(state.phase, state.phase, new.reason or why, state.step)]
+    why = f"{why}; waiting for switch"
+    new = replace(closed, gate_waiting=True, reason=why, changed_at=now)
+    return new, [Event(EventKind.ANALYSIS_PASSED, state.phase, state.phase, why, state.step)]

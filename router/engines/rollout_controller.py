@@ -1,6 +1,8 @@
 """The async driver of canary and blue-green rollouts: a timer per route that gathers observations,
-runs the pure step of `policies.canary`, persists the result, then applies weights, audit,
+runs the pure step of `policies.rollout`, persists the result, then applies weights, audit,
 metrics and webhooks. Also infra validation, Prometheus queries and webhook delivery.
+
+`router/engines/rollout.py` puts the Engine seam over it.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from policies import canary
-from policies.base import Context, Decision
-from policies.canary import ArmObs, Event, Observations, Phase, PromResult, RolloutState
+from policies import rollout
+from policies.rollout import ArmObs, Event, Observations, Phase, PromResult, RolloutState
 from policies.spec import (
     BackendConfig,
     BlueGreenSpec,
@@ -35,6 +36,7 @@ from router.engines.base import ActionError, Services
 log = logging.getLogger("modelrouter.rollout")
 
 RolloutSpec = CanarySpec | BlueGreenSpec
+Transition = tuple[RolloutState, list[Event]]
 
 # latency histogram: fixed log-spaced buckets, 1 ms .. ~20 min, 25% wide -> p99 within 25%
 _LAT_MIN = 0.001
@@ -238,17 +240,18 @@ class RolloutController:
         self.route = route
         self.spec = spec
         self.services = services
+        self._step_fn: Callable[[RolloutState, Observations, float], Transition]
         if isinstance(spec, CanarySpec):
-            self.roles = _Roles(spec.stable, spec.candidate)
-            self._step_fn: Callable[
-                [RolloutState, Observations, Any, float], tuple[RolloutState, list[Event]]
-            ] = canary.step
+            cs = spec
+            self.roles = _Roles(cs.stable, cs.candidate)
+            self._step_fn = lambda state, obs, now: rollout.step(state, obs, cs, now)
         else:
-            self.roles = _Roles(spec.active, spec.preview)
-            self._step_fn = canary.blue_green_step
+            bg = spec
+            self.roles = _Roles(bg.active, bg.preview)
+            self._step_fn = lambda state, obs, now: rollout.blue_green_step(state, obs, bg, now)
         self.key = f"rollout:{route}"
-        self.state = canary.initial_state(spec, services.clock())
-        self.policy = WeightedPolicy(canary.weights_for(self.state, spec), services.rng)
+        self.state = rollout.initial_state(spec, services.clock())
+        self.policy = WeightedPolicy(rollout.weights_for(self.state, spec), services.rng)
         self.windows: dict[str, Window] = {
             self.roles.stable: Window(),
             self.roles.candidate: Window(),
@@ -342,9 +345,6 @@ class RolloutController:
 
     # ---- the hot path ----
 
-    def choose(self, ctx: Context) -> Decision:
-        return self.policy.choose(ctx)
-
     def observe(self, arm: str, status: int, latency: float, error: str | None) -> None:
         w = self.windows.get(arm)
         if w is None:
@@ -382,16 +382,16 @@ class RolloutController:
             return
         now = self.services.clock()
         prom: list[PromResult] = []
-        if canary.analysis_due(seen, self.spec, now):
+        if rollout.analysis_due(seen, self.spec, now):
             prom = await self._query_all()
         async with self._lock:
             if self.state is not seen:
                 return  # an action or another tick moved on while we queried
             obs = self.observations(prom)
-            new, events = self._step_fn(seen, obs, self.spec, now)
+            new, events = self._step_fn(seen, obs, now)
             if self.spec.analysis is not None and self.spec.analysis.compare == "sequential":
                 t = seen.totals.plus(obs)
-                self.last_sequential = canary.sequential_error_test(
+                self.last_sequential = rollout.sequential_error_test(
                     t.stable_requests,
                     t.stable_errors,
                     t.candidate_requests,
@@ -428,7 +428,7 @@ class RolloutController:
                 ok, results = False, [f"validation -> FAIL: {type(e).__name__}: {e}"]
         async with self._lock:
             now = self.services.clock()
-            new, events = canary.validated(
+            new, events = rollout.validated(
                 self.state, self.spec, now, self.roles.candidate, ok, results
             )
             if new is not self.state:
@@ -437,7 +437,7 @@ class RolloutController:
     async def act(
         self,
         name: str,
-        fn: Callable[[RolloutState], tuple[RolloutState, list[Event]]],
+        fn: Callable[[RolloutState], Transition],
         actor: str,
         reason: str | None,
     ) -> None:
@@ -445,7 +445,7 @@ class RolloutController:
         async with self._lock:
             try:
                 new, events = fn(self.state)
-            except canary.TransitionError as e:
+            except rollout.TransitionError as e:
                 raise ActionError(409, f"{name} on route '{self.route}': {e}") from None
             await self._commit(new, events, actor, reason, action=name)
 
@@ -477,7 +477,7 @@ class RolloutController:
         self._apply(new, reset_window=new.window_started_at != old.window_started_at)
         shares = self.policy.shares()
         for ev in events:
-            name = action or _event_name(ev)
+            name = action or ev.kind.value
             await self._audit(name, actor, reason if action else ev.reason, ev, shares, details)
             self._fire_webhooks(ev, shares)
 
@@ -506,7 +506,7 @@ class RolloutController:
             log.error("route %s: audit entry not stored: %s", self.route, e)
 
     def _apply(self, state: RolloutState, reset_window: bool) -> None:
-        self.policy.set_weights(canary.weights_for(state, self.spec))
+        self.policy.set_weights(rollout.weights_for(state, self.spec))
         if reset_window:
             self.windows = {self.roles.stable: Window(), self.roles.candidate: Window()}
         m = self.services.metrics
@@ -519,10 +519,7 @@ class RolloutController:
 
     def _fire_webhooks(self, ev: Event, shares: dict[str, float]) -> None:
         hooks: Sequence[Webhook] = self.spec.webhooks
-        names = {ev.to_phase.value}
-        names.add(_event_name(ev))
-        if "kept ready" in ev.reason:  # a blue-green switch, automatic or by an admin
-            names.add("switched")
+        names = ev.names
         payload = {
             "route": self.route,
             "from": ev.from_phase.value,
@@ -563,13 +560,3 @@ class RolloutController:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 8.0)
         log.error("route %s: webhook %s given up after %d attempts", self.route, url, attempt)
-
-
-def _event_name(ev: Event) -> str:
-    if ev.from_phase is Phase.VALIDATING:
-        return "blessed" if ev.to_phase is not Phase.ROLLED_BACK else "validation_failed"
-    if ev.from_phase == ev.to_phase:
-        if "analysis failed" in ev.reason:
-            return "analysis_failed"
-        return "analysis_passed" if "passed analysis" in ev.reason else "step"
-    return ev.to_phase.value

@@ -9,9 +9,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from policies import canary
-from policies.canary import (
+from policies import rollout
+from policies.rollout import (
     ArmObs,
+    EventKind,
     Observations,
     Phase,
     PromResult,
@@ -64,7 +65,7 @@ def obs(
 
 
 def progressing(s: CanarySpec, step: int = 0) -> RolloutState:
-    st, _ = canary.validated(canary.initial_state(s, T0), s, T0, "v2", True, ["GET / -> 200"])
+    st, _ = rollout.validated(rollout.initial_state(s, T0), s, T0, "v2", True, ["GET / -> 200"])
     assert st.phase is Phase.PROGRESSING
     return replace(st, step=step)
 
@@ -77,36 +78,38 @@ DUE = T0 + 60.0
 
 def test_new_rollout_validates_before_any_traffic() -> None:
     s = spec()
-    st = canary.initial_state(s, T0)
+    st = rollout.initial_state(s, T0)
     assert st.phase is Phase.VALIDATING
-    assert canary.weights_for(st, s) == {"v1": 100.0, "v2": 0.0}
+    assert rollout.weights_for(st, s) == {"v1": 100.0, "v2": 0.0}
     # the timer does nothing while validating
-    assert canary.step(st, obs(), s, DUE * 10) == (st, [])
+    assert rollout.step(st, obs(), s, DUE * 10) == (st, [])
 
 
 def test_blessed_candidate_enters_first_step() -> None:
     s = spec()
-    st, events = canary.validated(canary.initial_state(s, T0), s, T0 + 1, "v2", True, ["ok"])
+    st, events = rollout.validated(rollout.initial_state(s, T0), s, T0 + 1, "v2", True, ["ok"])
     assert st.phase is Phase.PROGRESSING and st.step == 0 and st.blessed
     assert st.blessing is not None and st.blessing.at == T0 + 1
-    assert canary.weights_for(st, s) == {"v1": 90.0, "v2": 10.0}
+    assert rollout.weights_for(st, s) == {"v1": 90.0, "v2": 10.0}
     assert [(e.from_phase, e.to_phase) for e in events] == [(Phase.VALIDATING, Phase.PROGRESSING)]
+    assert events[0].kind is EventKind.BLESSED and events[0].names == {"blessed", "progressing"}
     assert st.next_analysis_at == T0 + 1 + 60
 
 
 def test_failed_validation_rolls_back_with_the_failing_answer() -> None:
     s = spec()
     results = ["GET /health -> 200 (3ms)", "POST /predict -> FAIL: status 500, body: 'boom'"]
-    st, events = canary.validated(canary.initial_state(s, T0), s, T0, "v2", False, results)
+    st, events = rollout.validated(rollout.initial_state(s, T0), s, T0, "v2", False, results)
     assert st.phase is Phase.ROLLED_BACK and not st.blessed
     assert "POST /predict -> FAIL: status 500" in events[0].reason
-    assert canary.weights_for(st, s) == {"v1": 100.0, "v2": 0.0}
+    assert events[0].kind is EventKind.VALIDATION_FAILED
+    assert rollout.weights_for(st, s) == {"v1": 100.0, "v2": 0.0}
 
 
 def test_validation_result_after_abort_is_ignored() -> None:
     s = spec()
-    st, _ = canary.abort(canary.initial_state(s, T0), s, T0)
-    assert canary.validated(st, s, T0, "v2", True, ["ok"]) == (st, [])
+    st, _ = rollout.abort(rollout.initial_state(s, T0), s, T0)
+    assert rollout.validated(st, s, T0, "v2", True, ["ok"]) == (st, [])
 
 
 # ---- waiting and inconclusive --------------------------------------------------------------------
@@ -115,7 +118,7 @@ def test_validation_result_after_abort_is_ignored() -> None:
 def test_nothing_happens_before_the_interval() -> None:
     s = spec()
     st = progressing(s)
-    new, events = canary.step(st, obs(cand=(10_000, 5_000)), s, DUE - 0.001)
+    new, events = rollout.step(st, obs(cand=(10_000, 5_000)), s, DUE - 0.001)
     assert new is st and events == []
 
 
@@ -180,7 +183,7 @@ def test_inconclusive_waits_and_never_passes(
     name: str, s: CanarySpec, o: Observations, message: str
 ) -> None:
     st = progressing(s)
-    new, events = canary.step(st, o, s, DUE)
+    new, events = rollout.step(st, o, s, DUE)
     assert events == []
     assert new.phase is Phase.PROGRESSING and new.step == 0 and new.failures == 0
     assert new.history[-1].outcome == "inconclusive"
@@ -188,10 +191,10 @@ def test_inconclusive_waits_and_never_passes(
     # the window keeps its traffic; the next look is one interval later
     assert new.window_started_at == st.window_started_at
     assert new.next_analysis_at == DUE + 60
-    assert canary.weights_for(new, s) == canary.weights_for(st, s)
+    assert rollout.weights_for(new, s) == rollout.weights_for(st, s)
     # looking again and again without data never promotes
     for k in range(2, 20):
-        new, events = canary.step(new, o, s, DUE + 60 * k)
+        new, events = rollout.step(new, o, s, DUE + 60 * k)
         assert new.phase is Phase.PROGRESSING and new.step == 0
 
 
@@ -275,14 +278,14 @@ CHECKS = [
     ("name", "check", "o", "outcome", "message"), CHECKS, ids=[c[0] for c in CHECKS]
 )
 def test_checks(name: str, check: Check, o: Observations, outcome: str, message: str) -> None:
-    result = canary.analyse(o, spec((check,)).analysis, 0, DUE)
+    result = rollout.analyse(o, spec((check,)).analysis, 0, DUE)
     assert result.outcome == outcome
     assert re.search(message, result.reasons[0]), result.reasons
 
 
 def test_a_failure_among_inconclusive_checks_is_a_failure() -> None:
     s = spec((Check("latency_p99", max=0.5), Check("error_rate", max=0.05)))
-    result = canary.analyse(obs(p99=None, cand=(200, 100)), s.analysis, 0, DUE)
+    result = rollout.analyse(obs(p99=None, cand=(200, 100)), s.analysis, 0, DUE)
     assert result.outcome == "fail"
     assert result.reasons[0].startswith("error_rate 0.5 > max 0.05")
 
@@ -293,49 +296,50 @@ def test_a_failure_among_inconclusive_checks_is_a_failure() -> None:
 def test_pass_moves_to_next_step_and_resets_window() -> None:
     s = spec()
     st = progressing(s)
-    new, events = canary.step(st, obs(), s, DUE)
+    new, events = rollout.step(st, obs(), s, DUE)
     assert new.phase is Phase.PROGRESSING and new.step == 1
     assert new.step_started_at == DUE and new.window_started_at == DUE
     assert new.next_analysis_at == DUE + 60
     assert new.totals.candidate_requests == 200 and new.totals.stable_requests == 2000
-    assert canary.weights_for(new, s) == {"v1": 50.0, "v2": 50.0}
+    assert rollout.weights_for(new, s) == {"v1": 50.0, "v2": 50.0}
     assert events[0].to_phase is Phase.PROGRESSING and "now at step 1 (50%)" in events[0].reason
+    assert events[0].kind is EventKind.STEP
     assert new.history[-1].outcome == "pass"
 
 
 def test_failures_count_then_roll_back_with_value_against_limit() -> None:
     s = spec(failure_limit=2)
     st = progressing(s)
-    st1, ev1 = canary.step(st, obs(cand=(312, 22)), s, DUE)
+    st1, ev1 = rollout.step(st, obs(cand=(312, 22)), s, DUE)
     assert st1.phase is Phase.PROGRESSING and st1.failures == 1 and st1.step == 0
     assert st1.window_started_at == DUE  # a judged window is closed
     assert ev1[0].from_phase is ev1[0].to_phase is Phase.PROGRESSING
-    assert "analysis failed 1/2" in ev1[0].reason
-    st2, ev2 = canary.step(st1, obs(cand=(312, 22)), s, DUE + 60)
-    assert st2.phase is Phase.ROLLED_BACK
+    assert "analysis failed 1/2" in ev1[0].reason and ev1[0].kind is EventKind.ANALYSIS_FAILED
+    st2, ev2 = rollout.step(st1, obs(cand=(312, 22)), s, DUE + 60)
+    assert st2.phase is Phase.ROLLED_BACK and ev2[0].kind is EventKind.ROLLED_BACK
     assert ev2[0].reason == (
         "step 0 (10%): analysis failed 2/2: error_rate 0.07051 > max 0.05 over 312 requests"
     )
-    assert canary.weights_for(st2, s) == {"v1": 100.0, "v2": 0.0}
+    assert rollout.weights_for(st2, s) == {"v1": 100.0, "v2": 0.0}
     # a rolled back rollout stays put
-    assert canary.step(st2, obs(), s, DUE + 600) == (st2, [])
+    assert rollout.step(st2, obs(), s, DUE + 600) == (st2, [])
 
 
 def test_final_100_step_is_promotion() -> None:
     s = spec(steps=(10, 50, 100))
     st = progressing(s, step=1)
-    new, events = canary.step(st, obs(), s, DUE)
+    new, events = rollout.step(st, obs(), s, DUE)
     assert new.phase is Phase.PROMOTED
-    assert canary.weights_for(new, s) == {"v1": 0.0, "v2": 100.0}
-    assert events[0].to_phase is Phase.PROMOTED
+    assert rollout.weights_for(new, s) == {"v1": 0.0, "v2": 100.0}
+    assert events[0].to_phase is Phase.PROMOTED and events[0].kind is EventKind.PROMOTED
 
 
 def test_last_step_below_100_passed_is_promotion() -> None:
     s = spec(steps=(10, 50))
     st = progressing(s, step=1)
-    new, _ = canary.step(st, obs(), s, DUE)
+    new, _ = rollout.step(st, obs(), s, DUE)
     assert new.phase is Phase.PROMOTED
-    assert canary.weights_for(new, s)["v2"] == 100.0
+    assert rollout.weights_for(new, s)["v2"] == 100.0
 
 
 def test_walks_every_step_to_promoted() -> None:
@@ -345,8 +349,8 @@ def test_walks_every_step_to_promoted() -> None:
     seen = []
     while not st.phase.terminal:
         now += 60
-        st, _ = canary.step(st, obs(), s, now)
-        seen.append(canary.weights_for(st, s)["v2"])
+        st, _ = rollout.step(st, obs(), s, now)
+        seen.append(rollout.weights_for(st, s)["v2"])
     assert seen == [10.0, 25.0, 50.0, 100.0]
     assert st.phase is Phase.PROMOTED
 
@@ -354,35 +358,37 @@ def test_walks_every_step_to_promoted() -> None:
 def test_manual_gate_pauses_before_final_step_and_promote_finishes() -> None:
     s = spec(steps=(10, 50, 100), gate="manual")
     st = progressing(s, step=1)
-    paused, events = canary.step(st, obs(), s, DUE)
+    paused, events = rollout.step(st, obs(), s, DUE)
     assert paused.phase is Phase.PAUSED and paused.gate_waiting and paused.step == 1
-    assert "manual gate" in (paused.paused_reason or "")
-    assert canary.weights_for(paused, s) == {"v1": 50.0, "v2": 50.0}
+    assert "manual gate" in (paused.paused_reason or "") and events[0].kind is EventKind.PAUSED
+    assert rollout.weights_for(paused, s) == {"v1": 50.0, "v2": 50.0}
     # the timer does not move it
-    assert canary.step(paused, obs(), s, DUE + 600) == (paused, [])
+    assert rollout.step(paused, obs(), s, DUE + 600) == (paused, [])
     with pytest.raises(TransitionError, match="manual gate: use promote"):
-        canary.resume(paused, s, DUE)
-    done, events = canary.promote(paused, s, DUE + 1, reason="looks good")
+        rollout.resume(paused, s, DUE)
+    done, events = rollout.promote(paused, s, DUE + 1, reason="looks good")
     assert done.phase is Phase.PROMOTED
     assert events[0].reason == "promote by admin: looks good"
+    assert events[0].kind is EventKind.PROMOTED and not events[0].switched
 
 
 def test_manual_gate_with_final_step_below_100_enters_it() -> None:
     s = spec(steps=(10, 50), gate="manual")
-    paused, _ = canary.step(progressing(s), obs(), s, DUE)
+    paused, _ = rollout.step(progressing(s), obs(), s, DUE)
     assert paused.phase is Phase.PAUSED and paused.gate_waiting
-    st, _ = canary.promote(paused, s, DUE + 1)
+    st, _ = rollout.promote(paused, s, DUE + 1)
     assert st.phase is Phase.PROGRESSING and st.step == 1
-    st, _ = canary.step(st, obs(), s, DUE + 61)
+    st, _ = rollout.step(st, obs(), s, DUE + 61)
     assert st.phase is Phase.PROMOTED
 
 
 def test_single_step_with_manual_gate_waits_at_zero() -> None:
     s = spec(steps=(100,), gate="manual")
-    st, _ = canary.validated(canary.initial_state(s, T0), s, T0, "v2", True, ["ok"])
+    st, events = rollout.validated(rollout.initial_state(s, T0), s, T0, "v2", True, ["ok"])
     assert st.phase is Phase.PAUSED and st.gate_waiting
-    assert canary.weights_for(st, s) == {"v1": 100.0, "v2": 0.0}
-    st, _ = canary.promote(st, s, T0 + 1)
+    assert events[0].kind is EventKind.BLESSED and events[0].names == {"blessed", "paused"}
+    assert rollout.weights_for(st, s) == {"v1": 100.0, "v2": 0.0}
+    st, _ = rollout.promote(st, s, T0 + 1)
     assert st.phase is Phase.PROMOTED
 
 
@@ -392,30 +398,30 @@ def test_single_step_with_manual_gate_waits_at_zero() -> None:
 def test_sequential_fails_a_much_worse_candidate_before_the_interval() -> None:
     s = spec(compare="sequential", failure_limit=5)
     st = progressing(s)
-    new, events = canary.step(st, obs(cand=(60, 18), stable=(1000, 5)), s, T0 + 5)
+    new, events = rollout.step(st, obs(cand=(60, 18), stable=(1000, 5)), s, T0 + 5)
     assert new.phase is Phase.ROLLED_BACK
-    assert "sequential test failed" in events[0].reason
+    assert "sequential test failed" in events[0].reason and events[0].kind is EventKind.ROLLED_BACK
     assert "candidate worse at alpha 0.05" in events[0].reason
 
 
 def test_sequential_never_passes_without_data_and_ignores_noise() -> None:
     s = spec(checks=(), compare="sequential")
     st = progressing(s)
-    new, _ = canary.step(st, obs(cand=(3, 0), stable=(5, 0)), s, DUE)
+    new, _ = rollout.step(st, obs(cand=(3, 0), stable=(5, 0)), s, DUE)
     assert new.phase is Phase.PROGRESSING and new.step == 0
     assert new.history[-1].outcome == "inconclusive"
     # equal error rates: no failure
-    new, _ = canary.step(st, obs(cand=(200, 2), stable=(2000, 20)), s, T0 + 1)
+    new, _ = rollout.step(st, obs(cand=(200, 2), stable=(2000, 20)), s, T0 + 1)
     assert new is st
 
 
 def test_sequential_uses_data_of_the_whole_rollout() -> None:
     # each window alone is too small to be significant; together they are
-    totals = canary.Totals(4000, 20, 400, 60)
-    assert canary.sequential_error_test(4000, 20, 400, 60, 0.05)[0]
+    totals = rollout.Totals(4000, 20, 400, 60)
+    assert rollout.sequential_error_test(4000, 20, 400, 60, 0.05)[0]
     s = spec(compare="sequential", failure_limit=9)
     st = replace(progressing(s), totals=totals)
-    new, _ = canary.step(st, obs(cand=(10, 1), stable=(100, 0)), s, T0 + 1)
+    new, _ = rollout.step(st, obs(cand=(10, 1), stable=(100, 0)), s, T0 + 1)
     assert new.phase is Phase.ROLLED_BACK
 
 
@@ -430,7 +436,7 @@ def test_sequential_false_alarm_rate_stays_below_alpha_under_continuous_looks() 
             es += int(rng.binomial(200, p))
             nc += 20
             ec += int(rng.binomial(20, p))
-            if canary.sequential_error_test(ns, es, nc, ec, alpha)[0]:
+            if rollout.sequential_error_test(ns, es, nc, ec, alpha)[0]:
                 alarms += 1
                 break
     assert alarms / runs <= alpha
@@ -442,26 +448,26 @@ def test_sequential_false_alarm_rate_stays_below_alpha_under_continuous_looks() 
 def test_promote_next_step_and_full() -> None:
     s = spec(steps=(10, 50, 100))
     st = progressing(s)
-    nxt, _ = canary.promote(st, s, T0 + 1)
+    nxt, _ = rollout.promote(st, s, T0 + 1)
     assert nxt.phase is Phase.PROGRESSING and nxt.step == 1
-    full, _ = canary.promote(st, s, T0 + 1, full=True)
+    full, _ = rollout.promote(st, s, T0 + 1, full=True)
     assert full.phase is Phase.PROMOTED
 
 
 ACTION_ERRORS = [
-    ("promote rolled back", "rolled_back", canary.promote, r"rolled back; promote does not apply"),
-    ("promote promoted", "promoted", canary.promote, r"already promoted"),
-    ("promote validating", "validating", canary.promote, r"not passed infra validation"),
-    ("abort twice", "rolled_back", canary.abort, r"already rolled back"),
+    ("promote rolled back", "rolled_back", rollout.promote, r"rolled back; promote does not apply"),
+    ("promote promoted", "promoted", rollout.promote, r"already promoted"),
+    ("promote validating", "validating", rollout.promote, r"not passed infra validation"),
+    ("abort twice", "rolled_back", rollout.abort, r"already rolled back"),
     (
         "pause paused",
         "paused",
-        canary.pause,
+        rollout.pause,
         r"only a progressing rollout can be paused; it is paused",
     ),
-    ("pause promoted", "promoted", canary.pause, r"it is promoted"),
-    ("resume progressing", "progressing", canary.resume, r"only a paused rollout can be resumed"),
-    ("switch on canary", "progressing", canary.switch, r"switch applies to blue_green"),
+    ("pause promoted", "promoted", rollout.pause, r"it is promoted"),
+    ("resume progressing", "progressing", rollout.resume, r"only a paused rollout can be resumed"),
+    ("switch on canary", "progressing", rollout.switch, r"switch applies to blue_green"),
 ]
 
 
@@ -472,7 +478,7 @@ def test_invalid_actions(name: str, phase: str, fn: object, message: str) -> Non
     s = spec()
     st = replace(progressing(s), phase=Phase(phase))
     if phase == "validating":
-        st = canary.initial_state(s, T0)
+        st = rollout.initial_state(s, T0)
     with pytest.raises(TransitionError, match=message):
         fn(st, s, T0)  # type: ignore[operator]
 
@@ -480,25 +486,27 @@ def test_invalid_actions(name: str, phase: str, fn: object, message: str) -> Non
 def test_abort_from_any_live_phase_sends_everything_to_stable() -> None:
     s = spec()
     for st in (
-        canary.initial_state(s, T0),
+        rollout.initial_state(s, T0),
         progressing(s, 1),
         replace(progressing(s, 1), phase=Phase.PAUSED),
         replace(progressing(s, 2), phase=Phase.PROMOTED),
     ):
-        new, events = canary.abort(st, s, T0 + 5, reason="bad", actor="admin")
+        new, events = rollout.abort(st, s, T0 + 5, reason="bad", actor="admin")
         assert new.phase is Phase.ROLLED_BACK
-        assert canary.weights_for(new, s) == {"v1": 100.0, "v2": 0.0}
+        assert rollout.weights_for(new, s) == {"v1": 100.0, "v2": 0.0}
         assert events[0].reason == "abort by admin: bad"
 
 
 def test_pause_then_resume_starts_a_fresh_window() -> None:
     s = spec()
     st = progressing(s, 1)
-    paused, _ = canary.pause(st, s, T0 + 10, reason="investigating")
+    paused, events = rollout.pause(st, s, T0 + 10, reason="investigating")
+    assert events[0].kind is EventKind.PAUSED
     assert paused.phase is Phase.PAUSED and paused.paused_reason == "pause by admin: investigating"
-    assert canary.weights_for(paused, s) == canary.weights_for(st, s)
-    assert canary.step(paused, obs(), s, DUE * 2) == (paused, [])
-    resumed, _ = canary.resume(paused, s, T0 + 100)
+    assert rollout.weights_for(paused, s) == rollout.weights_for(st, s)
+    assert rollout.step(paused, obs(), s, DUE * 2) == (paused, [])
+    resumed, events = rollout.resume(paused, s, T0 + 100)
+    assert events[0].kind is EventKind.RESUMED
     assert resumed.phase is Phase.PROGRESSING and resumed.step == 1
     assert resumed.window_started_at == T0 + 100 and resumed.next_analysis_at == T0 + 160
 
@@ -510,7 +518,7 @@ def test_state_round_trips_through_json() -> None:
     import json
 
     s = spec()
-    st, _ = canary.step(progressing(s), obs(cand=(312, 22)), s, DUE)
+    st, _ = rollout.step(progressing(s), obs(cand=(312, 22)), s, DUE)
     back = RolloutState.from_json(json.loads(json.dumps(st.to_json())))
     assert back == st
 
@@ -534,57 +542,62 @@ def bg(analysis: AnalysisSpec | None = None, auto_switch: bool = False) -> BlueG
 
 
 def bg_live(s: BlueGreenSpec) -> RolloutState:
-    st, _ = canary.validated(canary.initial_state(s, T0), s, T0, "green", True, ["ok"])
+    st, _ = rollout.validated(rollout.initial_state(s, T0), s, T0, "green", True, ["ok"])
     return st
 
 
 def test_blue_green_preview_gets_nothing_until_switch_and_back() -> None:
     s = bg()
-    st = canary.initial_state(s, T0)
-    assert canary.weights_for(st, s) == {"blue": 1.0, "green": 0.0}
+    st = rollout.initial_state(s, T0)
+    assert rollout.weights_for(st, s) == {"blue": 1.0, "green": 0.0}
     with pytest.raises(TransitionError, match="preview has not passed infra validation"):
-        canary.switch(st, s, T0)
+        rollout.switch(st, s, T0)
     st = bg_live(s)
     assert st.phase is Phase.PROGRESSING
-    assert canary.blue_green_step(st, obs(), s, DUE * 5) == (st, [])
-    on, events = canary.switch(st, s, T0 + 1, reason="release")
+    assert rollout.blue_green_step(st, obs(), s, DUE * 5) == (st, [])
+    on, events = rollout.switch(st, s, T0 + 1, reason="release")
     assert on.phase is Phase.PROMOTED and on.active == "green"
-    assert canary.weights_for(on, s) == {"green": 1.0, "blue": 0.0}
+    assert rollout.weights_for(on, s) == {"green": 1.0, "blue": 0.0}
     assert "green now serves, blue kept ready" in events[0].reason
-    back, _ = canary.switch(on, s, T0 + 2)
+    assert events[0].names == {"promoted", "switched"}
+    back, events = rollout.switch(on, s, T0 + 2)
     assert back.phase is Phase.ROLLED_BACK and back.active == "blue"
-    assert canary.weights_for(back, s) == {"blue": 1.0, "green": 0.0}
-    again, _ = canary.switch(back, s, T0 + 3)
+    assert events[0].names == {"rolled_back", "switched"}
+    assert rollout.weights_for(back, s) == {"blue": 1.0, "green": 0.0}
+    again, _ = rollout.switch(back, s, T0 + 3)
     assert again.active == "green"
 
 
 def test_blue_green_auto_switch_without_analysis_switches_once_blessed() -> None:
     s = bg(auto_switch=True)
-    st = bg_live(s)
+    st, events = rollout.validated(rollout.initial_state(s, T0), s, T0, "green", True, ["ok"])
     assert st.phase is Phase.PROMOTED and st.active == "green"
+    assert events[0].kind is EventKind.BLESSED and events[0].switched
 
 
 def test_blue_green_analysis_pass_waits_for_switch_or_switches_itself() -> None:
     a = AnalysisSpec(min_requests=50, checks=(Check("error_rate", max=0.05),))
     manual = bg(a)
-    st, events = canary.blue_green_step(
+    st, events = rollout.blue_green_step(
         bg_live(manual), obs(cand=(60, 0), stable=(0, 0)), manual, DUE
     )
     assert st.phase is Phase.PROGRESSING and st.gate_waiting and st.active == "blue"
     assert "waiting for switch" in events[0].reason
+    assert events[0].kind is EventKind.ANALYSIS_PASSED
     auto = bg(a, auto_switch=True)
-    st, _ = canary.blue_green_step(bg_live(auto), obs(cand=(60, 0), stable=(0, 0)), auto, DUE)
+    st, events = rollout.blue_green_step(bg_live(auto), obs(cand=(60, 0), stable=(0, 0)), auto, DUE)
     assert st.phase is Phase.PROMOTED and st.active == "green"
+    assert events[0].names == {"promoted", "switched"}
 
 
 def test_blue_green_failing_preview_is_rolled_back_and_abort() -> None:
     a = AnalysisSpec(min_requests=50, failure_limit=1, checks=(Check("error_rate", max=0.05),))
     s = bg(a, auto_switch=True)
-    st, events = canary.blue_green_step(bg_live(s), obs(cand=(60, 30)), s, DUE)
+    st, events = rollout.blue_green_step(bg_live(s), obs(cand=(60, 30)), s, DUE)
     assert st.phase is Phase.ROLLED_BACK and st.active == "blue"
     assert "preview green: analysis failed 1/1: error_rate 0.5 > max 0.05" in events[0].reason
-    on, _ = canary.switch(bg_live(bg()), bg(), T0)
-    off, _ = canary.abort(on, bg(), T0 + 1)
+    on, _ = rollout.switch(bg_live(bg()), bg(), T0)
+    off, _ = rollout.abort(on, bg(), T0 + 1)
     assert off.active == "blue" and off.phase is Phase.ROLLED_BACK
     with pytest.raises(TransitionError, match="already rolled back"):
-        canary.abort(off, bg(), T0 + 2)
+        rollout.abort(off, bg(), T0 + 2)

@@ -1,0 +1,228 @@
+"""Backends and routes: ``backends.NAME`` and ``routes[]`` with match, overrides, sticky,
+retries, mirror (the policy itself is read by `router.config.policies`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from policies.spec import (
+    BackendConfig,
+    HealthConfig,
+    Match,
+    Mirror,
+    Override,
+    OverrideKind,
+    Retries,
+    Rewrite,
+    RouteConfig,
+    Sticky,
+    StickySource,
+)
+from router.config.policies import read_policy
+from router.config.reader import TOKEN_RE, MapReader, Reader
+from router.config.values import Refs, abs_path, source_ref, split_url
+
+RETRY_ON: Final = ("connect-failure", "reset", "timeout", "5xx")
+_VERSION_RE: Final = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
+
+_STICKY_SOURCES: Final[tuple[StickySource, ...]] = ("header", "cookie", "query")
+_OVERRIDE_KINDS: Final[tuple[OverrideKind, ...]] = (
+    "header",
+    "header_prefix",
+    "header_regex",
+    "cookie",
+)
+
+
+def read_backend(name: str, m: MapReader) -> BackendConfig:
+    url_r = m["url"]
+    url = url_r.string()
+    host, port, base = "", 80, ""
+    parts = split_url(url_r, url) if url else None
+    if parts is None:
+        pass
+    elif parts.scheme == "https":
+        url_r.error(
+            f"https upstreams are not supported yet (no TLS to backends); use http:// or a "
+            f"local TLS sidecar, got {url!r}"
+        )
+    elif parts.scheme != "http" or not parts.host:
+        url_r.error(f"expected http://host:port[/base], got {url!r}")
+    elif parts.extra:
+        url_r.error(f"must be http://host:port[/base] without user, query or fragment, got {url!r}")
+    elif parts.port == 0:
+        url_r.error(f"port must be 1-65535, got 0 in {url!r}")
+    else:
+        host, port, base = parts.host, parts.port or 80, parts.path.rstrip("/")
+    version = _version(m["version"])
+    health = None
+    if m["health"].present:
+        h = m["health"].mapping(("path", "interval"))
+        health = HealthConfig(abs_path(h["path"]), h["interval"].duration(5.0))
+    rewrite = None
+    if m["rewrite"].present:
+        w = m["rewrite"].mapping(("from", "to"))
+        rewrite = Rewrite(abs_path(w["from"]), abs_path(w["to"]))
+    return BackendConfig(
+        name=name,
+        url=url,
+        scheme="http",
+        host=host,
+        port=port,
+        base_path=base,
+        version=version,
+        timeout=m["timeout"].duration(30.0),
+        health=health,
+        rewrite=rewrite,
+    )
+
+
+def _version(r: Reader) -> str | None:
+    if not r.present:
+        return None
+    v = r.value()
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        r.error(
+            f'expected MAJOR.MINOR.PIPELINE as a quoted string like "1.0.0", got number {v}; '
+            "quote it"
+        )
+        return None
+    s = r.string(None)
+    if s is not None and not _VERSION_RE.fullmatch(s):
+        r.error(
+            f"expected MAJOR.MINOR.PIPELINE (three non-negative integers, e.g. 1.0.0), got {s!r}"
+        )
+        return None
+    return s
+
+
+def _match(r: Reader) -> Match:
+    if not r.present:
+        return Match()
+    m = r.mapping(("path_prefix", "methods"))
+    prefix = m["path_prefix"].string(
+        "/", pattern=re.compile(r"/\S*"), what="a path starting with '/'"
+    )
+    methods: frozenset[str] | None = None
+    if m["methods"].present:
+        names = [
+            x.string(pattern=TOKEN_RE, what="an HTTP method").upper()
+            for x in m["methods"].sequence()
+        ]
+        if not names and not m["methods"].quiet:
+            m["methods"].error("must not be empty; omit methods to match every method")
+        methods = frozenset(n for n in names if n)
+    return Match(path_prefix=prefix, methods=methods)
+
+
+def _override(r: Reader, refs: Refs) -> Override:
+    m = r.mapping(("when", "backend"), required=True)
+    backend = refs.backend(m["backend"])
+    when = m["when"].mapping(_OVERRIDE_KINDS, required=True)
+    kind: OverrideKind = "header"
+    name = value = ""
+    if not when.quiet:
+        found = when.exactly_one(_OVERRIDE_KINDS)
+        if found is not None:
+            kind = _OVERRIDE_KINDS[_OVERRIDE_KINDS.index(found)]
+            inner = when[kind].mapping(required=True)
+            entries = inner.items()
+            what = "cookie" if kind == "cookie" else "header"
+            if len(entries) != 1 and not inner.quiet:
+                inner.error(
+                    f"must name exactly one {what} (use one override per {what}), "
+                    f"got {len(entries)}"
+                )
+            if entries:
+                name, vr = entries[0]
+                value = vr.string()
+                if kind != "cookie":
+                    if not TOKEN_RE.fullmatch(name):
+                        inner.error(f"invalid header name {name!r}")
+                    name = name.lower()
+                if kind == "header_regex" and value:
+                    try:
+                        re.compile(value)
+                    except re.error as e:
+                        vr.error(f"invalid regular expression {value!r}: {e}")
+    return Override(kind=kind, name=name, value=value, backend=backend)
+
+
+def _sticky(r: Reader) -> Sticky | None:
+    if not r.present:
+        return None
+    m = r.mapping(("key",))
+    source, name = source_ref(m["key"], _STICKY_SOURCES, "header:x-user-id")
+    return Sticky(source=source, name=name)
+
+
+def _retries(r: Reader) -> Retries:
+    if not r.present:
+        return Retries()
+    m = r.mapping(("attempts", "on"))
+    on = (
+        frozenset(x.choice(RETRY_ON) for x in m["on"].sequence(min_len=1))
+        if "on" in m
+        else Retries().on
+    )
+    return Retries(attempts=m["attempts"].integer(0, min=0, max=5), on=on)
+
+
+def _mirror(r: Reader, refs: Refs) -> Mirror | None:
+    if not r.present:
+        return None
+    m = r.mapping(("backend", "percent"))
+    return Mirror(
+        backend=refs.backend(m["backend"]), percent=m["percent"].number(100.0, min=0, max=100)
+    )
+
+
+_ROUTE_KEYS: Final = (
+    "name",
+    "match",
+    "overrides",
+    "sticky",
+    "retries",
+    "timeout",
+    "mirror",
+    "policy",
+)
+
+
+def _route(r: Reader, refs: Refs) -> RouteConfig:
+    m = r.mapping(_ROUTE_KEYS, required=True)
+    return RouteConfig(
+        name=m["name"].name("route name"),
+        match=_match(m["match"]),
+        policy=read_policy(m["policy"], refs),
+        overrides=tuple(_override(o, refs) for o in m["overrides"].sequence()),
+        sticky=_sticky(m["sticky"]),
+        retries=_retries(m["retries"]),
+        timeout=m["timeout"].duration(None),
+        mirror=_mirror(m["mirror"], refs),
+    )
+
+
+def read_routes(r: Reader, refs: Refs) -> tuple[RouteConfig, ...]:
+    items = r.sequence(required=True, min_len=1)
+    routes: list[RouteConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        route = _route(item, refs)
+        if route.name and route.name in seen:
+            item.mapping()["name"].error(
+                f"duplicate route name '{route.name}' (also routes[{seen[route.name]}])"
+            )
+        seen.setdefault(route.name, i)
+        for j, earlier in enumerate(routes):
+            same = earlier.match.path_prefix == route.match.path_prefix
+            a, b = earlier.match.methods, route.match.methods
+            if same and (a is None or b is None or a & b):
+                item.mapping()["match"].warn(
+                    f"same path_prefix {route.match.path_prefix!r} and overlapping methods as "
+                    f"routes[{j}] ('{earlier.name}'), which matches first"
+                )
+                break
+        routes.append(route)
+    return tuple(routes)
