@@ -133,6 +133,8 @@ class RewardSpec:
     # source == "response": reward = 1 when status < max_status (and latency <= max_latency if set)
     max_status: int = 500
     max_latency: float | None = None
+    # continuous rewards: the declared [low, high]; feedback outside it is refused with 422
+    range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
