@@ -6,6 +6,7 @@ source would shadow every edit). Any failure to compile falls back to the pure-P
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 from typing import Any
@@ -13,9 +14,9 @@ from typing import Any
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# the modules on the per-request path; everything else stays interpreted
+# the data plane: the per-request path (router/dataplane/); everything else stays interpreted
 # (measured: compiling runtime.py and policies/weighted.py as well gained nothing more)
-HOT = ["router/http.py", "router/upstream.py", "router/proxy.py"]
+HOT = sorted(glob.glob("router/dataplane/*.py"))
 # Never router/metrics.py: it subclasses prometheus_client's Collector; compiled against an
 # unknown (Any) base class the native class breaks (SystemError, then a segfault). The build
 # runs before dependencies are installed, so prometheus-client is a build requirement: mypy

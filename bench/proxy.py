@@ -50,7 +50,7 @@ SERVE_INLINE = r"""
 import asyncio, sys, uvloop
 from router.app import open_runtime
 from router.config import parse_config
-from router.proxy import start_proxy
+from router.dataplane.proxy import start_proxy
 async def main():
     cfg = parse_config(open(sys.argv[1]).read(), sys.argv[1])
     rt = await open_runtime(cfg)

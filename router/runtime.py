@@ -13,7 +13,6 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +22,14 @@ import numpy as np
 from policies.base import Context, Decision
 from policies.spec import BackendConfig, Config, Override, RouteConfig
 from policies.weighted import sticky_bucket
+from router.dataplane.mirror import Mirrorer
+from router.dataplane.seam import Selection
 from router.engines import Engine, Services, engine_for
 from router.feedback import FeedbackHandler, TokenSigner, load_secret
-from router.mirror import Mirrorer
 
 if TYPE_CHECKING:
     from router.audit import Audit
-    from router.http import Request
+    from router.dataplane.seam import Pool, Request, Route, Router
     from router.metrics import BoundRequest, Metrics
     from router.store.base import Store
 
@@ -48,19 +48,8 @@ class BackendRuntime:
         self.name = cfg.name
         self.cfg = cfg
         self.up = True
-        self.pool: Any = None  # router.upstream.UpstreamPool, created lazily by the proxy
+        self.pool: Pool | None = None  # the data plane's connections, created on first use
         self._fails = 0
-
-
-@dataclass(slots=True)
-class Selection:
-    """Where one request goes and why."""
-
-    backend: BackendRuntime
-    arm: str | None  # the policy arm; None when an override chose the backend
-    decision: Decision | None
-    context: Context | None
-    token: str | None  # x-modelrouter-decision on learning routes
 
 
 _NO_CONTEXT = Context()  # shared by plain routes; nothing writes to a Context
@@ -520,3 +509,10 @@ class Runtime:
         if b.up != was:
             log.warning("backend '%s' is %s", b.name, "up" if b.up else "DOWN")
         self.metrics.set_backend_up(b.name, b.up)
+
+
+if TYPE_CHECKING:
+
+    def _provides_the_seam(rt: Runtime, route: RouteRuntime) -> tuple[Router, Route]:
+        """mypy checks here that the runtime is what the data plane needs (dataplane.seam)."""
+        return rt, route

@@ -47,10 +47,10 @@ class Server:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
-        import router.proxy as proxy_module
+        import router.dataplane.proxy as proxy_module
         from router.admin import create_admin_app
         from router.app import open_runtime
-        from router.proxy import start_proxy
+        from router.dataplane.proxy import start_proxy
 
         cfg = self.config
         self.runtime = await open_runtime(cfg, config_path=self.config_path)

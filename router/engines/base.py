@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from policies.spec import BackendConfig, Config, RouteConfig
     from router.audit import Audit
-    from router.http import Request
+    from router.dataplane.seam import Request
     from router.metrics import Metrics
     from router.store.base import Store
 

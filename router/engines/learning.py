@@ -30,7 +30,7 @@ from policies.spec import ABTestSpec, BanditSpec, ContextualSpec, RouteConfig
 from router.engines.base import ActionError, EngineBase, EngineFactory, Services
 
 if TYPE_CHECKING:
-    from router.http import Request
+    from router.dataplane.seam import Request
     from router.store.base import FeedbackRecord
 
 __all__ = ["ENGINES", "ContextualEngine", "LearningEngine"]

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from router.app import close_runtime, open_runtime
 from router.config import parse_config
-from router.proxy import ProxyServer, start_proxy
+from router.dataplane.proxy import ProxyServer, start_proxy
 from router.runtime import Runtime
 from router.store.memory import MemoryStore
 
@@ -237,7 +237,7 @@ SERVE_CODE = """
 import asyncio, sys, uvloop
 from router.app import open_runtime
 from router.config import parse_config
-from router.proxy import start_proxy
+from router.dataplane.proxy import start_proxy
 
 async def main():
     cfg = parse_config(open(sys.argv[1]).read(), sys.argv[1])

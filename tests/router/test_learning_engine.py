@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 from policies.base import BUCKETS, Context
 from router.audit import Audit
 from router.config import parse_config
+from router.dataplane.seam import Request
 from router.engines.base import ActionError, Services
 from router.engines.learning import ENGINES, ContextualEngine, LearningEngine
-from router.http import Request
 from router.metrics import Metrics
 from router.store.base import FeedbackRecord
 from router.store.memory import MemoryStore

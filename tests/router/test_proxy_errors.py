@@ -157,7 +157,7 @@ async def test_503_when_too_many_wait_for_a_connection(upstreams, router):
 
     up = await upstreams("a", held)
     r = await router(simple_config(("a", up.port), limits="{max_pending: 1}"))
-    from router.upstream import pool_for
+    from router.dataplane.upstream import pool_for
 
     pool = pool_for(r.runtime.backends["a"], r.runtime.config.limits)
     pool.max_connections = 1

@@ -8,7 +8,8 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-from router.http import Request, sane_request_id
+from router.dataplane.head import sane_request_id
+from router.dataplane.seam import Request
 from tests.router.conftest import parse_responses, raw_exchange, simple_config
 
 
@@ -265,7 +266,7 @@ async def test_on_uvloop(upstreams):
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             from router.app import open_runtime
             from router.config import parse_config
-            from router.proxy import start_proxy
+            from router.dataplane.proxy import start_proxy
 
             rt = await open_runtime(parse_config(simple_config(("a", port)), "t.yaml"))
             px = await start_proxy(rt, "127.0.0.1", 0)

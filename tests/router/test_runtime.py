@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.http import Request
+from router.dataplane.seam import Request
 from tests.helpers import eventually
 
 CONFIG = """\

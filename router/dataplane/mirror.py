@@ -3,6 +3,9 @@
 The mirrored call runs off the request path on the runtime's aiohttp session; its answer is
 never returned to the client. Only requests whose body the proxy holds in full (up to
 `MAX_MIRROR_BODY`) are mirrored, so mirroring never makes the proxy buffer a large body.
+`Mirrorer` is the route's mirror (built by the runtime); the functions below are the exchange's
+side: sample and remember the request (`start`), send the copy once the body is complete
+(`send_copy`), collect the served answer (`capture_primary`, `resolve_primary`).
 """
 
 from __future__ import annotations
@@ -10,19 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
 from policies.spec import BackendConfig, Mirror
+from router.dataplane.upstream import rewrite_path
 
 if TYPE_CHECKING:
+    from router.dataplane.exchange import Exchange
     from router.metrics import Metrics
 
 log = logging.getLogger("modelrouter.mirror")
 
-MAX_MIRROR_BODY = 64 * 1024
-MAX_IN_FLIGHT = 64  # beyond this, mirrored copies are dropped (result "dropped")
+MAX_MIRROR_BODY: Final = 64 * 1024
+MAX_IN_FLIGHT: Final = 64  # beyond this, mirrored copies are dropped (result "dropped")
 _SKIP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
 
 
@@ -110,3 +115,63 @@ class Mirrorer:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# ---- the exchange's side ----------------------------------------------------------------------
+
+
+def start(ex: Exchange, mirror: Mirrorer, method: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """Decide whether this request of a mirrored route is copied; if so, remember it on `ex`."""
+    try:
+        if not mirror.sample():
+            return
+    except Exception:
+        log.exception("route %r: mirror sampling failed", mirror.route)
+        return
+    rw = mirror.backend.rewrite
+    target = ex.target
+    if rw is not None:
+        target = rewrite_path(rw.from_.encode("latin-1"), rw.to.encode("latin-1"), target)
+    ex.primary = ex.loop.create_future()
+    ex.mirror_body = []
+    ex.mirror_req = (mirror, method, target.decode("latin-1"), headers)
+
+
+def send_copy(ex: Exchange) -> None:
+    """The request body is complete: send the copy, if the whole body was held."""
+    assert ex.mirror_req is not None
+    mirror, method, path_qs, headers = ex.mirror_req
+    ex.mirror_req = None
+    kept = ex.kept
+    if kept is None:  # the body outgrew what is kept for retries: too big to mirror
+        ex.proto.runtime.metrics.mirror(mirror.route, mirror.backend.name, "skipped")
+        if ex.primary is not None:
+            ex.primary.cancel()
+            ex.primary = None
+        return
+    body = b"".join(kept[1::3] if ex.chunked_in else kept)
+    assert ex.primary is not None
+    try:
+        mirror.send(method, path_qs, headers, body, ex.primary)
+    except Exception:
+        log.exception("route %r: mirroring failed", mirror.route)
+
+
+def capture_primary(ex: Exchange, data: bytes) -> None:
+    """A piece of the served body, kept for the comparison up to MAX_MIRROR_BODY."""
+    body = ex.mirror_body
+    if body is not None:
+        ex.mirror_size += len(data)
+        if ex.mirror_size <= MAX_MIRROR_BODY:
+            body.append(data)
+        else:
+            ex.mirror_body = None  # too big to compare: the status only
+
+
+def resolve_primary(ex: Exchange) -> None:
+    """The served answer is complete: hand (status, body or None) to the mirrored call."""
+    primary = ex.primary
+    ex.primary = None
+    if primary is not None and not primary.done():
+        body = ex.mirror_body
+        primary.set_result((ex.status, b"".join(body) if body is not None else None))

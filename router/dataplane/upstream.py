@@ -11,11 +11,15 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
 
 from policies.spec import BackendConfig, Limits
+from router.dataplane.head import CLEN, CONN, RESPONSE_HEADERS, TE, connection_tokens, strip_named
+
+if TYPE_CHECKING:
+    from router.dataplane.seam import Backend
 
 __all__ = [
     "PoolFull",
@@ -29,32 +33,13 @@ __all__ = [
 MAX_CONNECTIONS = 512  # per backend; beyond, requests wait (up to max_pending) for a free one
 IDLE_TIMEOUT = 30.0  # close idle connections before typical upstream keep-alive timeouts hit
 
-# response headers never passed to the client (hop-by-hop, or re-framed by the proxy)
-_HOP = 1
-_CLEN = 2
-_TE = 3
-_CONN = 4
-_RESP_SPECIAL: dict[bytes, int] = {
-    b"connection": _CONN,
-    b"keep-alive": _HOP,
-    b"proxy-connection": _HOP,
-    b"te": _HOP,
-    b"trailer": _HOP,
-    b"transfer-encoding": _TE,
-    b"upgrade": _HOP,
-    b"proxy-authenticate": _HOP,
-    b"proxy-authorization": _HOP,
-    b"x-request-id": _HOP,  # the proxy sets its own (the client's, or a generated one)
-    b"content-length": _CLEN,
-}
-
 
 class PoolFull(Exception):
     """More than `max_pending` requests already wait for a connection to this backend."""
 
 
 class UpstreamUser(Protocol):
-    """What a connection reports to the exchange using it (see router.proxy.Exchange)."""
+    """What a connection reports to the exchange using it (router.dataplane.exchange)."""
 
     def u_connected(self, conn: UpstreamConnection) -> None: ...
     def u_connect_failed(self, exc: BaseException) -> None: ...
@@ -163,21 +148,17 @@ class UpstreamConnection(asyncio.Protocol):
     # ---- httptools callbacks -------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        kind = _RESP_SPECIAL.get(name.lower())
+        # hop-by-hop headers and those re-framed by the proxy never reach the client
+        kind = RESPONSE_HEADERS.get(name.lower())
         if kind is None:
             self.headers += (name, b": ", value, b"\r\n")
-        elif kind == _CLEN:
+        elif kind == CLEN:
             self.clen = value
             self.headers += (name, b": ", value, b"\r\n")
-        elif kind == _TE:
+        elif kind == TE:
             self.chunked = True  # llhttp rejects any other final coding with a body
-        elif kind == _CONN:
-            for tok in value.lower().split(b","):
-                tok = tok.strip()
-                if tok and tok not in (b"close", b"keep-alive"):
-                    if self.conn_tokens is None:
-                        self.conn_tokens = []
-                    self.conn_tokens.append(tok)
+        elif kind == CONN:
+            self.conn_tokens = connection_tokens(value, self.conn_tokens)
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -186,7 +167,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.status = status
         if self.conn_tokens is not None:
-            self._strip_connection_named()
+            self.headers = strip_named(self.headers, self.conn_tokens)
         user = self.user
         if user is not None:
             user.u_head(self)
@@ -195,15 +176,6 @@ class UpstreamConnection(asyncio.Protocol):
                 # reuse this connection, so its parser state does not matter any more
                 self.pool.discard(self)
                 user.u_done(self)
-
-    def _strip_connection_named(self) -> None:
-        drop = set(self.conn_tokens or ())
-        h = self.headers
-        kept: list[bytes] = []
-        for i in range(0, len(h), 4):
-            if h[i].lower() not in drop:
-                kept += h[i : i + 4]
-        self.headers = kept
 
     def on_body(self, body: bytes) -> None:
         user = self.user
@@ -417,9 +389,10 @@ def rewrite_path(rw_from: bytes | None, rw_to: bytes, path: bytes) -> bytes:
     return path
 
 
-def pool_for(backend: Any, limits: Limits) -> UpstreamPool:
-    """The pool of a runtime backend (`.cfg`, `.pool`), created on first use or config change."""
-    pool: UpstreamPool | None = backend.pool
-    if pool is None or pool.cfg is not backend.cfg:
-        pool = backend.pool = UpstreamPool(backend.cfg, limits)
+def pool_for(backend: Backend, limits: Limits) -> UpstreamPool:
+    """The pool of a backend (its `pool` slot), created on first use or config change."""
+    pool = backend.pool
+    if not isinstance(pool, UpstreamPool) or pool.cfg is not backend.cfg:
+        pool = UpstreamPool(backend.cfg, limits)
+        backend.pool = pool
     return pool

@@ -1,0 +1,12 @@
+"""The HTTP/1.1 data plane: the per-request path, compiled with mypyc in regular installs.
+
+seam      what a data plane uses of the routing runtime (Request, Selection, Route, Router)
+proxy     ProxyServer and start_proxy: the listening socket, timeout tick, idle sweep, drain
+listener  ClientProtocol: one client connection's httptools callbacks, pipelining, refusals
+head      pure head processing: framing, target, client address, request id, forwarded head
+exchange  Exchange: one request and its response through the proxy (retries, timeouts)
+upstream  UpstreamPool and UpstreamConnection: keep-alive connections to one backend
+feedback  the /_modelrouter/feedback endpoint
+mirror    shadow traffic to a route's mirror backend
+answers   status lines and the JSON answers the proxy sends itself
+"""
