@@ -21,7 +21,6 @@ import hmac
 import itertools
 import json
 import logging
-import math
 import os
 import secrets
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from policies.base import Context
+from policies.base import Context, reward_problem
 from router.errors import ModelrouterError
 from router.store.base import FeedbackRecord
 
@@ -79,6 +78,8 @@ class TokenData:
     token_id: str
     features: tuple[float, ...] | None
     label: str | None
+    layout: str | None = None  # feature layout digest of a contextual decision
+    clock: float | None = None  # the policy clock at the decision (discounted bandits)
 
 
 def _b64(data: bytes) -> str:
@@ -116,22 +117,24 @@ class TokenSigner:
         features: tuple[float, ...] | None,
         label: str | None,
         now: float,
+        layout: str | None = None,
+        clock: float | None = None,
     ) -> str:
         token_id = f"{self._prefix}{next(self._counter):x}"
-        payload = json.dumps(
-            [
-                _VERSION,
-                route,
-                arm,
-                round(propensity, 6),
-                generation,
-                round(now, 3),
-                token_id,
-                None if features is None else list(features),
-                label,
-            ],
-            separators=(",", ":"),
-        ).encode()
+        fields: list[Any] = [
+            _VERSION,
+            route,
+            arm,
+            float(f"{propensity:.9g}"),  # significant digits: small propensities stay exact
+            generation,
+            round(now, 3),
+            token_id,
+            None if features is None else list(features),
+            label,
+        ]
+        if layout is not None or clock is not None:
+            fields += [layout, clock]
+        payload = json.dumps(fields, separators=(",", ":")).encode()
         return f"{_b64(payload)}.{_b64(self._sign(payload))}"
 
     def verify(self, token: object, now: float, ttl: float) -> TokenData:
@@ -149,7 +152,13 @@ class TokenSigner:
                 403, "forged", "decision: bad signature (forged or from another router)"
             )
         try:
-            v, route, arm, prop, gen, issued, tid, feats, label = json.loads(payload)
+            items = json.loads(payload)
+            # 9 fields; 11 with the feature layout and policy clock (tokens of older routers
+            # have 9 and stay valid)
+            layout, clock = (items[9], items[10]) if len(items) == 11 else (None, None)
+            v, route, arm, prop, gen, issued, tid, feats, label = items[:9]
+            if len(items) not in (9, 11):
+                raise ValueError(len(items))
             data = TokenData(
                 str(route),
                 str(arm),
@@ -159,6 +168,8 @@ class TokenSigner:
                 str(tid),
                 None if feats is None else tuple(float(x) for x in feats),
                 None if label is None else str(label),
+                None if layout is None else str(layout),
+                None if clock is None else float(clock),
             )
         except (ValueError, TypeError):
             raise TokenError(403, "forged", "decision: malformed token payload") from None
@@ -302,6 +313,7 @@ class FeedbackHandler:
             ctx = Context(
                 features=None if it.data.features is None else np.asarray(it.data.features),
                 label=it.data.label,
+                clock=it.data.clock,
             )
             # durable already: the policy learns only from what a restart would replay
             it.engine.feedback(it.data.arm, it.reward, ctx, token_id=it.data.token_id)
@@ -339,19 +351,37 @@ class FeedbackHandler:
             raise TokenError(
                 410, "gone", f"decision: arm '{data.arm}' is no longer part of route '{data.route}'"
             )
+        layout = engine.layout
+        if layout is not None:
+            # a decision made under other features: its vector means something else to the
+            # model now, so it is refused before anything is stored (and changes nothing)
+            stale = (
+                data.layout != layout
+                if data.layout is not None
+                else data.features is None or len(data.features) != _dim(engine)
+            )
+            if stale:
+                raise TokenError(
+                    409,
+                    "stale_layout",
+                    f"decision: made under feature layout {data.layout or 'of an older router'};"
+                    f" route '{data.route}' now uses layout {layout} (its features changed), so"
+                    " the reward cannot be credited",
+                )
         reward = raw["reward"]
         if isinstance(reward, bool) or not isinstance(reward, int | float):
             raise TokenError(
                 422, "invalid_reward", f"reward: must be a number, got {_kind(reward)}"
             )
-        r = float(reward)
-        if not math.isfinite(r):
-            raise TokenError(422, "invalid_reward", "reward: must be finite")
-        if engine.reward_type == "binary" and not 0.0 <= r <= 1.0:
-            raise TokenError(
-                422, "invalid_reward", f"reward: a binary reward must be in [0, 1], got {reward}"
-            )
-        return _Item(data, r, engine)
+        problem = reward_problem(reward, engine.reward_type, engine.reward_range)
+        if problem is not None:
+            raise TokenError(422, "invalid_reward", f"reward: {problem}")
+        return _Item(data, float(reward), engine)
+
+
+def _dim(engine: object) -> int:
+    encoder = getattr(engine, "encoder", None)
+    return int(getattr(encoder, "dim", -1))
 
 
 def _kind(v: object) -> str:

@@ -160,7 +160,11 @@ class RouteRuntime:
         backend = self._backends[decision.arm]
         if not backend.up:
             backend, decision = self._failover(decision)
-        token = self._runtime.issue_token(self.name, decision, ctx) if engine.learns else None
+        token = (
+            self._runtime.issue_token(self.name, decision, ctx, engine.layout)
+            if engine.learns
+            else None
+        )
         return Selection(backend, decision.arm, decision, ctx, token)
 
     def select_plain(self) -> Selection:
@@ -307,7 +311,9 @@ class Runtime:
                 return r
         return None
 
-    def issue_token(self, route: str, decision: Decision, ctx: Context) -> str | None:
+    def issue_token(
+        self, route: str, decision: Decision, ctx: Context, layout: str | None = None
+    ) -> str | None:
         if self.signer is None:
             return None
         features = None if ctx.features is None else tuple(ctx.features.tolist())
@@ -319,6 +325,8 @@ class Runtime:
             features,
             ctx.label,
             self.clock(),
+            layout,
+            ctx.clock,
         )
         return token
 

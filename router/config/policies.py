@@ -7,8 +7,8 @@ Algorithm parameters and check kinds are read from the registries next to their 
 from __future__ import annotations
 
 import io
-import math
 import json
+import math
 from collections.abc import Callable, Collection
 from typing import Final, Literal
 
