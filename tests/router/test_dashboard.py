@@ -122,9 +122,22 @@ class FakeRouter:
             "shares": shares,
             "arms": arms,
             "regret": 3.0 * math.log1p(k),
+            "regret_interval": [2.0 * math.log1p(k), 4.0 * math.log1p(k)],
             "regret_uniform": 2.5 * k,
             "analysis": [],
             "test": None,
+            "contexts": [
+                {
+                    "context": f"climate={c}",
+                    "sent_to": best,
+                    "decisions": 20 * k,
+                    "arms": {
+                        a: {"estimate": m, "ci_low": m - 0.1, "ci_high": m + 0.1, "share": 0.3}
+                        for a, m in zip(shares, (0.5, 0.45, 0.3), strict=True)
+                    },
+                }
+                for c, best in (("hot", "summer_model"), ("cold", "winter_model"))
+            ],
         }
         step = min(3, k // 3)
         pct = (10, 25, 50, 100)[step]
@@ -243,6 +256,12 @@ async def test_dashboard_charts_hold_data(dashboard_url: str) -> None:
     # A/B status: probability to be best and the SRM flag.
     assert "P(B best)" in dom and 'data-flagged="true"' in dom
     assert 'id="route-legacy"' in dom
+    # A contextual route shows where each context is sent, with estimates and intervals.
+    ctx = re.search(r'<div class="contexts" data-rows="2">(.*?)</div>', dom, re.S)
+    assert ctx, "per-context table missing"
+    assert 'data-context="climate=cold"' in ctx.group(1) and "winter_model" in ctx.group(1)
+    assert "[0.400, 0.600]" in ctx.group(1)
+    assert "(95% " in dom
 
 
 @needs_chromium
