@@ -6,12 +6,13 @@ Thompson sampling plays arm i with probability
 
 where f_j, F_j are the density and distribution function of arm j's sampling distribution.
 `prob_best` evaluates that integral with composite Gauss–Legendre panels whose breakpoints are
-each arm's mean +- {0, 0.75, 1.5, 2.5, 4, 6, 9, 13} standard deviations (clipped to the
-support). Every density and every distribution function is then smooth inside each panel at
-the scale of the narrowest posterior that matters there, so 8 nodes per panel give relative
-errors around 1e-6 (tests compare with adaptive `scipy.integrate.quad`). One call costs a few
-hundred vectorised `betainc` / `ndtr` evaluations, about 0.2 ms for 4 arms; callers cache the
-result per posterior state.
+each arm's mean +- {0, 1, 2.25, 4, 6.5, 9.5, 13} standard deviations (clipped to the
+support; below the second-highest lower tail end every integrand is ~0 and is skipped). Every
+density and distribution function is then smooth inside each panel at the scale of the
+narrowest posterior that matters there, so 8 nodes per panel give relative errors around 1e-5
+(tests compare with adaptive `scipy.integrate.quad`). One call is a few hundred vectorised
+`ndtr` (or `betainc`, for small-count Beta arms) evaluations and ~30 numpy calls, roughly
+0.1-0.4 ms for 4 arms; callers cache the result per posterior state.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ BETA = 0  # parameters (alpha, beta)
 NORMAL = 1  # parameters (mean, sd)
 
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(8)
-_SDS = np.array([0.0, 0.75, 1.5, 2.5, 4.0, 6.0, 9.0, 13.0])
+_SDS = np.array([0.0, 1.0, 2.25, 4.0, 6.5, 9.5, 13.0])
 _SDS = np.concatenate([-_SDS[:0:-1], _SDS])
+_SQRT_2PI = float(np.sqrt(2.0 * np.pi))
 
 
 def prob_best(arms: Sequence[tuple[int, float, float]]) -> list[float]:
@@ -41,60 +43,50 @@ def prob_best(arms: Sequence[tuple[int, float, float]]) -> list[float]:
     k = len(arms)
     if k == 1:
         return [1.0]
-    points = [a[1] for a in arms if a[0] == NORMAL and a[2] <= 0.0]
-    if points:
+    if any(a[0] == NORMAL and a[2] <= 0.0 for a in arms):
         return _with_point_masses(arms)
-    means = np.empty(k)
-    sds = np.empty(k)
-    for j, (kind, p1, p2) in enumerate(arms):
-        if kind == BETA:
-            t = p1 + p2
-            means[j] = p1 / t
-            sds[j] = np.sqrt(p1 * p2 / (t * t * (t + 1.0)))
-        else:
-            means[j], sds[j] = p1, p2
-    brk = (means[:, None] + sds[:, None] * _SDS[None, :]).ravel()
+    par = np.asarray(arms, dtype=float)  # (k, 3)
+    is_beta = par[:, 0] == BETA
+    p1, p2 = par[:, 1], par[:, 2]
+    t = p1 + p2
+    means = np.where(is_beta, p1 / t, p1)
+    sds = np.where(is_beta, np.sqrt(p1 * p2 / (t * t * (t + 1.0))), p2)
+    brk = means[:, None] + sds[:, None] * _SDS[None, :]
     # below the second-highest lower tail end two arms have F ~ 0, so every integrand is ~0
-    lo = float(np.sort(means - _SDS[-1] * sds)[-2])
-    hi = float(brk.max())
-    if all(a[0] == BETA for a in arms):
+    lo = float(np.partition(brk[:, 0], k - 2)[k - 2])
+    hi = float(brk[:, -1].max())
+    if is_beta.all():
         lo, hi = max(lo, 0.0), min(hi, 1.0)
-        brk = np.clip(brk, 0.0, 1.0)
-    edges = np.unique(brk)
-    edges = edges[(edges >= lo) & (edges <= hi)]
+    edges = np.unique(np.clip(brk, lo, hi))
     if len(edges) < 2:
         edges = np.array([lo, hi if hi > lo else lo + 1e-12])
-    half = np.diff(edges) / 2.0
-    mid = (edges[:-1] + edges[1:]) / 2.0
-    x = (mid[:, None] + half[:, None] * _GL_X[None, :]).ravel()
+    half = np.diff(edges) * 0.5
+    x = ((edges[:-1] + half)[:, None] + half[:, None] * _GL_X[None, :]).ravel()
     w = (half[:, None] * _GL_W[None, :]).ravel()
     pdf = np.empty((k, x.size))
     cdf = np.empty((k, x.size))
-    for j, (kind, p1, p2) in enumerate(arms):
-        if kind == BETA:
-            xc = np.clip(x, 1e-300, 1.0 - 1e-16)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                logf = (p1 - 1.0) * np.log(xc) + (p2 - 1.0) * np.log1p(-xc) - betaln(p1, p2)
-            inside = (x > 0.0) & (x < 1.0)
-            pdf[j] = np.where(inside, np.exp(logf), 0.0)
-            cdf[j] = betainc(p1, p2, np.clip(x, 0.0, 1.0))
-        else:
-            z = (x - p1) / p2
-            pdf[j] = np.exp(-0.5 * z * z) / (p2 * np.sqrt(2.0 * np.pi))
-            cdf[j] = ndtr(z)
+    normal = ~is_beta
+    if normal.any():
+        z = (x[None, :] - means[normal, None]) / sds[normal, None]
+        pdf[normal] = np.exp(-0.5 * z * z) / (sds[normal, None] * _SQRT_2PI)
+        cdf[normal] = ndtr(z)
+    for j in np.flatnonzero(is_beta):
+        a, b = p1[j], p2[j]
+        inside = (x > 0.0) & (x < 1.0)
+        xc = np.clip(x, 1e-300, 1.0 - 1e-16)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            logf = (a - 1.0) * np.log(xc) + (b - 1.0) * np.log1p(-xc) - betaln(a, b)
+        pdf[j] = np.where(inside, np.exp(logf), 0.0)
+        cdf[j] = betainc(a, b, np.clip(x, 0.0, 1.0))
     # prod_{j != i} F_j(x) without dividing by F_i (which may be 0): prefix * suffix products
-    pre = np.ones((k + 1, x.size))
-    suf = np.ones((k + 1, x.size))
-    for j in range(k):
-        pre[j + 1] = pre[j] * cdf[j]
-        suf[k - 1 - j] = suf[k - j] * cdf[k - 1 - j]
-    others = pre[:k] * suf[1:]
-    p = (pdf * others) @ w
-    p = np.maximum(p, 0.0)
+    ones = np.ones((1, x.size))
+    pre = np.concatenate([ones, np.cumprod(cdf[:-1], axis=0)])
+    suf = np.concatenate([np.cumprod(cdf[:0:-1], axis=0)[::-1], ones])
+    p = np.maximum((pdf * pre * suf) @ w, 0.0)
     total = float(p.sum())
     if not total > 0.0 or not np.isfinite(total):
         return [1.0 / k] * k
-    return [float(v) for v in p / total]
+    return (p / total).tolist()  # type: ignore[no-any-return]
 
 
 def _with_point_masses(arms: Sequence[tuple[int, float, float]]) -> list[float]:
