@@ -286,9 +286,7 @@ class RegretTracker:
         sig2 = _residual_vars(p)
         k, d = theta.shape
         g = np.random.default_rng(len(keep))  # fixed draws: a read is reproducible
-        chol = np.linalg.cholesky(
-            (np.asarray(p.A_inv) + np.eye(d) * 1e-12) * sig2[:, None, None]
-        )  # (k, d, d)
+        chol = _sqrt_psd(np.asarray(p.A_inv) * sig2[:, None, None])  # (k, d, d)
         z = g.standard_normal((_DRAWS, k, d))
         draws = theta[None, :, :] + np.einsum("kij,skj->ski", chol, z)  # (s, k, d)
         pd = np.einsum("md,skd->smk", X, draws)  # (s, m, k)
@@ -352,6 +350,16 @@ class RegretTracker:
         for arm in [a for a in self._live if a not in keep]:
             del self._live[arm]
         self._buf = deque((a, x) for a, x in self._buf if a in keep)
+
+
+def _sqrt_psd(cov: np.ndarray) -> np.ndarray:
+    """A matrix square root L (L L^T = cov) per leading index; tolerant of rounding that leaves
+    a covariance a hair short of positive definite (eigenvalues clipped at 0)."""
+    try:
+        return np.linalg.cholesky(cov + np.eye(cov.shape[-1]) * 1e-12)
+    except np.linalg.LinAlgError:
+        vals, vecs = np.linalg.eigh(cov)
+        return vecs * np.sqrt(np.maximum(vals, 0.0))[..., None, :]  # type: ignore[no-any-return]
 
 
 def _residual_vars(policy: Any) -> np.ndarray:
