@@ -652,6 +652,7 @@ class Softmax:
             "Boltzmann temperature. Unset: 0.1 x the reward scale (binary: the overall success "
             "rate, so click-through rates are not routed uniformly; continuous: the pooled sd).",
             gt=0.0,
+            example="0.005",
         ),
     )
 
