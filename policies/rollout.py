@@ -43,7 +43,9 @@ __all__ = [
 ]
 
 HISTORY_LIMIT = 200  # analysis results kept in the state (and the store)
-SEQUENTIAL_TAU = 0.05  # mSPRT mixing sd on the error-rate difference: effects of ~5 points
+# mSPRT mixing_sd on the error-rate difference (a standard deviation, like A/B tests'
+# `test.mixing_sd`): effects of ~5 points
+SEQUENTIAL_MIXING_SD = 0.05
 SEQUENTIAL_MIN_REQUESTS = 10  # per side, so the normal approximation is not absurd
 
 Outcome = Literal["pass", "fail", "inconclusive"]
@@ -315,7 +317,7 @@ def sequential_error_test(
     cand_n: int,
     cand_e: int,
     alpha: float,
-    tau: float = SEQUENTIAL_TAU,
+    mixing_sd: float = SEQUENTIAL_MIXING_SD,
 ) -> tuple[bool, str]:
     """Always-valid mSPRT (normal mixture, Johari et al.) on the error-rate difference.
 
@@ -333,7 +335,7 @@ def sequential_error_test(
     # smoothed rates keep the variance positive when a side has no (or only) errors
     qs, qc = (stable_e + 0.5) / (stable_n + 1), (cand_e + 0.5) / (cand_n + 1)
     v = qs * (1 - qs) / stable_n + qc * (1 - qc) / cand_n
-    t2 = tau * tau
+    t2 = mixing_sd * mixing_sd
     log_lambda = 0.5 * math.log(v / (v + t2)) + t2 * d * d / (2 * v * (v + t2))
     threshold = math.log(1 / alpha)
     msg = (

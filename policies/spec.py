@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from policies.guardrails import GuardrailSpec
+
 POLICY_KINDS: tuple[str, ...] = (
     "weighted",
     "blue_green",
@@ -215,8 +217,10 @@ class TestSpec:
     method: Literal["z_test", "welch_t", "msprt", "bayesian"] = "msprt"
     alpha: float = 0.05
     min_samples: int = 1000  # per arm, before the test may decide
-    # msprt mixing variance (tau^2); None = a sensible default from the reward type
-    tau: float | None = None
+    # msprt: standard deviation of the normal mixing distribution over the true difference, in
+    # reward units (the same meaning as the canary's sequential test); None = 0.1 x pooled sd.
+    # The old key `tau` (a variance) is read as mixing_sd = sqrt(tau) with a warning.
+    mixing_sd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +230,10 @@ class ABTestSpec:
     reward: RewardSpec = field(default_factory=RewardSpec)
     test: TestSpec = field(default_factory=TestSpec)
     conclude: Literal["route_winner", "stop", "none"] = "none"
+    guardrails: tuple[GuardrailSpec, ...] = ()
+    # the route has a sticky key: users are randomised, so users are the unit of analysis
+    # (set by the config loader from routes[].sticky)
+    sticky: bool = False
     kind: Literal["ab_test"] = "ab_test"
 
 
@@ -237,6 +245,7 @@ class BanditSpec:
     params: dict[str, float] = field(default_factory=dict)
     min_share: float = 0.0
     discount: float = 1.0
+    guardrails: tuple[GuardrailSpec, ...] = ()
     kind: Literal["bandit"] = "bandit"
 
 

@@ -178,6 +178,10 @@ def format_status(status: Mapping[str, Any]) -> str:
         if srm:
             flag = "MISMATCH: the split is broken" if srm.get("flagged") else "ok"
             lines.append(f"  sample ratio: {flag} (chi-square p {_num(srm.get('p_value'), 3)})")
+        lines.extend(_format_comparisons(test))
+    guard = _map(status.get("guardrails")) or _map(test.get("guardrails"))
+    if guard:
+        lines.extend(_format_guardrails(guard))
     contexts = status.get("contexts")
     if isinstance(contexts, list) and contexts:
         lines.append("  per context (estimate [95% interval] per backend):")
@@ -197,6 +201,80 @@ def format_status(status: Mapping[str, Any]) -> str:
         lines.append("  analysis (latest):")
         lines.extend(f"    {_describe_item(a)}" for a in analysis[-3:])
     return "\n".join(lines)
+
+
+def _signed(v: Any, pct: bool = False) -> str:
+    if not isinstance(v, int | float):
+        return "-"
+    return f"{v:+.1%}" if pct else f"{v:+.4g}"
+
+
+def _interval(lo: Any, hi: Any, pct: bool = False) -> str:
+    if not isinstance(lo, int | float) and not isinstance(hi, int | float):
+        return "[-]"
+    return f"[{_signed(lo, pct)}, {_signed(hi, pct)}]"
+
+
+def _format_comparisons(test: Mapping[str, Any]) -> list[str]:
+    """Lift with its interval, raw and corrected p-value and MDE per treatment (A/B tests)."""
+    comps = _map(test.get("comparisons"))
+    out: list[str] = []
+    unit = test.get("unit")
+    if unit:
+        what = "users (sticky key)" if unit == "user" else "requests"
+        progress = _map(test.get("progress"))
+        extra = ""
+        if progress:
+            extra = (
+                f"; {_pct(progress.get('fraction'))} of min_samples "
+                f"{_num(progress.get('min_samples'))} (fewest rewards: "
+                f"{_num(progress.get('least_arm'))})"
+            )
+        out.append(f"  unit of analysis: {what}{extra}")
+    if not comps:
+        return out
+    rows = []
+    entries = [(f"{a} vs {_map(c).get('vs', '?')}", _map(c)) for a, c in comps.items()]
+    leaders = _map(test.get("leaders"))
+    if leaders and isinstance(leaders.get("arms"), list) and len(leaders["arms"]) == 2:
+        a, b = leaders["arms"]
+        entries.append((f"{b} vs {a}", leaders))
+    kind = "interval"
+    for name, c in entries:
+        kind = str(c.get("interval", kind))
+        mde = c.get("mde")
+        rows.append(
+            [
+                name,
+                f"{_signed(c.get('diff'))} {_interval(c.get('diff_low'), c.get('diff_high'))}",
+                f"{_signed(c.get('lift'), True)} "
+                f"{_interval(c.get('lift_low'), c.get('lift_high'), True)}",
+                _num(c.get("p_value"), 3),
+                _num(c.get("p_adjusted"), 3),
+                "-" if mde is None else f"{_num(mde, 3)} ({_pct(c.get('mde_relative'))})",
+                "yes" if c.get("significant") else "no",
+            ]
+        )
+    label = "95% confidence sequence" if kind == "confidence_sequence" else "95% interval"
+    if test.get("alpha") not in (None, 0.05):
+        label = label.replace("95%", f"{1 - float(test['alpha']):.0%}")
+    header = ["comparison", f"difference {label}", "lift", "p", "p_adj", "MDE", "signif."]
+    out.extend(_table(header, rows))
+    return out
+
+
+def _format_guardrails(guard: Mapping[str, Any]) -> list[str]:
+    out = ["  guardrails:"]
+    for arm, g in _map(guard.get("arms")).items():
+        for c in _map(g).get("checks", []):
+            c = _map(c)
+            state = "FAILED" if c.get("failed") else "ok"
+            out.append(
+                f"    {arm}: {c.get('guardrail')} {_num(c.get('value'), 4)} vs "
+                f"{c.get('limit')} over {_num(c.get('n'))}: {state} "
+                f"(p {_num(c.get('p_value'), 3)})"
+            )
+    return out
 
 
 def format_audit(entries: Sequence[Mapping[str, Any]]) -> str:

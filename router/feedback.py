@@ -1,7 +1,8 @@
 """Decision tokens (HMAC-signed, URL-safe) and the `POST /_modelrouter/feedback` endpoint.
 
 A token is `base64url(payload) "." base64url(mac)` where payload is a compact JSON array
-`[1, route, arm, propensity, generation, issued_at, token_id, features|null, label|null]` and
+`[1, route, arm, propensity, generation, issued_at, token_id, features|null, label|null]`, plus
+the sticky bucket as a tenth element when the route has a sticky key (the A/B unit), and
 mac is the first 16 bytes of HMAC-SHA256(secret, payload). Any replica holding the secret can
 credit a decision; nobody without it can make one up.
 
@@ -21,6 +22,7 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import os
 import secrets
 from collections.abc import Callable
@@ -78,6 +80,7 @@ class TokenData:
     token_id: str
     features: tuple[float, ...] | None
     label: str | None
+    bucket: int | None = None  # sticky bucket of the decision, when the route has a sticky key
     layout: str | None = None  # feature layout digest of a contextual decision
     clock: float | None = None  # the policy clock at the decision (discounted bandits)
 
@@ -117,6 +120,7 @@ class TokenSigner:
         features: tuple[float, ...] | None,
         label: str | None,
         now: float,
+        bucket: int | None = None,
         layout: str | None = None,
         clock: float | None = None,
     ) -> str:
@@ -132,8 +136,11 @@ class TokenSigner:
             None if features is None else list(features),
             label,
         ]
+        # optional tail: [bucket] or [bucket, layout, clock] (9-field tokens stay valid)
         if layout is not None or clock is not None:
-            fields += [layout, clock]
+            fields += [bucket, layout, clock]
+        elif bucket is not None:
+            fields.append(bucket)
         payload = json.dumps(fields, separators=(",", ":")).encode()
         return f"{_b64(payload)}.{_b64(self._sign(payload))}"
 
@@ -152,13 +159,13 @@ class TokenSigner:
                 403, "forged", "decision: bad signature (forged or from another router)"
             )
         try:
-            items = json.loads(payload)
-            # 9 fields; 11 with the feature layout and policy clock (tokens of older routers
-            # have 9 and stay valid)
-            layout, clock = (items[9], items[10]) if len(items) == 11 else (None, None)
-            v, route, arm, prop, gen, issued, tid, feats, label = items[:9]
-            if len(items) not in (9, 11):
-                raise ValueError(len(items))
+            v, route, arm, prop, gen, issued, tid, feats, label, *rest = json.loads(payload)
+            if len(rest) not in (0, 1, 3):
+                raise ValueError("bad token tail")
+            bucket = rest[0] if rest else None
+            if bucket is not None and (not isinstance(bucket, int) or bucket < 0):
+                raise ValueError("bad bucket")
+            layout, clock = (rest[1], rest[2]) if len(rest) == 3 else (None, None)
             data = TokenData(
                 str(route),
                 str(arm),
@@ -168,6 +175,7 @@ class TokenSigner:
                 str(tid),
                 None if feats is None else tuple(float(x) for x in feats),
                 None if label is None else str(label),
+                bucket,
                 None if layout is None else str(layout),
                 None if clock is None else float(clock),
             )
@@ -235,6 +243,7 @@ class _Item:
     data: TokenData
     reward: float
     engine: Engine
+    metrics: dict[str, float] | None = None
 
 
 def _json(status: int, doc: dict[str, Any]) -> tuple[int, bytes]:
@@ -294,6 +303,8 @@ class FeedbackHandler:
                 received_at=now,
                 context=it.data.features,
                 label=it.data.label,
+                bucket=it.data.bucket,
+                metrics=it.metrics,
             )
             for it in valid
         ]
@@ -311,12 +322,15 @@ class FeedbackHandler:
                 continue
             accepted += 1
             ctx = Context(
+                bucket=it.data.bucket,
                 features=None if it.data.features is None else np.asarray(it.data.features),
                 label=it.data.label,
                 clock=it.data.clock,
             )
             # durable already: the policy learns only from what a restart would replay
-            it.engine.feedback(it.data.arm, it.reward, ctx, token_id=it.data.token_id)
+            it.engine.feedback(
+                it.data.arm, it.reward, ctx, token_id=it.data.token_id, metrics=it.metrics
+            )
             metrics.feedback(it.data.route, it.data.arm)
         if accepted == 0:
             return _error(
@@ -331,10 +345,10 @@ class FeedbackHandler:
     def _validate(self, raw: object, now: float) -> _Item:
         if not isinstance(raw, dict) or "decision" not in raw or "reward" not in raw:
             raise TokenError(400, "malformed", 'must be an object {"decision": TOKEN, "reward": R}')
-        extra = sorted(set(raw) - {"decision", "reward"})
+        extra = sorted(set(raw) - {"decision", "reward", "metrics"})
         if extra:
             raise TokenError(
-                400, "malformed", f"unknown key '{extra[0]}'; allowed: decision, reward"
+                400, "malformed", f"unknown key '{extra[0]}'; allowed: decision, reward, metrics"
             )
         signer = self._rt.signer
         data = signer.verify(raw["decision"], now, self._rt.config.feedback.ttl)
@@ -376,12 +390,37 @@ class FeedbackHandler:
         problem = reward_problem(reward, engine.reward_type, engine.reward_range)
         if problem is not None:
             raise TokenError(422, "invalid_reward", f"reward: {problem}")
-        return _Item(data, float(reward), engine)
+        return _Item(data, float(reward), engine, _metrics(raw.get("metrics"), engine, data.route))
 
 
 def _dim(engine: object) -> int:
     encoder = getattr(engine, "encoder", None)
     return int(getattr(encoder, "dim", -1))
+
+
+def _metrics(raw: object, engine: Engine, route: str) -> dict[str, float] | None:
+    """`metrics`: {name: number} for the route's reward guardrails (422 otherwise)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise TokenError(422, "invalid_reward", f"metrics: must be an object, got {_kind(raw)}")
+    known: frozenset[str] = getattr(engine, "guardrail_metrics", frozenset())
+    out: dict[str, float] = {}
+    for name, v in raw.items():
+        if name not in known:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise TokenError(
+                422,
+                "invalid_reward",
+                f"metrics.{name}: route '{route}' has no reward guardrail of that name "
+                f"(its reward guardrails: {allowed})",
+            )
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise TokenError(
+                422, "invalid_reward", f"metrics.{name}: must be a finite number, got {v!r}"
+            )
+        out[name] = float(v)
+    return out or None
 
 
 def _kind(v: object) -> str:

@@ -213,6 +213,37 @@ class Metrics:
             "1 while the route's A/B test shows a sample-ratio mismatch (chi-square p < 0.001).",
             ("route",),
         )
+        self._p_adjusted = gauge(
+            "experiment_p_adjusted",
+            "A/B p-value per treatment arm after the multiple-comparison correction (Holm).",
+            ("route", "arm"),
+        )
+        self._lift = gauge(
+            "experiment_lift",
+            "Relative lift of a treatment arm over the control (0.05 = +5%): `estimate`, and "
+            "the interval's `low` and `high` (confidence sequence with msprt, else interval).",
+            ("route", "arm", "bound"),
+        )
+        self._diff = gauge(
+            "experiment_difference",
+            "Absolute difference of means, treatment arm - control, with `low`/`high` bounds.",
+            ("route", "arm", "bound"),
+        )
+        self._mde = gauge(
+            "experiment_mde",
+            "Minimum detectable absolute difference at the current sample size (80% power).",
+            ("route", "arm"),
+        )
+        self._progress = gauge(
+            "experiment_progress",
+            "Fraction of min_samples reached by the A/B arm with the fewest rewards (0..1).",
+            ("route",),
+        )
+        self._guardrail = gauge(
+            "experiment_guardrail_failed",
+            "1 once an arm has failed the guardrail (always-valid test), else 0.",
+            ("route", "arm", "guardrail"),
+        )
         self._mirror = counter(
             "mirror_requests",
             "Shadow requests to a route's mirror backend by result "
@@ -234,6 +265,12 @@ class Metrics:
             self._prob_best,
             self._mirror,
             self._srm,
+            self._p_adjusted,
+            self._lift,
+            self._diff,
+            self._mde,
+            self._progress,
+            self._guardrail,
         )
         self._backend_metrics: tuple[Counter | Gauge, ...] = (
             self._upstream_errors,
@@ -342,6 +379,40 @@ class Metrics:
             _remove(self._prob_best, route, arm)
         else:
             self._prob_best.labels(route, arm).set(p)
+
+    def set_comparison(
+        self,
+        route: str,
+        arm: str,
+        p_adjusted: float | None,
+        lift: tuple[float | None, float | None, float | None],
+        diff: tuple[float | None, float | None, float | None],
+        mde: float | None,
+    ) -> None:
+        """One treatment-vs-control comparison: corrected p, lift and difference with bounds."""
+        self.set_p_adjusted(route, arm, p_adjusted)
+        for fam, values in ((self._lift, lift), (self._diff, diff)):
+            for bound, v in zip(("estimate", "low", "high"), values, strict=True):
+                if v is None:
+                    _remove(fam, route, arm, bound)
+                else:
+                    fam.labels(route, arm, bound).set(v)
+        if mde is None:
+            _remove(self._mde, route, arm)
+        else:
+            self._mde.labels(route, arm).set(mde)
+
+    def set_p_adjusted(self, route: str, arm: str, p: float | None) -> None:
+        if p is None:
+            _remove(self._p_adjusted, route, arm)
+        else:
+            self._p_adjusted.labels(route, arm).set(p)
+
+    def set_progress(self, route: str, fraction: float) -> None:
+        self._progress.labels(route).set(fraction)
+
+    def set_guardrail(self, route: str, arm: str, guardrail: str, failed: bool) -> None:
+        self._guardrail.labels(route, arm, guardrail).set(1.0 if failed else 0.0)
 
     def set_srm(self, route: str, flagged: bool) -> None:
         """Whether the route's A/B split shows a sample-ratio mismatch."""

@@ -117,6 +117,70 @@ def _check_sections() -> tuple[Section, ...]:
     )
 
 
+def _guardrail_sections() -> tuple[Section, ...]:
+    """`guardrails[]` items, one table per metric (ab_test and bandit routes)."""
+    path = (*_POLICY, "guardrails", 0)
+    limit_abs = "Absolute limit; give exactly one limit key."
+    return (
+        Section(
+            "guardrails[] (metric: error_rate)",
+            path,
+            {"metric": "error_rate", "max": 0.02},
+            {
+                "metric": Key("kind", "Share of requests answered 5xx or failed (per arm)."),
+                "name": Key("string", "Shown in status; default: the metric.", default="metric"),
+                "max": Key("number", limit_abs + " A fraction in (0, 1).", default="—"),
+                "max_increase": Key(
+                    "number", "Limit relative to the control arm, in points.", default="—"
+                ),
+            },
+            policy=_AB,
+            note="Fails an arm once an always-valid one-sided test (alpha of the route's "
+            "test, 0.05 on bandits) shows it above the limit.",
+        ),
+        Section(
+            "guardrails[] (metric: latency)",
+            path,
+            {"metric": "latency", "max": "500ms"},
+            {
+                "metric": Key("kind", "A latency percentile of the arm's answers."),
+                "name": Key("string", "Default: `latency_pNN`.", default="latency_pNN"),
+                "percentile": Key("number", "In (0, 100).", default="99"),
+                "max": Key(
+                    "duration",
+                    "pNN must stay at or below this: tested as the share of answers slower "
+                    "than `max` being at most 1 - NN/100.",
+                    default="—",
+                ),
+            },
+            policy=_AB,
+        ),
+        Section(
+            "guardrails[] (metric: reward)",
+            path,
+            {"metric": "reward", "name": "revenue", "min": 0},
+            {
+                "metric": Key(
+                    "kind",
+                    "A second reward, sent with feedback as "
+                    '`"metrics": {"NAME": value}` next to `reward`.',
+                ),
+                "name": Key("string", "The key in feedback's `metrics` (required)."),
+                "type": Key("choice", "`binary` or `continuous`.", default="continuous"),
+                "min": Key("number", limit_abs, default="—"),
+                "max": Key("number", limit_abs, default="—"),
+                "max_decrease": Key(
+                    "number", "Limit relative to the control arm (mean units).", default="—"
+                ),
+                "max_increase": Key(
+                    "number", "Limit relative to the control arm (mean units).", default="—"
+                ),
+            },
+            policy=_AB,
+        ),
+    )
+
+
 # Every key the validator accepts must be described here; `generate()` fails otherwise.
 _SECTIONS: tuple[Section, ...] = (
     Section(
@@ -474,9 +538,16 @@ _SECTIONS: tuple[Section, ...] = (
                 "(phase `concluded`); `stop`/`none`: keep the split, report the "
                 "winner.",
             ),
+            "guardrails": Key(
+                "list",
+                "Metrics an arm must not break, tested sequentially per arm; see "
+                "`guardrails[]`. A failing arm is never concluded winner.",
+                default="—",
+            ),
         },
         get=_pol,
     ),
+    *_guardrail_sections(),
     Section(
         "test (ab_test)",
         (*_POLICY, "test"),
@@ -489,7 +560,20 @@ _SECTIONS: tuple[Section, ...] = (
             ),
             "alpha": Key("number", "Significance (or 1 - required probability to be best)."),
             "min_samples": Key("int", "Rewards per arm before the test may decide."),
-            "tau": Key("number", "mSPRT mixing variance; absent: chosen from the reward type."),
+            "mixing_sd": Key(
+                "number",
+                "mSPRT: standard deviation of the effect prior (the normal mixing distribution "
+                "over the true difference), in reward units — the same meaning as the canary's "
+                "sequential test. Absent: 0.1 × the pooled standard deviation of one "
+                "observation.",
+                default="0.1 × pooled sd",
+            ),
+            "tau": Key(
+                "number",
+                "Deprecated: the old name, a *variance*; read as `mixing_sd: sqrt(tau)` with a "
+                "warning. Giving both is an error.",
+                default="—",
+            ),
         },
         get=lambda c: _pol(c).test,
         policy=_AB,
@@ -531,6 +615,11 @@ _SECTIONS: tuple[Section, ...] = (
             "params": Key("mapping", "Algorithm parameters, see `params`.", default="—"),
             "min_share": Key("number", "Exploration floor per arm, at most 1/arms."),
             "discount": Key("number", "In (0, 1]; below 1 forgets old rewards (drifting traffic)."),
+            "guardrails": Key(
+                "list",
+                "See `guardrails[]`; an arm failing one gets at most `min_share` of traffic.",
+                default="—",
+            ),
         },
         get=_pol,
     ),

@@ -325,8 +325,9 @@ class Runtime:
             features,
             ctx.label,
             self.clock(),
-            layout,
-            ctx.clock,
+            bucket=ctx.bucket,
+            layout=layout,
+            clock=ctx.clock,
         )
         return token
 

@@ -16,6 +16,7 @@ import yaml
 
 from policies import bandits, contextual
 from policies.checks import CHECK_KINDS
+from policies.guardrails import GUARDRAIL_METRICS, GuardrailSpec
 from policies.params import Param
 from policies.spec import (
     POLICY_KINDS,
@@ -322,12 +323,26 @@ def _ab_test(m: MapReader, refs: Refs) -> ABTestSpec:
             )
     else:
         split = dict.fromkeys(arms, 1.0)
-    t = m["test"].mapping(("method", "alpha", "min_samples", "tau"))
+    t = m["test"].mapping(("method", "alpha", "min_samples", "mixing_sd", "tau"))
+    mixing_sd = t["mixing_sd"].number(None, gt=0)
+    tau = t["tau"].number(None, gt=0)
+    if tau is not None:
+        if mixing_sd is not None:
+            t["tau"].error(
+                "give mixing_sd only: tau is the old name (a variance) of the same setting"
+            )
+        else:
+            mixing_sd = math.sqrt(tau)
+            t["tau"].warn(
+                f"tau is deprecated: it was a variance here but a standard deviation on "
+                f"canaries; read as mixing_sd: {mixing_sd:.6g} (a standard deviation in reward "
+                "units) - write that instead"
+            )
     test = TestSpec(
         method=t["method"].choice(_TESTS, "msprt"),
         alpha=t["alpha"].number(0.05, gt=0, max=0.5),
         min_samples=t["min_samples"].integer(1000, min=1),
-        tau=t["tau"].number(None, gt=0),
+        mixing_sd=mixing_sd,
     )
     return ABTestSpec(
         arms=arms,
@@ -335,7 +350,57 @@ def _ab_test(m: MapReader, refs: Refs) -> ABTestSpec:
         reward=_reward(m["reward"]),
         test=test,
         conclude=m["conclude"].choice(_CONCLUDE, "none"),
+        guardrails=_guardrails(m["guardrails"]),
     )
+
+
+_GUARDRAIL_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "error_rate": ("metric", "name", "max", "max_increase"),
+    "latency": ("metric", "name", "max", "percentile"),
+    "reward": ("metric", "name", "max", "min", "max_increase", "max_decrease", "type"),
+}
+
+
+def _guardrails(r: Reader) -> tuple[GuardrailSpec, ...]:
+    """`guardrails:` a list of {metric, limit}; see policies.guardrails."""
+    out: list[GuardrailSpec] = []
+    names: set[str] = set()
+    for item in r.sequence():
+        m = item.mapping(required=True)
+        metric = m["metric"].choice_required(GUARDRAIL_METRICS)
+        if metric is None:
+            continue
+        m.restrict(_GUARDRAIL_KEYS[metric], context=f"metric {metric}")
+        if "name" in m:
+            name = m["name"].name("guardrail name")
+        elif metric == "reward":
+            m.error("metric reward: needs name (the key in feedback's `metrics` object)")
+            continue
+        else:
+            name = ""
+        is_latency = metric == "latency"
+        kwargs = {
+            "max": m["max"].duration(None) if is_latency else m["max"].number(None),
+            "min": m["min"].number(None),
+            "max_increase": m["max_increase"].number(None, min=0),
+            "max_decrease": m["max_decrease"].number(None, min=0),
+        }
+        try:
+            g = GuardrailSpec(
+                metric,
+                name=name,
+                percentile=m["percentile"].number(99.0, gt=0, lt=100),
+                binary=m["type"].choice(("binary", "continuous"), "continuous") == "binary",
+                **kwargs,
+            )
+        except ValueError as e:
+            m.error(str(e))
+            continue
+        if g.label in names:
+            m.error(f"duplicate guardrail '{g.label}'; give each a distinct name")
+        names.add(g.label)
+        out.append(g)
+    return tuple(out)
 
 
 def _bandit(m: MapReader, refs: Refs) -> BanditSpec:
@@ -360,6 +425,7 @@ def _bandit(m: MapReader, refs: Refs) -> BanditSpec:
         params=params,
         min_share=min_share,
         discount=m["discount"].number(1.0, gt=0, max=1),
+        guardrails=_guardrails(m["guardrails"]),
     )
 
 
@@ -439,8 +505,17 @@ _POLICY_KEYS: Final[dict[str, tuple[str, ...]]] = {
         "gate",
         "webhooks",
     ),
-    "ab_test": ("kind", "arms", "split", "reward", "test", "conclude"),
-    "bandit": ("kind", "arms", "algorithm", "reward", "params", "min_share", "discount"),
+    "ab_test": ("kind", "arms", "split", "reward", "test", "conclude", "guardrails"),
+    "bandit": (
+        "kind",
+        "arms",
+        "algorithm",
+        "reward",
+        "params",
+        "min_share",
+        "discount",
+        "guardrails",
+    ),
     "contextual_bandit": ("kind", "arms", "algorithm", "params", "features", "reward"),
 }
 _POLICY_PARSERS: Final[dict[str, Callable[[MapReader, Refs], PolicySpec]]] = {

@@ -4,9 +4,11 @@ retries, mirror (the policy itself is read by `router.config.policies`)."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Final
 
 from policies.spec import (
+    ABTestSpec,
     BackendConfig,
     HealthConfig,
     Match,
@@ -192,12 +194,16 @@ _ROUTE_KEYS: Final = (
 
 def _route(r: Reader, refs: Refs) -> RouteConfig:
     m = r.mapping(_ROUTE_KEYS, required=True)
+    policy = read_policy(m["policy"], refs)
+    sticky = _sticky(m["sticky"])
+    if isinstance(policy, ABTestSpec) and sticky is not None:
+        policy = replace(policy, sticky=True)  # users are randomised: analyse users
     return RouteConfig(
         name=m["name"].name("route name"),
         match=_match(m["match"]),
-        policy=read_policy(m["policy"], refs),
+        policy=policy,
         overrides=tuple(_override(o, refs) for o in m["overrides"].sequence()),
-        sticky=_sticky(m["sticky"]),
+        sticky=sticky,
         retries=_retries(m["retries"]),
         timeout=m["timeout"].duration(None),
         mirror=_mirror(m["mirror"], refs),

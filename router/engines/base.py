@@ -74,7 +74,12 @@ class Engine(Protocol):
     ) -> None: ...
 
     def feedback(
-        self, arm: str, reward: float, ctx: Context, token_id: str | None = None
+        self,
+        arm: str,
+        reward: float,
+        ctx: Context,
+        token_id: str | None = None,
+        metrics: Mapping[str, float] | None = None,
     ) -> None: ...
 
     def shares(self) -> dict[str, float]: ...
@@ -119,7 +124,14 @@ class EngineBase:
     ) -> None:
         return None
 
-    def feedback(self, arm: str, reward: float, ctx: Context, token_id: str | None = None) -> None:
+    def feedback(
+        self,
+        arm: str,
+        reward: float,
+        ctx: Context,
+        token_id: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
         # the feedback endpoint only hands rewards to engines that learn
         raise TypeError(f"route '{self.route}' ({self.kind}) does not take feedback")
 

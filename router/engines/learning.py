@@ -16,15 +16,17 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from policies import stats as stt
+from policies.abtest import ABTestPolicy
 from policies.bandits import BanditPolicy
 from policies.base import ArmStats, Context, Decision, LearningPolicy, reward_problem
 from policies.features import FeatureEncoder, json_pointer
+from policies.guardrails import GuardrailSet
 from policies.registry import build_encoder, build_policy
 from policies.regret import RegretTracker
 from policies.spec import ABTestSpec, BanditSpec, ContextualSpec, RouteConfig
@@ -38,7 +40,7 @@ __all__ = ["ENGINES", "ContextualEngine", "LearningEngine"]
 
 log = logging.getLogger("modelrouter.learning")
 
-_Z95 = 1.959963984540054
+GUARDRAIL_ALPHA = 0.05  # bandit routes have no test alpha of their own
 
 
 class LearningEngine(EngineBase):
@@ -94,6 +96,24 @@ class LearningEngine(EngineBase):
         self._srm_flagged = False
         self._decided = False
         self._test: dict[str, Any] | None = None
+        # guardrails: an A/B policy tests them itself (a failing arm never wins); on bandit
+        # routes the engine does, and caps a failing arm at min_share
+        self._ab = self.policy if isinstance(self.policy, ABTestPolicy) else None
+        guards = spec.guardrails if isinstance(spec, ABTestSpec | BanditSpec) else ()
+        self._guard: GuardrailSet | None = None
+        if self._ab is not None:
+            self._guard_sources = self._ab.guardrails.sources
+        else:
+            if guards:
+                self._guard = GuardrailSet(guards, self.policy.arms, alpha=GUARDRAIL_ALPHA)
+            self._guard_sources = self._guard.sources if self._guard else frozenset()
+        self._reward_guards = frozenset(
+            s.partition(":")[2] for s in self._guard_sources if s.startswith("reward:")
+        )
+        self._min_share = spec.min_share if isinstance(spec, BanditSpec) else 0.0
+        self._failed: frozenset[str] = frozenset()  # arms failing a guardrail (bandit routes)
+        self._failed_seen: frozenset[str] = frozenset()  # already audited
+        self._guard_result: dict[str, Any] = {}
 
     # ---- hot path ---------------------------------------------------------------------------
 
@@ -111,6 +131,10 @@ class LearningEngine(EngineBase):
         backend = self._to_backend[arm]
         if healthy is not None and not all(healthy(b) for b in self.arms):
             d = self._failover(d, healthy)
+            arm = d.arm
+            backend = self._to_backend[arm]
+        if self._failed and arm in self._failed:
+            d = self._cap_failed(d)
             arm = d.arm
             backend = self._to_backend[arm]
         self._metrics.decision(self.route, backend)
@@ -152,10 +176,52 @@ class LearningEngine(EngineBase):
         stats[arm].decisions += 1
         return Decision(arm, min(1.0, share / total))
 
+    def _cap_failed(self, d: Decision) -> Decision:
+        """The pick failed a guardrail: it keeps at most `min_share` of traffic; the rest moves
+        to arms in good standing in proportion to their shares (propensities say so)."""
+        shares = self.policy.shares()
+        cap = self._min_share
+        own = shares.get(d.arm, 0.0)
+        ok = [(a, s) for a, s in shares.items() if a not in self._failed and s > 0.0]
+        total = sum(s for _, s in ok)
+        if own <= cap or not ok or total <= 0.0:
+            return d
+        rng = self.services.rng
+        if float(rng.random()) * own < cap:
+            return Decision(d.arm, cap)
+        excess = sum(max(0.0, s - cap) for a, s in shares.items() if a in self._failed)
+        u = float(rng.random()) * total
+        arm, share = ok[-1]
+        for a, s in ok:
+            u -= s
+            if u < 0.0:
+                arm, share = a, s
+                break
+        stats = self.policy.stats()
+        stats[d.arm].decisions -= 1
+        stats[arm].decisions += 1
+        return Decision(arm, min(1.0, share + excess * share / total))
+
+    def _observe_guard(self, arm: str, source: str, value: float, ctx: Context | None) -> None:
+        if self._ab is not None:
+            self._ab.observe_guardrail(arm, source, value, ctx)
+        elif self._guard is not None:
+            self._guard.observe(arm, source, value)
+        self._dirty = True
+
     def observe(
         self, arm: str, status: int, latency: float, error: str | None, ctx: Context | None = None
     ) -> None:
-        """Outcome of a proxied request; learns from it when the reward comes from the response."""
+        """Outcome of a proxied request: feeds error-rate and latency guardrails, and learns
+        from it when the reward comes from the response."""
+        if self._guard_sources:
+            a = self._to_arm.get(arm)
+            if a is not None:
+                if "error_rate" in self._guard_sources:
+                    bad = error is not None or status >= 500
+                    self._observe_guard(a, "error_rate", 1.0 if bad else 0.0, ctx)
+                if "latency" in self._guard_sources and error is None:
+                    self._observe_guard(a, "latency", latency, ctx)
         if not self._from_response:
             return
         r = self._reward
@@ -164,13 +230,36 @@ class LearningEngine(EngineBase):
             ok = latency <= r.max_latency
         self._learn(arm, 1.0 if ok else 0.0, ctx if ctx is not None else Context())
 
-    def feedback(self, arm: str, reward: float, ctx: Context, token_id: str | None = None) -> None:
-        """An accepted, already durable reward from the feedback endpoint."""
+    def feedback(
+        self,
+        arm: str,
+        reward: float,
+        ctx: Context,
+        token_id: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
+        """An accepted, already durable reward (and guardrail metrics) from the feedback
+        endpoint."""
         if token_id is not None:
             if token_id in self._pulled or token_id in self._pulled_prev:
                 return  # a pull got to it first
             self._applied[token_id] = None
         self._learn(arm, reward, ctx)
+        if metrics:
+            self._learn_metrics(arm, metrics, ctx)
+
+    @property
+    def guardrail_metrics(self) -> frozenset[str]:
+        """Names feedback may send in `metrics` (the route's reward guardrails)."""
+        return self._reward_guards
+
+    def _learn_metrics(self, backend: str, metrics: Mapping[str, float], ctx: Context) -> None:
+        arm = self._to_arm.get(backend)
+        if arm is None:
+            return
+        for name, value in metrics.items():
+            if name in self._reward_guards:
+                self._observe_guard(arm, f"reward:{name}", float(value), ctx)
 
     def _learn(self, backend: str, reward: float, ctx: Context) -> None:
         arm = self._to_arm.get(backend)
@@ -239,9 +328,14 @@ class LearningEngine(EngineBase):
     def status(self) -> dict[str, Any]:
         versions = {n: c.version for n, c in self.services.backends.items()}
         arms: dict[str, Any] = {}
+        test = self._test if self._test is not None else self.policy.result()
+        test_arms = (test or {}).get("arms", {})
         for arm, st in self.policy.stats().items():
             b = self._to_backend[arm]
-            lo, hi = _interval(st, self.reward_type)
+            if arm in test_arms:  # by unit of analysis (users on sticky routes)
+                lo, hi = test_arms[arm]["ci_low"], test_arms[arm]["ci_high"]
+            else:
+                lo, hi = _interval(st, self.reward_type)
             entry: dict[str, Any] = {
                 "version": versions.get(b),
                 "decisions": st.decisions,
@@ -273,9 +367,13 @@ class LearningEngine(EngineBase):
             out["rewards_refused"] = self._refused
         if self._algorithm is not None:
             out["algorithm"] = self._algorithm
-        test = self._test if self._test is not None else self.policy.result()
         if test is not None:
             out["test"] = test
+            out["unit"] = test.get("unit", "request")
+        else:
+            out["unit"] = "request"
+        if self._guard is not None:
+            out["guardrails"] = self._guard_result or self._guard.result()
         return out
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -294,9 +392,17 @@ class LearningEngine(EngineBase):
                     self.regret.forget_arms(set(self.policy.arms))
                 self._watermark = int(snap.get("watermark", 0))
                 self._applied = dict.fromkeys(str(x) for x in snap.get("applied", []))
+                guard = snap.get("guardrails")
+                if self._guard is not None and isinstance(guard, dict):
+                    self._guard.restore(guard)
             except (TypeError, ValueError, KeyError) as e:
                 log.warning("route '%s': ignoring an unreadable snapshot: %s", self.route, e)
         await self._pull()
+        if self._guard is not None:  # a restored failure caps the arm from the first request
+            self._guard_result = self._guard.result()
+            self._failed = self._failed_seen = frozenset(
+                a for a, g in self._guard_result.get("arms", {}).items() if g.get("failed")
+            )
         self._refresh()
         self._task = asyncio.create_task(self._loop(), name=f"learning:{self.route}")
 
@@ -340,6 +446,8 @@ class LearningEngine(EngineBase):
             "applied": list(self._applied),
             **self._model_extra(),
         }
+        if self._guard is not None:
+            snap["guardrails"] = self._guard.state()
         self._dirty = False
         try:
             await self.services.store.put(self._key, snap)
@@ -358,16 +466,51 @@ class LearningEngine(EngineBase):
             else:
                 self._pulled.add(r.token_id)
                 ctx = Context(
+                    bucket=r.bucket,
                     features=None if r.context is None else np.asarray(r.context, dtype=float),
                     label=r.label,
                 )
                 self._learn(r.arm, r.reward, ctx)
+                if r.metrics:
+                    self._learn_metrics(r.arm, r.metrics, ctx)
             self._watermark = max(self._watermark, r.seq)
 
+    async def _refresh_guardrails(self, result: Mapping[str, Any]) -> None:
+        """Metrics and audit for guardrail results (either the A/B test's or the engine's)."""
+        failed = set()
+        for arm, g in result.get("arms", {}).items():
+            b = self._to_backend.get(arm, arm)
+            for check in g.get("checks", []):
+                self._metrics.set_guardrail(self.route, b, check["guardrail"], check["failed"])
+            if g.get("failed"):
+                failed.add(arm)
+        for arm in sorted(failed - self._failed_seen):
+            broken = [
+                f"{c['guardrail']} {c['value']:.4g} vs {c['limit']} (p={c['p_value']:.3g})"
+                for c in result["arms"][arm]["checks"]
+                if c["failed"] and c["value"] is not None
+            ]
+            log.warning("route '%s': arm %s failed a guardrail: %s", self.route, arm, broken)
+            await self.services.audit.record(
+                self.route,
+                "guardrail_failed",
+                "controller",
+                f"arm {self._to_backend.get(arm, arm)} failed guardrail: " + "; ".join(broken),
+                arm=self._to_backend.get(arm, arm),
+            )
+        self._failed_seen = frozenset(failed)
+        if self._ab is None:
+            self._failed = self._failed_seen  # bandit routes: capped at min_share from now on
+
     async def _refresh_test(self) -> None:
+        if self._guard is not None:
+            self._guard_result = self._guard.result()
+            await self._refresh_guardrails(self._guard_result)
         test = self.policy.result()
         if test is None:
             return  # the policy has no test to look at
+        if "guardrails" in test:
+            await self._refresh_guardrails(test["guardrails"])
         self._test = test
         audit = self.services.audit
         srm = test["srm"]
@@ -411,6 +554,18 @@ class LearningEngine(EngineBase):
                 m.set_p_value(self.route, arm, p)
             for arm, p in (test.get("prob_best") or {}).items():
                 m.set_prob_best(self.route, arm, p)
+            for arm, c in (test.get("comparisons") or {}).items():
+                m.set_comparison(
+                    self.route,
+                    arm,
+                    c.get("p_adjusted"),
+                    (c.get("lift"), c.get("lift_low"), c.get("lift_high")),
+                    (c.get("diff"), c.get("diff_low"), c.get("diff_high")),
+                    c.get("mde"),
+                )
+            progress = test.get("progress")
+            if progress is not None:
+                m.set_progress(self.route, float(progress["fraction"]))
 
     async def action(
         self, name: str, reason: str | None, actor: str, params: Mapping[str, Any]
@@ -536,22 +691,12 @@ def _parse_body(body: bytes | None) -> Any:
 
 
 def _interval(st: ArmStats, reward_type: str) -> tuple[float | None, float | None]:
-    """95% interval of the mean: Wilson for binary rewards, normal for continuous ones."""
-    n = st.rewards
-    if n <= 0:
+    """95% interval of the mean: Wilson for binary rewards, Student t for continuous ones."""
+    if st.rewards <= 0:
         return None, None
-    mean = st.reward_sum / n
-    if reward_type == "binary":
-        p = min(max(mean, 0.0), 1.0)
-        z2 = _Z95 * _Z95
-        centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-        half = _Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-        return centre - half, centre + half
-    var = st.reward_var
-    if var is None:
-        return None, None
-    half = _Z95 * math.sqrt(var / n)
-    return mean - half, mean + half
+    m = stt.Moments.from_sums(st.rewards, st.reward_sum, st.reward_sq_sum)
+    ci = stt.mean_interval(m, binary=reward_type == "binary")
+    return (None, None) if ci is None else ci
 
 
 ENGINES: dict[str, EngineFactory] = {

@@ -47,7 +47,14 @@ class _RolloutEngine(EngineBase):
     ) -> None:
         self._observe(arm, status, latency, error)
 
-    def feedback(self, arm: str, reward: float, ctx: Context, token_id: str | None = None) -> None:
+    def feedback(
+        self,
+        arm: str,
+        reward: float,
+        ctx: Context,
+        token_id: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
         self.controller.reward(arm, reward)
         self.policy.update(arm, reward, ctx)
 

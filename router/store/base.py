@@ -33,6 +33,33 @@ class FeedbackRecord:
     context: tuple[float, ...] | None = None  # contextual features, when the route has them
     label: str | None = None  # context label for per-context regret
     seq: int = 0  # store-assigned, increasing; 0 before it is stored
+    bucket: int | None = None  # sticky bucket of the decision (the A/B unit of analysis)
+    metrics: dict[str, float] | None = None  # guardrail metrics sent with the reward
+
+
+def record_extra(r: FeedbackRecord) -> dict[str, Any] | None:
+    """The optional fields as one JSON-able object (stores keep them in one column)."""
+    out: dict[str, Any] = {}
+    if r.bucket is not None:
+        out["bucket"] = int(r.bucket)
+    if r.metrics:
+        out["metrics"] = {str(k): float(v) for k, v in r.metrics.items()}
+    return out or None
+
+
+def extra_fields(extra: Any) -> tuple[int | None, dict[str, float] | None]:
+    """(bucket, metrics) from what `record_extra` stored (None or a malformed value: none)."""
+    if not isinstance(extra, dict):
+        return None, None
+    b = extra.get("bucket")
+    bucket = int(b) if isinstance(b, int) and not isinstance(b, bool) else None
+    m = extra.get("metrics")
+    metrics = (
+        {str(k): float(v) for k, v in m.items() if isinstance(v, int | float)}
+        if isinstance(m, dict)
+        else None
+    )
+    return bucket, metrics or None
 
 
 class Store(Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +75,7 @@ class MemoryStore:
 
 
 def _with_seq(r: FeedbackRecord, seq: int) -> FeedbackRecord:
-    return FeedbackRecord(
-        r.token_id, r.route, r.arm, r.reward, r.decided_at, r.received_at, r.context, r.label, seq
-    )
+    return replace(r, seq=seq)
 
 
 def _open(cfg: StateConfig, base_dir: Path, feedback_ttl: float) -> Store:

@@ -31,7 +31,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from policies.params import Param
 from policies.spec import StateConfig
-from router.store.base import FeedbackRecord, Store, StoreError, StoreKind
+from router.store.base import (
+    FeedbackRecord,
+    Store,
+    StoreError,
+    StoreKind,
+    extra_fields,
+    record_extra,
+)
 
 __all__ = ["RedisStore", "StoreUnavailable"]
 
@@ -274,6 +281,9 @@ class RedisStore:
                 None if r.context is None else [float(x) for x in r.context],
                 r.label,
             ]
+            extra = record_extra(r)
+            if extra is not None:
+                doc.append(extra)
             args += [
                 json.dumps(doc, allow_nan=False, separators=(",", ":")),
                 repr(float(r.received_at)),
@@ -292,7 +302,7 @@ class RedisStore:
             )
         out: list[FeedbackRecord] = []
         for text, score in rows:
-            token_id, arm, reward, decided_at, received_at, ctx, label = json.loads(text)
+            token_id, arm, reward, decided_at, received_at, ctx, label, *rest = json.loads(text)
             out.append(
                 FeedbackRecord(
                     token_id,
@@ -304,6 +314,7 @@ class RedisStore:
                     None if ctx is None else tuple(float(x) for x in ctx),
                     label,
                     int(score),
+                    *extra_fields(rest[0] if rest else None),
                 )
             )
         return out

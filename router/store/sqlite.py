@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 
 from policies.params import Param
 from policies.spec import StateConfig
-from router.store.base import FeedbackRecord, Store, StoreError, StoreKind
+from router.store.base import (
+    FeedbackRecord,
+    Store,
+    StoreError,
+    StoreKind,
+    extra_fields,
+    record_extra,
+)
 
 T = TypeVar("T")
 
@@ -37,7 +44,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     decided_at REAL NOT NULL,
     received_at REAL NOT NULL,
     context TEXT,
-    label TEXT);
+    label TEXT,
+    extra TEXT);
 CREATE INDEX IF NOT EXISTS feedback_route ON feedback (route, seq);
 CREATE INDEX IF NOT EXISTS feedback_received ON feedback (received_at);
 """
@@ -74,6 +82,9 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(_SCHEMA)
+            cols = {row[1] for row in conn.execute("PRAGMA table_info(feedback)")}
+            if "extra" not in cols:  # stores made before bucket/metrics were kept
+                conn.execute("ALTER TABLE feedback ADD COLUMN extra TEXT")
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open state store {self.path}: {e}") from e
         self._conn = conn
@@ -200,7 +211,7 @@ class SqliteStore:
             for r in records:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO feedback (token_id, route, arm, reward, decided_at, "
-                    "received_at, context, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "received_at, context, label, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         r.token_id,
                         r.route,
@@ -210,6 +221,7 @@ class SqliteStore:
                         float(r.received_at),
                         None if r.context is None else json.dumps(list(r.context)),
                         r.label,
+                        None if (x := record_extra(r)) is None else json.dumps(x),
                     ),
                 )
                 out.append(cur.rowcount == 1)
@@ -226,8 +238,8 @@ class SqliteStore:
         rows = (
             self._db()
             .execute(
-                "SELECT token_id, route, arm, reward, decided_at, received_at, context, label, seq "
-                "FROM feedback WHERE route = ? AND seq > ? ORDER BY seq",
+                "SELECT token_id, route, arm, reward, decided_at, received_at, context, label, "
+                "seq, extra FROM feedback WHERE route = ? AND seq > ? ORDER BY seq",
                 (route, after_seq),
             )
             .fetchall()
@@ -243,6 +255,7 @@ class SqliteStore:
                 None if r[6] is None else tuple(float(x) for x in json.loads(r[6])),
                 r[7],
                 r[8],
+                *extra_fields(None if r[9] is None else json.loads(r[9])),
             )
             for r in rows
         ]

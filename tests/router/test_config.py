@@ -861,7 +861,7 @@ def test_ab_test_default_split() -> None:
     p = parse_config(route("policy: {kind: ab_test, arms: {A: a, B: b}}")).routes[0].policy
     assert isinstance(p, ABTestSpec)
     assert p.split == {"A": 1.0, "B": 1.0}
-    assert (p.test.method, p.test.alpha, p.test.min_samples, p.test.tau) == (
+    assert (p.test.method, p.test.alpha, p.test.min_samples, p.test.mixing_sd) == (
         "msprt",
         0.05,
         1000,
