@@ -49,8 +49,9 @@ def prob_best(arms: Sequence[tuple[int, float, float]]) -> list[float]:
     is_beta = par[:, 0] == BETA
     p1, p2 = par[:, 1], par[:, 2]
     t = p1 + p2
-    means = np.where(is_beta, p1 / t, p1)
-    sds = np.where(is_beta, np.sqrt(p1 * p2 / (t * t * (t + 1.0))), p2)
+    with np.errstate(divide="ignore", invalid="ignore"):  # Beta formulas on normal arms: unused
+        means = np.where(is_beta, p1 / t, p1)
+        sds = np.where(is_beta, np.sqrt(p1 * p2 / (t * t * (t + 1.0))), p2)
     brk = means[:, None] + sds[:, None] * _SDS[None, :]
     # below the second-highest lower tail end two arms have F ~ 0, so every integrand is ~0
     lo = float(np.partition(brk[:, 0], k - 2)[k - 2])
