@@ -501,6 +501,13 @@ class ABTestPolicy:
             "winner": self.winner,
         }
 
+    def additive(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+        return {f"ab.v1/{a}": np.array(s.to_array(), dtype=float) for a, s in self._stats.items()}
+
+    def load_additive(self, totals: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]]) -> None:
+        for a in self._stats:
+            self._stats[a] = ArmStats.from_array(totals[f"ab.v1/{a}"])
+
     def restore(self, state: Mapping[str, Any]) -> None:
         for a, d in state.get("arms", {}).items():
             if a in self._stats:

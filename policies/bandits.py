@@ -63,6 +63,7 @@ class BanditPolicy:
         "_algo",
         "_cache",
         "_cache_version",
+        "_credit",
         "_floor",
         "_np",
         "_rnd",
@@ -114,6 +115,7 @@ class BanditPolicy:
         self.mu: list[float] = []
         self.m2: list[float] = []
         self.clock = 0.0
+        self._credit: list[list[float]] = []  # [sum, sum of squares] credited without a trial
         self._stats: dict[str, ArmStats] = {}
         self.version = 0
         self._cache: Any = None
@@ -183,10 +185,21 @@ class BanditPolicy:
             m2i = m2[i] * decay + w * d * (r - mi)
         else:
             ni = n[i]
-            if ni <= 0.0 or w <= 0.0:
-                return
             x_old = float(prior)
             x_new = x_old + r
+            if ni <= 0.0 or w <= 0.0:
+                # the trial was counted elsewhere (another process) and not merged here yet:
+                # keep the credit as raw sums; the next merge (`additive`) carries it over
+                st = self._stats[arm]
+                dsq = x_new * x_new - x_old * x_old
+                if not (math.isfinite(st.reward_sq_sum + dsq) and math.isfinite(dsq)):
+                    raise ValueError(f"reward {reward!r} would make the statistics overflow")
+                self._credit[i][0] += r
+                self._credit[i][1] += dsq
+                st.reward_sum += r
+                st.reward_sq_sum += dsq
+                self.version += 1
+                return
             w = min(w, ni)
             d = x_new - x_old
             mi = mu[i] + w * d / ni
@@ -272,6 +285,7 @@ class BanditPolicy:
         self.n = [old.get(a, zero)[0] for a in self.arms]
         self.mu = [old.get(a, zero)[1] for a in self.arms]
         self.m2 = [old.get(a, zero)[2] for a in self.arms]
+        self._credit = [[0.0, 0.0] for _ in self.arms]
         self._stats = {a: self._stats.get(a) or ArmStats() for a in self.arms}
         self._floor = self.min_share * len(self.arms)
         if self._floor > 1.0:
@@ -316,6 +330,43 @@ class BanditPolicy:
             self._stats[a] = ArmStats.from_json(d)
         self.clock = float(state.get("clock", 0.0))
         self.version = int(state.get("version", 0)) + 1
+        self._cache_version = -1
+
+    def additive(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+        """[n, sum, sum of squares, ArmStats...] per arm: what adds up across processes.
+
+        Welford's (mean, M2) do not add, so the merged form is the raw sums, rebuilt from them
+        (sum = n mean, sum of squares = M2 + n mean²). Known limit: after a merge the spread of
+        rewards around 1e8 is only as precise as those sums (a shifted-sum format is the fix).
+        """
+        return {
+            f"bandit.v1/{a}": np.array(
+                [
+                    self.n[j],
+                    self.n[j] * self.mu[j] + self._credit[j][0],
+                    self.m2[j] + self.n[j] * self.mu[j] * self.mu[j] + self._credit[j][1],
+                    *self._stats[a].to_array(),
+                ],
+                dtype=float,
+            )
+            for j, a in enumerate(self.arms)
+        }
+
+    def load_additive(self, totals: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]]) -> None:
+        for j, a in enumerate(self.arms):
+            x = totals[f"bandit.v1/{a}"]
+            n, s, ss = float(x[0]), float(x[1]), float(x[2])
+            if not (math.isfinite(n) and math.isfinite(s) and math.isfinite(ss)):
+                continue  # never adopt poisoned totals
+            mu = s / n if n > 0.0 else 0.0
+            m2 = max(0.0, ss - s * mu)
+            if n == self.n[j] and abs(mu - self.mu[j]) <= 1e-9 * max(1.0, abs(mu)):
+                # nothing new from other processes: keep our exact moments, not the rounded ones
+                mu, m2 = self.mu[j], self.m2[j]
+            self.n[j], self.mu[j], self.m2[j] = n, mu, m2
+            self._credit[j] = [0.0, 0.0]
+            self._stats[a] = ArmStats.from_array(x[3:7])
+        self.version += 1
         self._cache_version = -1
 
     # ---- helpers the algorithms share ---------------------------------------------------------

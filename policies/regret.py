@@ -21,6 +21,7 @@ model's coefficients, treating frozen pieces as independent) and the uniform-rou
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -310,13 +311,21 @@ class RegretTracker:
                 for arm in set(self._n.get(label, {})) | set(self._d.get(label, {}))
             ],
         }
-        if self._mode != "plain":
-            out["mode"] = self._mode
-            out["frozen"] = list(self._frozen)
-            out["live"] = dict(self._live)
-            out["clock"] = self._clock
-            out["window"] = [[a, [float(f"{v:.7g}") for v in x]] for a, x in self._buf]
+        out.update(self.local_state())
         return out
+
+    def local_state(self) -> dict[str, Any]:
+        """The discounted / contextual parts (frozen estimate, live weights, recent window):
+        they are not sums, so they travel in the policy document, not the merged cells."""
+        if self._mode == "plain":
+            return {}
+        return {
+            "mode": self._mode,
+            "frozen": list(self._frozen),
+            "live": dict(self._live),
+            "clock": self._clock,
+            "window": [[a, [float(f"{v:.7g}") for v in x]] for a, x in self._buf],
+        }
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load a snapshot. Cells of the older 4-field form carry no decision count: their
@@ -332,6 +341,10 @@ class RegretTracker:
             self._n.setdefault(label, {})[arm] = float(n)
             self._s.setdefault(label, {})[arm] = float(s)
             self._d.setdefault(label, {})[arm] = float(d)
+        self.restore_local(state)
+
+    def restore_local(self, state: Mapping[str, Any]) -> None:
+        """Load `local_state()` (kept only when the mode is the same)."""
         if state.get("mode") == self._mode and self._mode != "plain":
             f = [float(v) for v in state.get("frozen", [0.0, 0.0, 0.0])][:3]
             if len(f) == 3 and all(math.isfinite(v) for v in f):
@@ -341,6 +354,34 @@ class RegretTracker:
             self._buf = deque(
                 (str(a), np.asarray(x, dtype=float)) for a, x in state.get("window", [])
             )
+
+    def additive(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+        """Cells (decisions, rewarded trials, reward sum) per (label, arm): they add up."""
+        out: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
+        for label in set(self._d) | set(self._n):
+            d, n, s = self._d.get(label, {}), self._n.get(label, {}), self._s.get(label, {})
+            for arm in set(d) | set(n):
+                name = "regret.v1/" + json.dumps([label, arm], separators=(",", ":"))
+                out[name] = np.array([d.get(arm, 0.0), n.get(arm, 0.0), s.get(arm, 0.0)])
+        return out
+
+    def load_additive(self, totals: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]]) -> None:
+        """Load merged cells; names of another kind are ignored, unknown arms are kept."""
+        self._d.clear()
+        self._n.clear()
+        self._s.clear()
+        for name, x in totals.items():
+            if not name.startswith("regret.v1/") or len(x) > 3:
+                continue
+            d, n, s = [*map(float, x), 0.0, 0.0, 0.0][:3]  # stores drop trailing zeros
+            try:
+                label, arm = json.loads(name[len("regret.v1/") :])
+            except ValueError:
+                continue
+            if d != 0.0 or n != 0.0:
+                self._d.setdefault(label, {})[str(arm)] = d
+                self._n.setdefault(label, {})[str(arm)] = n
+                self._s.setdefault(label, {})[str(arm)] = s
 
     def forget_arms(self, keep: set[str]) -> None:
         for table in (self._d, self._n, self._s):

@@ -74,17 +74,47 @@ class Rewrite:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Passive ejection of a backend's failing endpoints; Envoy's names and defaults, except
+    `max_ejection_percent` (a backend is one model version: the route fails over to others)."""
+
+    consecutive_5xx: int = 5  # failing answers in a row (5xx or failure_status); 0: off
+    consecutive_local_origin_failure: int = 5  # connect failures, resets, timeouts; 0: off
+    failure_status: frozenset[int] = frozenset()  # more statuses that count as failures (404)
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """Retries to a backend: at most `budget_percent` of its requests in the last 10 s, plus
+    `min_retries` (so that a quiet backend can retry at all)."""
+
+    budget_percent: float = 20.0
+    min_retries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     name: str
-    url: str
+    url: str  # the first endpoint's URL
     scheme: str  # "http" only for now
-    host: str
+    host: str  # the first endpoint (health checks and mirrors of a one-endpoint backend)
     port: int
     base_path: str  # path of url without trailing slash, prefixed to every request path, or ""
     version: str | None = None
     timeout: float = 30.0
     health: HealthConfig | None = None
     rewrite: Rewrite | None = None
+    # every endpoint, the first being (host, port); empty means just (host, port)
+    endpoints: tuple[Address, ...] = ()
+    outlier: OutlierDetection = OutlierDetection()
+    retry_budget: RetryBudget = RetryBudget()
+
+    def addresses(self) -> tuple[Address, ...]:
+        """The endpoints requests are balanced across."""
+        return self.endpoints or (Address(self.host, self.port),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +147,9 @@ class Sticky:
 class Retries:
     attempts: int = 0  # extra attempts after the first
     on: frozenset[str] = frozenset({"connect-failure"})
+    status: frozenset[int] = frozenset()  # answers with these statuses are retried too
+    # re-send non-idempotent requests (POST, PATCH) whose bytes may have reached an upstream
+    non_idempotent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

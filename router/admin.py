@@ -207,6 +207,12 @@ async def _readyz(request: web.Request) -> web.Response:
     if runtime.draining:
         return web.json_response({"ready": False, "reason": "draining"}, status=503)
     ok, reason = runtime.ready()
+    # a store failing at run time (router.store.health.MonitoredStore): proxying goes on, but
+    # this replica cannot persist rollout steps, rewards or audit entries
+    problem: str | None = getattr(runtime.store, "problem", None)
+    if ok and problem is not None:
+        where = getattr(runtime.store, "where", "")
+        ok, reason = False, f"state store {where} failing: {problem}"
     return web.json_response({"ready": ok, "reason": reason}, status=200 if ok else 503)
 
 

@@ -168,6 +168,7 @@ def format_status(status: Mapping[str, Any]) -> str:
                 row.append("-" if up is None else ("yes" if up else "DOWN"))
             rows.append(row)
         lines.extend(_table(header, rows))
+    lines.extend(_endpoint_lines(backends))
     if test:
         scalars = ", ".join(
             f"{k} {_num(v, 3)}" for k, v in test.items() if not isinstance(v, dict | list)
@@ -201,6 +202,21 @@ def format_status(status: Mapping[str, Any]) -> str:
         lines.append("  analysis (latest):")
         lines.extend(f"    {_describe_item(a)}" for a in analysis[-3:])
     return "\n".join(lines)
+
+
+def _endpoint_lines(backends: Mapping[str, Any]) -> list[str]:
+    """One line per backend with several endpoints or one that is out of rotation."""
+    out = []
+    for name, b in backends.items():
+        eps = [_map(e) for e in (_map(b).get("endpoints") or [])]
+        if len(eps) < 2 and all(e.get("up", True) for e in eps):
+            continue
+        parts = []
+        for e in eps:
+            state = "up" if e.get("up") else ("EJECTED" if e.get("ejected") else "DOWN")
+            parts.append(f"{e.get('address')} {state} ({_num(e.get('in_flight'))} in flight)")
+        out.append(f"  endpoints of {name}: {', '.join(parts)}")
+    return out
 
 
 def _signed(v: Any, pct: bool = False) -> str:
@@ -541,7 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the proxy and the admin listener")
     p.add_argument("config", metavar="CONFIG")
-    p.add_argument("--workers", type=_positive_int, default=1, metavar="N")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="N processes sharing the ports (SO_REUSEPORT) and the state store (default 1)",
+    )
 
     p = sub.add_parser("validate", help="check a config file; exit 2 with every error")
     p.add_argument("config", metavar="CONFIG")

@@ -56,6 +56,7 @@ SECRET_KEY = "secret:feedback"
 _MAC_BYTES = 16
 _VERSION = 1
 _MAX_BATCH = 10_000
+DECIDER_CHARS = 12  # token ids start with the issuing process's random prefix (hex)
 
 
 class TokenError(ModelrouterError):
@@ -103,8 +104,19 @@ class TokenSigner:
             raise ValueError("the feedback secret must be at least 16 bytes")
         self._mac = hmac.new(secret, digestmod=hashlib.sha256)
         # unique ids without a syscall per request: a random per-process prefix and a counter
-        self._prefix = secrets.token_hex(6)
+        self._prefix = secrets.token_hex(DECIDER_CHARS // 2)
         self._counter = itertools.count(1)
+
+    @property
+    def prefix(self) -> str:
+        """The first DECIDER_CHARS characters of every token id this signer issues: they name
+        the process that made (and counted) the decision."""
+        return self._prefix
+
+    def renew_prefix(self) -> str:
+        """Issue further tokens under a new prefix (the old one was declared dead)."""
+        self._prefix = secrets.token_hex(DECIDER_CHARS // 2)
+        return self._prefix
 
     def _sign(self, payload: bytes) -> bytes:
         h = self._mac.copy()
@@ -210,8 +222,8 @@ async def load_secret(config: Config, store: Store) -> bytes:
     if isinstance(stored, str) and len(stored) >= 32:
         return stored.encode()
     fresh = secrets.token_hex(32)
-    await store.put(SECRET_KEY, fresh)
-    again = await store.get(SECRET_KEY)  # another replica may have raced us; use what won
+    # atomic: workers and replicas starting together all keep the one that won
+    again = await store.put_if_absent(SECRET_KEY, fresh)
     log.warning(
         "%s is not set: generated a feedback secret and stored it in the state store; "
         "set %s to share one secret across routers with different stores",

@@ -2,12 +2,23 @@
 
 The per-request pair (`requests_total`, `request_duration_seconds`) lives in plain counters behind
 a custom collector so the hot path costs well under a microsecond; the rest use prometheus_client.
+
+Under `serve --workers N` the supervisor sets PROMETHEUS_MULTIPROC_DIR for every worker, which
+puts prometheus_client in its multiprocess mode (each process writes its values to files there).
+`render()` then answers for the whole router, whichever worker serves it: counters and
+histograms add up across workers (a dead worker's counts keep counting), gauges (which every
+worker derives from the shared state) show the most recent value of a live worker. The plain
+per-request counters are written to the same directory by `sync_files()` (every second, and
+just before a render), so another worker's requests appear within a second.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
@@ -144,6 +155,60 @@ class _PlainCollector(Collector):
         )
 
 
+class _RewardCollector(Collector):
+    """The reward summary alone: in multiprocess mode it comes from the serving worker, whose
+    figures are the merged totals every worker shares (summing them would count N times)."""
+
+    def __init__(self, plain: _PlainCollector) -> None:
+        self._plain = plain
+
+    def collect(self) -> Iterator[Metric]:
+        yield list(self._plain.collect())[2]
+
+
+class _FileExport:
+    """This worker's plain request counters, written where prometheus_client's multiprocess
+    collector reads them (`counter_plain-PID.db`, `histogram_plain-PID.db`)."""
+
+    def __init__(self, path: str) -> None:
+        from prometheus_client.mmap_dict import MmapedDict
+
+        pid = os.getpid()
+        mmaped: Any = MmapedDict  # untyped in prometheus_client
+        self._counters: Any = mmaped(os.path.join(path, f"counter_plain-{pid}.db"))
+        self._histograms: Any = mmaped(os.path.join(path, f"histogram_plain-{pid}.db"))
+
+    def write(self, bound: dict[tuple[str, str], BoundRequest]) -> None:
+        from prometheus_client.mmap_dict import mmap_key
+
+        now = time.time()
+        req, dur = PREFIX + "requests", PREFIX + "request_duration_seconds"
+        for (route, backend), b in list(bound.items()):
+            for code, n in list(b.codes.items()):
+                key = mmap_key(
+                    req,
+                    req + "_total",
+                    ["route", "backend", "code"],
+                    [route, backend, str(code)],
+                    "Requests answered, by route, backend and HTTP status code.",
+                )
+                self._counters.write_value(key, float(n), now)
+            help_text = (
+                "Time from request head to the last byte of the answer, by route and backend."
+            )
+            for label, n in zip(_BUCKET_LABELS, b.buckets, strict=True):
+                key = mmap_key(
+                    dur,
+                    dur + "_bucket",
+                    ["route", "backend", "le"],
+                    [route, backend, label],
+                    help_text,
+                )
+                self._histograms.write_value(key, float(n), now)
+            key = mmap_key(dur, dur + "_sum", ["route", "backend"], [route, backend], help_text)
+            self._histograms.write_value(key, b.total, now)
+
+
 class Metrics:
     """Owns every modelrouter metric in one registry; callers use verbs, never metric objects."""
 
@@ -152,13 +217,19 @@ class Metrics:
         r = self.registry
         self._bound: dict[tuple[str, str], BoundRequest] = {}
         self._rewards: dict[tuple[str, str], tuple[int, float]] = {}
-        r.register(_PlainCollector(self._bound, self._rewards))
+        plain = _PlainCollector(self._bound, self._rewards)
+        r.register(plain)
+        # serve --workers: prometheus_client's multiprocess mode (see the module docstring)
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self._export: _FileExport | None = None
+        self._reward_collector = _RewardCollector(plain)
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(PREFIX + name, doc, labels, registry=r)
 
         def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
-            return Gauge(PREFIX + name, doc, labels, registry=r)
+            # every worker derives gauges from the shared state: show the latest live value
+            return Gauge(PREFIX + name, doc, labels, registry=r, multiprocess_mode="livemostrecent")
 
         # prometheus_client appends `_total` to counter names in the exposition
         self._upstream_errors = counter(
@@ -250,6 +321,40 @@ class Metrics:
             "(match, mismatch, error, skipped).",
             ("route", "backend", "result"),
         )
+        self._retries = counter(
+            "retries",
+            "Attempts sent again, by route, the backend whose attempt failed, and reason "
+            "(connect-failure, reset, timeout, 5xx, retriable-status, connection-closed).",
+            ("route", "backend", "reason"),
+        )
+        self._budget_exhausted = counter(
+            "retry_budget_exhausted",
+            "Retries refused because the backend's retry budget was used up.",
+            ("route", "backend"),
+        )
+        self._ejections = counter(
+            "outlier_ejections",
+            "Endpoints taken out of rotation by outlier detection, by reason "
+            "(consecutive_5xx, consecutive_local_origin_failure).",
+            ("backend", "endpoint", "reason"),
+        )
+        self._endpoint_up = gauge(
+            "endpoint_up",
+            "1 while the endpoint takes requests (healthy and not ejected), else 0.",
+            ("backend", "endpoint"),
+        )
+        self._store_up = gauge(
+            "store_up",
+            "1 while the state store takes writes, 0 while its calls fail (then /readyz is 503).",
+            (),
+        )
+        self._store_errors = counter(
+            "store_errors",
+            "Failed state-store calls by operation (get, put, audit_append, feedback_add, "
+            "probe, ...).",
+            ("operation",),
+        )
+        self._store_up.set(1.0)  # until a store call fails (router.store.health)
         for result in ("success", "failure"):
             self._reloads.labels(result)
         self._route_metrics: tuple[Counter | Gauge, ...] = (
@@ -265,6 +370,8 @@ class Metrics:
             self._prob_best,
             self._mirror,
             self._srm,
+            self._retries,
+            self._budget_exhausted,
             self._p_adjusted,
             self._lift,
             self._diff,
@@ -325,6 +432,26 @@ class Metrics:
 
     def set_backend_up(self, backend: str, up: bool) -> None:
         self._backend_up.labels(backend).set(1.0 if up else 0.0)
+
+    def retry(self, route: str, backend: str, reason: str) -> None:
+        """An attempt to `backend` failed for `reason` and the request is sent again."""
+        self._retries.labels(route, backend, reason).inc()
+
+    def retry_budget_exhausted(self, route: str, backend: str) -> None:
+        self._budget_exhausted.labels(route, backend).inc()
+
+    def ejection(self, backend: str, endpoint: str, reason: str) -> None:
+        self._ejections.labels(backend, endpoint, reason).inc()
+
+    def set_endpoint_up(self, backend: str, endpoint: str, up: bool) -> None:
+        self._endpoint_up.labels(backend, endpoint).set(1.0 if up else 0.0)
+
+    def set_store_up(self, up: bool) -> None:
+        self._store_up.set(1.0 if up else 0.0)
+
+    def store_error(self, operation: str) -> None:
+        """Count a failed store call; `operation` is a Store method name or "probe"."""
+        self._store_errors.labels(operation).inc()
 
     def config_reload(self, result: str) -> None:
         """Count a reload attempt; `result` is "success" or "failure"."""
@@ -429,7 +556,7 @@ class Metrics:
         for plain in (self._bound, self._rewards):
             for key in [k for k in plain if k[0] == route]:
                 del plain[key]
-        for m in self._route_metrics:
+        for m in self._route_metrics if self.multiprocess_dir is None else ():
             m.remove_by_labels({"route": route})
         for cache in (self._decision_children, self._feedback_children):
             for key in [k for k in cache if k[0] == route]:
@@ -442,17 +569,39 @@ class Metrics:
         for plain in (self._bound, self._rewards):
             for key in [k for k in plain if k[1] == backend]:
                 del plain[key]
-        for m in self._backend_metrics:
+        for m in self._backend_metrics if self.multiprocess_dir is None else ():
             m.remove_by_labels({"backend": backend})
         for cache in (self._decision_children, self._feedback_children):
             for key in [k for k in cache if k[1] == backend]:
                 del cache[key]
+        for m in (self._ejections, self._endpoint_up):
+            m.remove_by_labels({"backend": backend})
+
+    def sync_files(self) -> None:
+        """Multiprocess mode: write this worker's plain request counters for the others."""
+        if self.multiprocess_dir is None:
+            return
+        if self._export is None:
+            self._export = _FileExport(self.multiprocess_dir)
+        self._export.write(self._bound)
 
     def render(self) -> bytes:
-        """The exposition text of every metric (Prometheus text format 0.0.4)."""
-        return generate_latest(self.registry)
+        """The exposition text of every metric (Prometheus text format 0.0.4); in multiprocess
+        mode, of the whole router (every worker's files)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.sync_files()
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        merged.register(self._reward_collector)
+        return generate_latest(merged)
 
 
 def _remove(metric: Counter | Gauge, *labels: str) -> None:
-    # prometheus_client's remove() ignores label sets it does not have
+    # prometheus_client's remove() ignores label sets it does not have; its multiprocess mode
+    # cannot remove a series at all (it warns), so there the last value stays until a restart
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
     metric.remove(*labels)

@@ -273,7 +273,14 @@ _SECTIONS: tuple[Section, ...] = (
             "url": Key(
                 "http URL",
                 "`http://host:port[/base]`; the base path prefixes every "
-                "forwarded path (no https to backends yet).",
+                "forwarded path (no https to backends yet). One endpoint; or `endpoints`.",
+            ),
+            "endpoints": Key(
+                "list",
+                "Several URLs of the same model version (same path), instead of `url`: "
+                "requests go to the one with the fewest in flight; each has its own "
+                "connections, health and ejections.",
+                default="—",
             ),
             "version": Key("string", "`MAJOR.MINOR.PIPELINE`, shown in status; quote it."),
             "timeout": Key("duration", "Per-attempt deadline for the backend's answer (504)."),
@@ -286,8 +293,63 @@ _SECTIONS: tuple[Section, ...] = (
             "rewrite": Key(
                 "mapping", "Path prefix rewrite, see `backends.NAME.rewrite`.", default="—"
             ),
+            "outlier_detection": Key(
+                "mapping",
+                "Passive ejection of failing endpoints, see `backends.NAME.outlier_detection`.",
+                default="on",
+            ),
+            "retry_budget": Key(
+                "mapping",
+                "How many retries the backend takes, see `backends.NAME.retry_budget`.",
+                default="on",
+            ),
         },
         get=lambda c: c.backends["a"],
+    ),
+    Section(
+        "backends.NAME.outlier_detection",
+        ("backends", "a", "outlier_detection"),
+        {},
+        {
+            "consecutive_5xx": Key(
+                "int",
+                "Failing answers in a row (5xx, or a `failure_status`) that eject an endpoint; "
+                "0: off.",
+            ),
+            "consecutive_local_origin_failure": Key(
+                "int", "Connect failures, resets or timeouts in a row that eject it; 0: off."
+            ),
+            "failure_status": Key(
+                "list",
+                "More statuses counted as failing, e.g. `[404]` for a model server that lost "
+                "its model.",
+                default="`[]`",
+            ),
+            "base_ejection_time": Key(
+                "duration", "First ejection; the n-th recent one lasts n times as long."
+            ),
+            "max_ejection_time": Key("duration", "Longest ejection."),
+            "max_ejection_percent": Key(
+                "number",
+                "Most of the backend's endpoints out at once (one may always go); 100: a "
+                "backend whose endpoints all fail is down at once and its route fails over.",
+            ),
+        },
+        get=lambda c: c.backends["a"].outlier,
+    ),
+    Section(
+        "backends.NAME.retry_budget",
+        ("backends", "a", "retry_budget"),
+        {},
+        {
+            "budget_percent": Key(
+                "number",
+                "Retries that may reach the backend, as a percentage of its requests in the "
+                "last 10 s.",
+            ),
+            "min_retries": Key("int", "Retries allowed on top, so a quiet backend can retry."),
+        },
+        get=lambda c: c.backends["a"].retry_budget,
     ),
     Section(
         "backends.NAME.health",
@@ -379,7 +441,15 @@ _SECTIONS: tuple[Section, ...] = (
         {},
         {
             "attempts": Key("int", "Extra attempts after the first (0-5)."),
-            "on": Key("choices", "When to retry."),
+            "on": Key(
+                "choices",
+                "When to retry; status codes (e.g. `503`, `404`) may be listed too.",
+            ),
+            "non_idempotent": Key(
+                "bool",
+                "Also re-send POST and PATCH requests whose bytes may have reached an "
+                "upstream (see Operations: when a request is sent twice).",
+            ),
         },
         get=lambda c: c.routes[0].retries,
     ),

@@ -20,7 +20,7 @@ from policies.spec import (
     StateConfig,
 )
 from router.config.reader import NAME_RE, ConfigError, Reader, read_yaml
-from router.config.routes import read_backend, read_routes
+from router.config.routes import BACKEND_KEYS, read_backend, read_routes
 from router.config.values import Refs, address, read_params
 from router.store import DEFAULT_STORE, STORE_KINDS
 
@@ -100,7 +100,7 @@ def _config(root: Reader) -> Config:
                 f"invalid backend name {name!r}: use letters, digits, '_', '.', '-' "
                 "(at most 64, starting with a letter or digit)"
             )
-        bmap = br.mapping(("url", "version", "timeout", "health", "rewrite"), required=True)
+        bmap = br.mapping(BACKEND_KEYS, required=True)
         backends[name] = read_backend(name, bmap)
     if m["backends"].present and not bm.quiet and not backends:
         m["backends"].error("must define at least one backend")

@@ -75,9 +75,7 @@ class ProxyServer:
                 elif now - c.last_active > KEEPALIVE_TIMEOUT and c.transport is not None:
                     c.transport.close()
         for b in list(self.runtime.backends.values()):
-            pool = b.pool
-            if pool is not None:
-                pool.sweep(now)
+            b.group.sweep(now)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def drain(self, timeout: float) -> None:

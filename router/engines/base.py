@@ -26,6 +26,15 @@ if TYPE_CHECKING:
     from router.store.base import Store
 
 
+class Decider(Protocol):
+    """Which process decides: token ids start with `prefix` (router.feedback.TokenSigner)."""
+
+    @property
+    def prefix(self) -> str: ...
+
+    def renew_prefix(self) -> str: ...
+
+
 @dataclass
 class Services:
     """What engines may use; injected so tests can swap the clock, the rng or the store."""
@@ -39,6 +48,8 @@ class Services:
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     # set once the event loop runs (router/runtime.py opens it); engines that call out use it
     http: aiohttp.ClientSession | None = None
+    # the token signer: learning engines tell the decisions of this process by its prefix
+    decider: Decider | None = None
 
 
 class Engine(Protocol):

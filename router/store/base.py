@@ -6,14 +6,20 @@ so callers never know which one they talk to. Values are JSON-able documents.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from policies.params import Param
 from policies.spec import StateConfig
 from router.errors import ModelrouterError
+
+# a document written when a store opens and by the health probe: proves that writes work
+PROBE_KEY = "store:probe"
 
 
 class StoreError(ModelrouterError):
@@ -62,6 +68,65 @@ def extra_fields(extra: Any) -> tuple[int | None, dict[str, float] | None]:
     return bucket, metrics or None
 
 
+MARK_FIELD = "#mark"  # the field of a sums hash holding its fold mark (see `Store.merge`)
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """What `Store.merge` answers: the totals after the merge, the fold mark (-1 when the sums
+    were never written), whether the conditional part was added, whether the call was refused
+    because its `fence` node was declared dead, and the meta fields (`#flushed:NODE`: when that
+    node last flushed; `#dead:NODE`: declared dead)."""
+
+    totals: dict[str, np.ndarray[Any, np.dtype[np.float64]]]
+    mark: int
+    applied: bool
+    fenced: bool = False
+    meta: dict[str, float] = field(default_factory=dict)
+
+
+def sum_fields(arrays: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """Flat store fields ``name#i`` of named float arrays, zeros left out; rejects non-finite
+    values (a NaN added to a shared total would poison every process)."""
+    out: list[tuple[str, float]] = []
+    for name, arr in arrays.items():
+        if "#" in name:
+            raise ValueError(f"sum name {name!r} must not contain '#'")
+        for i, v in enumerate(np.asarray(arr, dtype=float).ravel().tolist()):
+            if v != 0.0:
+                if not math.isfinite(v):
+                    raise ValueError(f"sum {name}[{i}] is not finite: {v}")
+                out.append((f"{name}#{i}", v))
+    return out
+
+
+def merged_from_fields(
+    fields: Iterable[tuple[str, Any]], applied: bool, fenced: bool = False
+) -> Merged:
+    """Reassemble `name#i` fields into arrays (missing indexes are zeros)."""
+    cells: dict[str, dict[int, float]] = {}
+    meta: dict[str, float] = {}
+    mark = -1
+    for key, value in fields:
+        if key == MARK_FIELD:
+            mark = int(float(value))
+            continue
+        if key.startswith("#"):
+            meta[key] = float(value)
+            continue
+        name, sep, idx = key.rpartition("#")
+        if not sep or not idx.isdigit():
+            continue
+        cells.setdefault(name, {})[int(idx)] = float(value)
+    totals: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
+    for name, c in cells.items():
+        arr = np.zeros(max(c) + 1)
+        for i, v in c.items():
+            arr[i] = v
+        totals[name] = arr
+    return Merged(totals, mark, applied, fenced, meta)
+
+
 class Store(Protocol):
     """Durable state behind one interface. Every method is safe to call concurrently."""
 
@@ -73,6 +138,10 @@ class Store(Protocol):
     async def get(self, key: str) -> Any | None: ...
 
     async def put(self, key: str, value: Any) -> None: ...
+
+    # store `value` unless `key` exists; answer what it holds afterwards (processes racing to
+    # create one document, such as the generated feedback secret, all end with the same one)
+    async def put_if_absent(self, key: str, value: Any) -> Any: ...
 
     # audit log: append-only, newest last
     async def audit_append(self, entry: dict[str, Any]) -> None: ...
@@ -87,6 +156,25 @@ class Store(Protocol):
 
     # records of a route with seq > after_seq, oldest first (replay after a restart)
     async def feedback_since(self, route: str, after_seq: int) -> list[FeedbackRecord]: ...
+
+    # additive learning state (`policies.merge`), all in one atomic step: refuse everything if
+    # `fence` is a node declared dead (`#dead:NODE`); else add `add` to the sums under `key`, set
+    # `#flushed:N` = `stamp` for each of `nodes`, and, if the stored mark equals `expect` (-1:
+    # never set), also add `fold`, set the mark to `mark` and declare `dead` nodes dead. Answers
+    # the totals after it. `merge(key, {})` only reads.
+    async def merge(
+        self,
+        key: str,
+        add: Mapping[str, Any],
+        fold: Mapping[str, Any] | None = None,
+        expect: int = -1,
+        mark: int = -1,
+        *,
+        nodes: Sequence[str] = (),
+        stamp: float = 0.0,
+        fence: str | None = None,
+        dead: Sequence[str] = (),
+    ) -> Merged: ...
 
     # forget records received before `older_than`; a token stays a duplicate at least until
     # its record is pruned, so callers prune only records older than the feedback TTL

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from policies.spec import StateConfig
-from router.store.base import FeedbackRecord, Store, StoreKind
+from router.store.base import (
+    MARK_FIELD,
+    FeedbackRecord,
+    Merged,
+    Store,
+    StoreKind,
+    merged_from_fields,
+    sum_fields,
+)
 
 
 def _copy(value: Any) -> Any:
@@ -27,6 +36,7 @@ class MemoryStore:
         self._tokens: set[str] = set()
         self._seq = 0
         self._lock = asyncio.Lock()
+        self._sums: dict[str, dict[str, float]] = {}
 
     async def open(self) -> None:
         return None
@@ -41,12 +51,47 @@ class MemoryStore:
     async def put(self, key: str, value: Any) -> None:
         self._kv[key] = _copy(value)
 
+    async def put_if_absent(self, key: str, value: Any) -> Any:
+        if key not in self._kv:
+            self._kv[key] = _copy(value)
+        return _copy(self._kv[key])
+
     async def audit_append(self, entry: dict[str, Any]) -> None:
         self._audit.append(_copy(entry))
 
     async def audit_list(self, limit: int = 200, route: str | None = None) -> list[dict[str, Any]]:
         rows = [e for e in self._audit if route is None or e.get("route") == route]
         return [_copy(e) for e in rows[-limit:]] if limit > 0 else []
+
+    async def merge(
+        self,
+        key: str,
+        add: Mapping[str, Any],
+        fold: Mapping[str, Any] | None = None,
+        expect: int = -1,
+        mark: int = -1,
+        *,
+        nodes: Sequence[str] = (),
+        stamp: float = 0.0,
+        fence: str | None = None,
+        dead: Sequence[str] = (),
+    ) -> Merged:
+        plain, cond = sum_fields(add), sum_fields(fold or {})
+        h = self._sums.setdefault(key, {})
+        if fence is not None and f"#dead:{fence}" in h:
+            return merged_from_fields(h.items(), False, fenced=True)
+        for f, v in plain:
+            h[f] = h.get(f, 0.0) + v
+        for n in nodes:
+            h[f"#flushed:{n}"] = float(stamp)
+        applied = int(h.get(MARK_FIELD, -1)) == expect
+        if applied:
+            for f, v in cond:
+                h[f] = h.get(f, 0.0) + v
+            h[MARK_FIELD] = float(mark)
+            for n in dead:
+                h[f"#dead:{n}"] = 1.0
+        return merged_from_fields(h.items(), applied)
 
     async def feedback_add(self, records: list[FeedbackRecord]) -> list[bool]:
         out: list[bool] = []

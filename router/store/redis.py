@@ -16,8 +16,9 @@ import json
 import logging
 import math
 import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,19 +26,30 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from policies.params import Param
 from policies.spec import StateConfig
 from router.store.base import (
+    PROBE_KEY,
     FeedbackRecord,
+    Merged,
     Store,
     StoreError,
     StoreKind,
     extra_fields,
+    merged_from_fields,
     record_extra,
+    sum_fields,
 )
 
 __all__ = ["RedisStore", "StoreUnavailable"]
@@ -89,6 +101,46 @@ return #items
 """
 
 
+# KEYS: the sums hash. ARGV: fence ('' for none), stamp, number of flushed nodes, the nodes,
+# number of dead nodes, the nodes, number of plain fields, (field, increment) pairs, expect,
+# mark, then the conditional (field, increment) pairs. All in one script, so every process sees
+# each flush whole: counts and sums of one update never part. Returns {applied, fenced, fields}.
+_MERGE = """
+local h = KEYS[1]
+if ARGV[1] ~= '' and redis.call('HEXISTS', h, '#dead:' .. ARGV[1]) == 1 then
+  return {0, 1, redis.call('HGETALL', h)}
+end
+local stamp = ARGV[2]
+local i = 3
+local nodes = tonumber(ARGV[i])
+for k = 1, nodes do redis.call('HSET', h, '#flushed:' .. ARGV[i + k], stamp) end
+i = i + nodes + 1
+local ndead = tonumber(ARGV[i])
+local dead_at = i + 1
+i = i + ndead + 1
+local n = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, n do
+  redis.call('HINCRBYFLOAT', h, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local expect, mark = ARGV[i], ARGV[i + 1]
+i = i + 2
+local cur = redis.call('HGET', h, '#mark')
+local applied = 0
+if tonumber(cur or '-1') == tonumber(expect) then
+  while i <= #ARGV do
+    redis.call('HINCRBYFLOAT', h, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  redis.call('HSET', h, '#mark', mark)
+  for k = 0, ndead - 1 do redis.call('HSET', h, '#dead:' .. ARGV[dead_at + k], 1) end
+  applied = 1
+end
+return {applied, 0, redis.call('HGETALL', h)}
+"""
+
+
 class StoreUnavailable(StoreError):
     """Redis cannot be reached (refused, timed out, dropped); the message names the URL."""
 
@@ -114,6 +166,7 @@ class RedisStore:
 
     _add: AsyncScript  # registered by open()
     _prune: AsyncScript
+    _merge: AsyncScript
 
     def __init__(
         self,
@@ -161,15 +214,45 @@ class RedisStore:
         )
         r = aioredis.Redis.from_pool(pool)
         try:
-            with self._errors():
-                await r.ping()
-                await self._check_persistence(r)
+            await r.ping()
+            # a replica or a primary refusing writes (MISCONF) answers PING: only a write tells
+            await r.set(f"{self.prefix}kv:{PROBE_KEY}", json.dumps({"opened": time.time()}))
+            await self._check_persistence(r)
+        except RedisError as e:
+            await r.aclose()
+            raise self._explain(e) from None
         except BaseException:
             await r.aclose()
             raise
         self._add = r.register_script(_ADD)
         self._prune = r.register_script(_PRUNE)
+        self._merge = r.register_script(_MERGE)
         self._r = r
+
+    def _explain(self, e: RedisError) -> StoreError:
+        """A one-line error for a store that cannot be used at start, saying what to do."""
+        where = f"state store {self.where}"
+        if isinstance(e, (AuthenticationError, AuthorizationError)):
+            return StoreError(
+                f"{where} refused the credentials ({e}); put the right user and password in "
+                "state.url (redis://user:password@host:port/db)"
+            )
+        if isinstance(e, BusyLoadingError):
+            return StoreUnavailable(
+                f"{where} is still loading its data set ({e}); start the router again when "
+                "Redis has finished loading"
+            )
+        if isinstance(e, (RedisConnectionError, RedisTimeoutError)):
+            return StoreUnavailable(
+                f"cannot reach {where} ({e}); check that Redis is running and reachable at "
+                "that address and that state.url is right"
+            )
+        if isinstance(e, ReadOnlyError):
+            return StoreError(
+                f"{where} does not accept writes ({e}); point state.url at the primary, not "
+                "a replica"
+            )
+        return StoreError(f"{where} cannot be used ({e}); check the Redis server's log")
 
     async def _check_persistence(self, r: aioredis.Redis) -> None:
         try:
@@ -223,13 +306,47 @@ class RedisStore:
             await db.set(f"{self.prefix}kv:{key}", text)
 
     async def put_if_absent(self, key: str, value: Any) -> Any:
-        """Store `value` unless `key` exists; return what the key holds afterwards (not yet in
-        the Store protocol: proposed so replicas agree on one generated secret)."""
+        """Store `value` unless `key` exists; return what the key holds afterwards."""
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
         db = self._db()
         with self._errors():
             old: Any = await db.set(f"{self.prefix}kv:{key}", text, nx=True, get=True)
         return json.loads(text) if old is None else json.loads(old)
+
+    # ---- additive sums: HINCRBYFLOAT in one script, then the totals ----
+
+    async def merge(
+        self,
+        key: str,
+        add: Mapping[str, Any],
+        fold: Mapping[str, Any] | None = None,
+        expect: int = -1,
+        mark: int = -1,
+        *,
+        nodes: Sequence[str] = (),
+        stamp: float = 0.0,
+        fence: str | None = None,
+        dead: Sequence[str] = (),
+    ) -> Merged:
+        plain, cond = sum_fields(add), sum_fields(fold or {})
+        hkey = f"{self.prefix}sums:{key}"
+        db = self._db()
+        if not plain and not cond and mark == expect and not nodes and not dead:  # a read
+            with self._errors():
+                h: Any = await db.hgetall(hkey)
+            m = merged_from_fields(h.items(), False)
+            return Merged(m.totals, m.mark, m.mark == expect, False, m.meta)
+        args: list[str | int] = [fence or "", repr(float(stamp)), len(nodes), *nodes]
+        args += [len(dead), *dead, len(plain)]
+        for f, v in plain:
+            args += [f, repr(v)]
+        args += [int(expect), int(mark)]
+        for f, v in cond:
+            args += [f, repr(v)]
+        with self._errors():
+            applied, fenced, flat = await self._merge(keys=[hkey], args=args)
+        pairs = zip(flat[0::2], flat[1::2], strict=True)
+        return merged_from_fields(pairs, bool(int(applied)), bool(int(fenced)))
 
     # ---- audit ----
 

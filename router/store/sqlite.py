@@ -10,9 +10,12 @@ only after its records are committed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,15 +23,22 @@ from typing import Any, TypeVar
 from policies.params import Param
 from policies.spec import StateConfig
 from router.store.base import (
+    MARK_FIELD,
+    PROBE_KEY,
     FeedbackRecord,
+    Merged,
     Store,
     StoreError,
     StoreKind,
     extra_fields,
+    merged_from_fields,
     record_extra,
+    sum_fields,
 )
 
 T = TypeVar("T")
+
+__all__ = ["SqliteStore", "explain"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,7 +58,51 @@ CREATE TABLE IF NOT EXISTS feedback (
     extra TEXT);
 CREATE INDEX IF NOT EXISTS feedback_route ON feedback (route, seq);
 CREATE INDEX IF NOT EXISTS feedback_received ON feedback (received_at);
+CREATE TABLE IF NOT EXISTS sums (
+    key TEXT NOT NULL, field TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (key, field)
+) WITHOUT ROWID;
 """
+
+
+_PUT = (
+    "INSERT INTO kv (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+
+def explain(path: Path, e: BaseException) -> str:
+    """One line saying what is wrong with the SQLite store at `path` and what to do about it."""
+    name = getattr(e, "sqlite_errorname", "")
+    where = f"state store {path}"
+    if isinstance(e, OSError):
+        reason = e.strerror or str(e)
+        return (
+            f"{where}: cannot create its directory {path.parent} ({reason}); create it with "
+            "write access for the router's user, or set state.path to a writable place"
+        )
+    if name.startswith("SQLITE_READONLY"):
+        return (
+            f"{where} is not writable ({e}); give the router's user write access to the file "
+            "and its directory, or set state.path to a writable place"
+        )
+    if name.startswith("SQLITE_CANTOPEN"):
+        return (
+            f"{where} cannot be opened or created ({e}); check that {path.parent} exists and "
+            "the router's user may read and write there, or set state.path elsewhere"
+        )
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+        return (
+            f"{where} is corrupt or not an SQLite database ({e}); move it aside to start with "
+            "empty state (rollouts restart, learned statistics are lost), or restore a backup"
+        )
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return (
+            f"{where} is locked by another process ({e}); stop the other router using it, or "
+            "give this one its own state.path (or state.store: redis to share state)"
+        )
+    if name.startswith("SQLITE_FULL") or getattr(e, "errno", None) == errno.ENOSPC:
+        return f"{where}: the disk is full ({e}); free space on the volume of {path.parent}"
+    return f"{where}: {e}"
 
 
 class SqliteStore:
@@ -56,6 +110,7 @@ class SqliteStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.where = str(self.path)
         self._exec: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._pending: list[tuple[list[FeedbackRecord], asyncio.Future[list[bool]]]] = []
@@ -75,18 +130,24 @@ class SqliteStore:
             raise
 
     def _connect(self) -> None:
+        conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), isolation_level=None)
+            # first: `serve --workers` opens the file from N processes at once
+            conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(_SCHEMA)
             cols = {row[1] for row in conn.execute("PRAGMA table_info(feedback)")}
             if "extra" not in cols:  # stores made before bucket/metrics were kept
                 conn.execute("ALTER TABLE feedback ADD COLUMN extra TEXT")
+            # a read-only file opens and reads fine: only a write shows it cannot be used
+            conn.execute(_PUT, (PROBE_KEY, json.dumps({"opened": time.time()})))
         except (sqlite3.Error, OSError) as e:
-            raise StoreError(f"cannot open state store {self.path}: {e}") from e
+            if conn is not None:
+                conn.close()
+            raise StoreError(explain(self.path, e)) from None
         self._conn = conn
 
     async def close(self) -> None:
@@ -127,11 +188,85 @@ class SqliteStore:
         await self._run(self._put, key, text)
 
     def _put(self, key: str, text: str) -> None:
-        self._db().execute(
-            "INSERT INTO kv (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, text),
+        self._db().execute(_PUT, (key, text))
+
+    # ---- additive sums: one transaction adds and reads back ----
+
+    async def merge(
+        self,
+        key: str,
+        add: Mapping[str, Any],
+        fold: Mapping[str, Any] | None = None,
+        expect: int = -1,
+        mark: int = -1,
+        *,
+        nodes: Sequence[str] = (),
+        stamp: float = 0.0,
+        fence: str | None = None,
+        dead: Sequence[str] = (),
+    ) -> Merged:
+        plain, cond = sum_fields(add), sum_fields(fold or {})
+        meta = ([(f"#flushed:{n}", float(stamp)) for n in nodes], [f"#dead:{n}" for n in dead])
+        return await self._run(self._merge, key, plain, cond, expect, mark, fence, meta)
+
+    def _merge(
+        self,
+        key: str,
+        plain: list[tuple[str, float]],
+        cond: list[tuple[str, float]],
+        expect: int,
+        mark: int,
+        fence: str | None,
+        meta: tuple[list[tuple[str, float]], list[str]],
+    ) -> Merged:
+        db = self._db()
+        upsert = (
+            "INSERT INTO sums (key, field, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (key, field) DO UPDATE SET value = value + excluded.value"
         )
+        flushed, dead = meta
+        everything = "SELECT field, value FROM sums WHERE key = ?"
+        if not plain and not cond and mark == expect and not flushed and not dead:
+            # a read: one consistent snapshot is enough
+            m = merged_from_fields(db.execute(everything, (key,)).fetchall(), False)
+            return Merged(m.totals, m.mark, m.mark == expect, False, m.meta)
+        setter = (
+            "INSERT INTO sums (key, field, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (key, field) DO UPDATE SET value = excluded.value"
+        )
+        one = "SELECT value FROM sums WHERE key = ? AND field = ?"
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            fenced = fence is not None and (
+                db.execute(one, (key, f"#dead:{fence}")).fetchone() is not None
+            )
+            applied = False
+            if not fenced:
+                db.executemany(upsert, [(key, f, v) for f, v in plain])
+                db.executemany(setter, [(key, f, v) for f, v in flushed])
+                row = db.execute(one, (key, MARK_FIELD)).fetchone()
+                applied = (-1 if row is None else int(row[0])) == expect
+            if applied:
+                db.executemany(upsert, [(key, f, v) for f, v in cond])
+                db.execute(setter, (key, MARK_FIELD, float(mark)))
+                db.executemany(setter, [(key, f, 1.0) for f in dead])
+            rows = db.execute(everything, (key,)).fetchall()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return merged_from_fields(rows, applied, fenced)
+
+    async def put_if_absent(self, key: str, value: Any) -> Any:
+        """Store `value` unless `key` exists; return what the key holds afterwards."""
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        return await self._run(self._put_if_absent, key, text)
+
+    def _put_if_absent(self, key: str, text: str) -> Any:
+        db = self._db()
+        db.execute("INSERT OR IGNORE INTO kv (key, value) VALUES (?, ?)", (key, text))
+        row = db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0])
 
     # ---- audit ----
 
@@ -268,9 +403,16 @@ class SqliteStore:
         return int(cur.rowcount)
 
 
+STATE_DIR_ENV = "MODELROUTER_STATE_DIR"
+
+
 def _open(cfg: StateConfig, base_dir: Path, feedback_ttl: float) -> Store:
+    # the container image sets MODELROUTER_STATE_DIR to its writable volume: a config mounted
+    # read-only (ConfigMap, docker -v) still starts with the default relative path
     path = Path(cfg.path)
-    return SqliteStore(path if path.is_absolute() else base_dir / path)
+    state_dir = os.environ.get(STATE_DIR_ENV)
+    base = Path(state_dir) if state_dir else base_dir
+    return SqliteStore(path if path.is_absolute() else base / path)
 
 
 KIND = StoreKind(
@@ -278,7 +420,8 @@ KIND = StoreKind(
     (
         Param(
             "path",
-            "SQLite file; relative paths resolve against the config file's directory.",
+            "SQLite file; a relative path resolves against `$MODELROUTER_STATE_DIR` when set "
+            "(the container image sets `/var/lib/modelrouter`), else the config file's directory.",
             type="string",
             default="modelrouter.db",
         ),

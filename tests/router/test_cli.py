@@ -316,3 +316,25 @@ def test_format_status_shows_regret_interval_and_per_context_view() -> None:
     text = format_status(status)
     assert "regret 12.5 (95% 8.25-16.75)" in text
     assert "climate=hot -> summer (55 decisions): summer 0.12 [0.1, 0.14]" in text
+
+
+def test_format_status_lists_endpoints_out_of_rotation() -> None:
+    status = {
+        "route": "r",
+        "kind": "weighted",
+        "shares": {"a": 1.0},
+        "backends": {
+            "a": {
+                "up": True,
+                "endpoints": [
+                    {"address": "10.0.0.1:8501", "up": True, "in_flight": 3},
+                    {"address": "10.0.0.2:8501", "up": False, "ejected": True, "in_flight": 0},
+                ],
+            }
+        },
+    }
+    text = format_status(status)
+    assert (
+        "endpoints of a: 10.0.0.1:8501 up (3 in flight), 10.0.0.2:8501 EJECTED (0 in flight)"
+        in text
+    )

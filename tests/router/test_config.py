@@ -93,7 +93,8 @@ BAD: list[tuple[str, str, str]] = [
     (
         "unknown-backend-key",
         route(WEIGHTED, backends='backends:\n  a: {url: "http://h:1", timout: 2s}\n'),
-        r"backends\.a: unknown key 'timout'; allowed: url, version, timeout, health, rewrite",
+        r"backends\.a: unknown key 'timout'; allowed: url, endpoints, version, timeout, health, "
+        r"rewrite, outlier_detection, retry_budget",
     ),
     (
         "unknown-bandit-param",
