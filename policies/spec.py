@@ -44,6 +44,7 @@ class StateConfig:
     store: str = "sqlite"  # a key of router.store.STORE_KINDS
     path: str = "modelrouter.db"  # relative paths resolve against the config file's directory
     url: str | None = None  # store: redis
+    lease: float = 10.0  # seconds a rollout's driver holds its lease without renewing it
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +198,7 @@ class Check:
     max_relative_to_stable: float | None = None
     query: str | None = None  # prometheus
     url: str | None = None  # prometheus base URL
+    failure_status: str | None = None  # error_rate: "5xx,404" (canonical, see checks.statuses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +208,10 @@ class AnalysisSpec:
     checks: tuple[Check, ...] = ()
     compare: Literal["sequential", "none"] = "none"
     alpha: float = 0.05  # for compare: sequential
+    confidence: float = 0.95  # threshold checks fail only when the bound is past the limit
+    inconclusive_limit: int = 5  # inconclusive analyses in a row before on_inconclusive; 0: never
+    on_inconclusive: Literal["pause", "rollback"] = "pause"
+    progress_deadline: float | None = None  # seconds progressing without a transition
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +317,18 @@ PolicySpec = WeightedSpec | BlueGreenSpec | CanarySpec | ABTestSpec | BanditSpec
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionLogSpec:
+    """`routes[].decision_log`: where and how a learning route records its decisions."""
+
+    path: str  # relative paths resolve against the config file's directory
+    sample_rate: float = 1.0
+    rotate_size: int = 64 * 1024 * 1024
+    rotate_interval: float = 86_400.0
+    retention: float = 7 * 86_400.0
+    queue: int = 65_536  # records waiting for the writer; more are dropped and counted
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
     match: Match
@@ -320,6 +338,8 @@ class RouteConfig:
     retries: Retries = field(default_factory=Retries)
     timeout: float | None = None  # whole-request deadline; None = backend timeout only
     mirror: Mirror | None = None
+    decision_log: DecisionLogSpec | None = None
+    warm_start: str | None = None  # a replay --fit / snapshot file the policy starts from
 
     @property
     def backends(self) -> tuple[str, ...]:

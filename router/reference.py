@@ -29,7 +29,7 @@ from policies.spec import Address, Config
 from router.config import ConfigError, parse_config
 from router.errors import ModelrouterError
 from router.metrics import DURATION_BUCKETS, Metrics
-from router.store import STORE_KINDS
+from router.store import LEASE, STORE_KINDS
 
 __all__ = ["END", "SECTIONS", "START", "ReferenceError", "generate", "main", "splice"]
 
@@ -99,7 +99,7 @@ def _state_keys() -> dict[str, Key]:
     """``state``: the store choice and the keys every registered store kind declares."""
     store = "; ".join(f"`{name}`: {kind.help}" for name, kind in STORE_KINDS.items()) + "."
     params = {p.name: p for kind in STORE_KINDS.values() for p in kind.params}
-    return {"store": Key("choice", store), **_param_keys(tuple(params.values()))}
+    return {"store": Key("choice", store), **_param_keys((*params.values(), LEASE))}
 
 
 def _check_sections() -> tuple[Section, ...]:
@@ -397,8 +397,45 @@ _SECTIONS: tuple[Section, ...] = (
             ),
             "mirror": Key("mapping", "Shadow traffic, see `routes[].mirror`.", default="—"),
             "policy": Key("mapping", "Exactly one policy kind, see `routes[].policy`."),
+            "decision_log": Key(
+                "mapping",
+                "Learning routes: record every decision for off-policy evaluation, see "
+                "`routes[].decision_log`.",
+                default="—",
+            ),
+            "warm_start": Key(
+                "path",
+                "Bandit routes: a `modelrouter replay --fit` or `snapshot` file the policy "
+                "starts from when the store has no state for the route (relative to this file).",
+                default="—",
+            ),
         },
         get=_route,
+    ),
+    Section(
+        "routes[].decision_log",
+        ("routes", 0, "decision_log"),
+        {"path": "decisions.jsonl"},
+        {
+            "path": Key(
+                "path",
+                "JSON-lines file, relative to `$MODELROUTER_STATE_DIR` when set (the image's "
+                "volume), else to this file; rotated files sit next to it, gzipped.",
+            ),
+            "sample_rate": Key(
+                "number", "Share of decisions logged (by a hash of the decision id), in (0, 1]."
+            ),
+            "rotate_size": Key("size", "Rotate when the file reaches this size."),
+            "rotate_interval": Key("duration", "Rotate when the file is this old."),
+            "retention": Key("duration", "Delete rotated files older than this."),
+            "queue": Key(
+                "int",
+                "Records waiting for the writer thread; beyond this they are dropped and "
+                "counted, never waited for.",
+            ),
+        },
+        get=lambda c: c.routes[0].decision_log,
+        policy=_BANDIT,
     ),
     Section(
         "routes[].match",
@@ -573,6 +610,23 @@ _SECTIONS: tuple[Section, ...] = (
                 "stable error rate, checked every interval.",
             ),
             "alpha": Key("number", "Significance of `compare: sequential`."),
+            "confidence": Key(
+                "number",
+                "Threshold checks fail only when the confidence bound nearest the limit is "
+                "past it (a point estimate past it without that is inconclusive).",
+            ),
+            "inconclusive_limit": Key(
+                "int",
+                "Inconclusive analyses in a row before `on_inconclusive` applies; 0: wait forever.",
+            ),
+            "on_inconclusive": Key(
+                "choice", "`pause` (with the reason; resume, promote or abort) or `rollback`."
+            ),
+            "progress_deadline": Key(
+                "duration",
+                "Longest time progressing without a transition; then `on_inconclusive` applies.",
+                default="off",
+            ),
         },
         get=lambda c: _pol(c).analysis,
         policy=_CANARY,

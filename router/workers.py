@@ -87,22 +87,12 @@ def _reserve(host: str, port: int) -> socket.socket:
 
 def _refusal(config: Config) -> str | None:
     """Why this config cannot run under --workers, or None."""
-    from router.store.base import Store
-
     if config.state.store == "memory":
         return (
             "state.store: memory cannot be shared by --workers processes; use the default "
             "sqlite store (one file on this machine) or redis"
         )
-    # One driver per rollout needs the rollout lease in the store (issue 13, i13-control).
-    # Without it every worker would drive its own copy of each rollout, so refuse instead.
-    if not hasattr(Store, "lease_acquire"):
-        rollouts = [r.name for r in config.routes if r.policy.kind in ("canary", "blue_green")]
-        if rollouts:
-            return (
-                f"routes {', '.join(rollouts)}: rollouts under --workers need the rollout lease, "
-                "which this build lacks; run one worker per replica"
-            )
+    # rollouts are fine: one worker drives each (the lease), the others follow its state
     return None
 
 

@@ -22,7 +22,7 @@ from policies.spec import (
 from router.config.reader import NAME_RE, ConfigError, Reader, read_yaml
 from router.config.routes import BACKEND_KEYS, read_backend, read_routes
 from router.config.values import Refs, address, read_params
-from router.store import DEFAULT_STORE, STORE_KINDS
+from router.store import DEFAULT_STORE, LEASE, STORE_KINDS
 
 SUPPORTED_VERSION: Final = 1
 _ENV_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -43,14 +43,17 @@ _DEFAULT_LISTEN: Final = Address("0.0.0.0", 8080)
 def _state(r: Reader) -> StateConfig:
     """``state``: the store kind, then every store kind's declared keys (see router.store)."""
     params = tuple({p.name: p for k in STORE_KINDS.values() for p in k.params}.values())
-    m = r.mapping(("store", *(p.name for p in params)))
+    m = r.mapping(("store", LEASE.name, *(p.name for p in params)))
     store = m["store"].choice(tuple(STORE_KINDS), DEFAULT_STORE)
     values = read_params(m, params, optional=True)
+    lease = m[LEASE.name].duration(10.0)
+    if lease is not None and not 0.5 <= lease <= 600:
+        m[LEASE.name].error(f"must be between 0.5s and 600s, got {lease:g}s")
     if not m.quiet:
         for p in STORE_KINDS[store].params:
             if p.required and values[p.name] is None and p.name not in m:
                 m.error(f"store: {store} needs {p.name} (e.g. {p.example})")
-    return StateConfig(store, **values)  # type: ignore[arg-type]
+    return StateConfig(store, **values, lease=lease)  # type: ignore[arg-type]
 
 
 def _config(root: Reader) -> Config:
@@ -141,7 +144,26 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError([f"{source}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
     except OSError as e:
         raise ConfigError([f"{source}: cannot read: {e.strerror or e}"]) from None
-    return parse_config(text, source)
+    cfg = parse_config(text, source)
+    errors = _check_warm_starts(cfg, Path(path).resolve().parent)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def _check_warm_starts(cfg: Config, base: Path) -> list[str]:
+    """Each `warm_start:` file (relative to the config file) must fit its route."""
+    from router.warmstart import WarmStartError, load_warm_start
+
+    errors = []
+    for i, route in enumerate(cfg.routes):
+        if route.warm_start is None:
+            continue
+        try:
+            load_warm_start(base / route.warm_start, route.policy)
+        except WarmStartError as e:
+            errors.append(f"{cfg.source}: routes[{i}].warm_start: {e}")
+    return errors
 
 
 def validate_main(path: str | Path) -> int:

@@ -47,6 +47,7 @@ WEBHOOK_EVENTS: Final = (
     "rolled_back",
     "switched",
     "blessed",
+    "retried",
 )
 
 
@@ -54,6 +55,7 @@ _REWARD_TYPES: Final[tuple[Literal["binary", "continuous"], ...]] = ("binary", "
 _REWARD_FROM: Final[tuple[Literal["feedback", "response"], ...]] = ("feedback", "response")
 _GATES: Final[tuple[Literal["auto", "manual"], ...]] = ("auto", "manual")
 _COMPARE: Final[tuple[Literal["sequential", "none"], ...]] = ("sequential", "none")
+_ON_INCONCLUSIVE: Final[tuple[Literal["pause", "rollback"], ...]] = ("pause", "rollback")
 _TESTS: Final[tuple[Literal["z_test", "welch_t", "msprt", "bayesian"], ...]] = (
     "z_test",
     "welch_t",
@@ -209,13 +211,29 @@ def _check(r: Reader) -> Check:
 
 
 def _analysis(r: Reader) -> AnalysisSpec:
-    m = r.mapping(("min_requests", "failure_limit", "checks", "compare", "alpha"))
+    m = r.mapping(
+        (
+            "min_requests",
+            "failure_limit",
+            "checks",
+            "compare",
+            "alpha",
+            "confidence",
+            "inconclusive_limit",
+            "on_inconclusive",
+            "progress_deadline",
+        )
+    )
     return AnalysisSpec(
         min_requests=m["min_requests"].integer(100, min=1),
         failure_limit=m["failure_limit"].integer(2, min=1),
         checks=tuple(_check(c) for c in m["checks"].sequence()),
         compare=m["compare"].choice(_COMPARE, "none"),
         alpha=m["alpha"].number(0.05, gt=0, max=0.5),
+        confidence=m["confidence"].number(0.95, min=0.5, max=0.9999),
+        inconclusive_limit=m["inconclusive_limit"].integer(5, min=0),
+        on_inconclusive=m["on_inconclusive"].choice(_ON_INCONCLUSIVE, "pause"),
+        progress_deadline=m["progress_deadline"].duration(None),
     )
 
 

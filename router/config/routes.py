@@ -8,15 +8,18 @@ from dataclasses import replace
 from typing import Final
 
 from policies.spec import (
+    LEARNING_KINDS,
     ABTestSpec,
     Address,
     BackendConfig,
+    DecisionLogSpec,
     HealthConfig,
     Match,
     Mirror,
     OutlierDetection,
     Override,
     OverrideKind,
+    PolicySpec,
     Retries,
     RetryBudget,
     Rewrite,
@@ -294,7 +297,47 @@ _ROUTE_KEYS: Final = (
     "timeout",
     "mirror",
     "policy",
+    "decision_log",
+    "warm_start",
 )
+_DECISION_LOG_KEYS: Final = (
+    "path",
+    "sample_rate",
+    "rotate_size",
+    "rotate_interval",
+    "retention",
+    "queue",
+)
+_PATH_RE: Final = re.compile(r"\S+")
+
+
+def _decision_log(r: Reader, policy: PolicySpec) -> DecisionLogSpec | None:
+    if not r.present:
+        return None
+    m = r.mapping(_DECISION_LOG_KEYS, required=True)
+    if policy.kind not in LEARNING_KINDS and not m.quiet:
+        r.error(
+            f"a {policy.kind} route makes no logged decisions (no propensities, no rewards); "
+            f"decision_log needs one of {', '.join(sorted(LEARNING_KINDS))}"
+        )
+    d = DecisionLogSpec(path="")
+    return DecisionLogSpec(
+        path=m["path"].string(pattern=_PATH_RE, what="a file path"),
+        sample_rate=m["sample_rate"].number(d.sample_rate, gt=0, max=1),
+        rotate_size=m["rotate_size"].size(d.rotate_size),
+        rotate_interval=m["rotate_interval"].duration(d.rotate_interval),
+        retention=m["retention"].duration(d.retention),
+        queue=m["queue"].integer(d.queue, min=1),
+    )
+
+
+def _warm_start(r: Reader, policy: PolicySpec) -> str | None:
+    if not r.present:
+        return None
+    path = r.string(pattern=_PATH_RE, what="a file path")
+    if policy.kind not in ("bandit", "contextual_bandit"):
+        r.error(f"a {policy.kind} route does not learn; warm_start needs a bandit")
+    return path
 
 
 def _route(r: Reader, refs: Refs) -> RouteConfig:
@@ -307,6 +350,8 @@ def _route(r: Reader, refs: Refs) -> RouteConfig:
         name=m["name"].name("route name"),
         match=_match(m["match"]),
         policy=policy,
+        decision_log=_decision_log(m["decision_log"], policy),
+        warm_start=_warm_start(m["warm_start"], policy),
         overrides=tuple(_override(o, refs) for o in m["overrides"].sequence()),
         sticky=sticky,
         retries=_retries(m["retries"]),
@@ -319,6 +364,7 @@ def read_routes(r: Reader, refs: Refs) -> tuple[RouteConfig, ...]:
     items = r.sequence(required=True, min_len=1)
     routes: list[RouteConfig] = []
     seen: dict[str, int] = {}
+    logs: dict[str, int] = {}
     for i, item in enumerate(items):
         route = _route(item, refs)
         if route.name and route.name in seen:
@@ -326,6 +372,14 @@ def read_routes(r: Reader, refs: Refs) -> tuple[RouteConfig, ...]:
                 f"duplicate route name '{route.name}' (also routes[{seen[route.name]}])"
             )
         seen.setdefault(route.name, i)
+        if route.decision_log is not None:
+            path = route.decision_log.path
+            if path in logs:
+                item.mapping()["decision_log"].error(
+                    f"path {path} is already the decision log of routes[{logs[path]}]; "
+                    "give each route its own file"
+                )
+            logs.setdefault(path, i)
         for j, earlier in enumerate(routes):
             same = earlier.match.path_prefix == route.match.path_prefix
             a, b = earlier.match.methods, route.match.methods

@@ -5,7 +5,10 @@ Engines are built by `ENGINES[kind](route_cfg, services)`; `router/runtime.py` o
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,6 +27,23 @@ if TYPE_CHECKING:
     from router.dataplane.seam import Request
     from router.metrics import Metrics
     from router.store.base import Store
+
+
+_NODE: tuple[int, str] | None = None
+
+
+def node_id() -> str:
+    """This process's name in leases and window parts: stable across reloads, new after a fork
+    (each `serve --workers` process is its own node)."""
+    global _NODE
+    pid = os.getpid()
+    if _NODE is None or _NODE[0] != pid:
+        _NODE = (pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}")
+    return _NODE[1]
+
+
+def _always_up(backend: str) -> bool:
+    return True
 
 
 class Decider(Protocol):
@@ -48,6 +68,9 @@ class Services:
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     # set once the event loop runs (router/runtime.py opens it); engines that call out use it
     http: aiohttp.ClientSession | None = None
+    # backend name -> passing health checks (the runtime's view); rollouts fail a down candidate
+    backend_up: Callable[[str], bool] = _always_up
+    node: str = field(default_factory=node_id)
     # the token signer: learning engines tell the decisions of this process by its prefix
     decider: Decider | None = None
 
@@ -72,6 +95,11 @@ class Engine(Protocol):
 
     def admits(self, backend: str) -> bool:
         """Whether an override may send a request to `backend` now."""
+        ...
+
+    def override_backend(self, backend: str) -> str:
+        """Where an override naming `backend` sends its request (blue-green: the preview
+        override follows the inactive side)."""
         ...
 
     def make_context(self, req: Request, bucket: int | None) -> Context:
@@ -126,6 +154,9 @@ class EngineBase:
 
     def admits(self, backend: str) -> bool:
         return True
+
+    def override_backend(self, backend: str) -> str:
+        return backend
 
     def make_context(self, req: Request, bucket: int | None) -> Context:
         return Context(bucket=bucket)

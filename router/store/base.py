@@ -68,6 +68,16 @@ def extra_fields(extra: Any) -> tuple[int | None, dict[str, float] | None]:
     return bucket, metrics or None
 
 
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A lease as held when a write was prepared: the write applies only while `holder` still
+    holds lease `name` with fencing token `token` (a deposed leader's late write is refused)."""
+
+    name: str
+    holder: str
+    token: int
+
+
 MARK_FIELD = "#mark"  # the field of a sums hash holding its fold mark (see `Store.merge`)
 
 
@@ -179,6 +189,34 @@ class Store(Protocol):
     # forget records received before `older_than`; a token stays a duplicate at least until
     # its record is pruned, so callers prune only records older than the feedback TTL
     async def feedback_prune(self, older_than: float) -> int: ...
+
+    # leases: at most one holder per name. Take the lease (free or expired) or renew it (held by
+    # `holder`) for `ttl` seconds; returns the fencing token while held, None when another holder
+    # has it. The token grows every time the lease changes hands, never on a renewal.
+    async def lease_acquire(self, name: str, holder: str, ttl: float) -> int | None: ...
+
+    # give the lease up early (clean shutdown) if `holder` still holds it
+    async def lease_release(self, name: str, holder: str) -> None: ...
+
+    # versioned documents (compare-and-set; a separate key space from get/put). Returns
+    # (version, document) when the stored version is greater than `newer_than`, else None, so a
+    # poll of an unchanged document moves no data. Versions start at 1.
+    async def vget(self, key: str, newer_than: int = 0) -> tuple[int, Any] | None: ...
+
+    # write `value` only if the stored version is `expected` (0: the key is absent) and, with a
+    # fence, the fence's lease is still held by its holder with its token. Returns the new
+    # version, or None when either condition failed (nothing was written).
+    async def vput(
+        self, key: str, value: Any, expected: int, fence: Fence | None = None
+    ) -> int | None: ...
+
+    # parts: one JSON document per writer under a key (each process's running totals of the
+    # current analysis window); a reader sums them. parts_put replaces that writer's part.
+    async def parts_put(self, key: str, part: str, value: Any) -> None: ...
+
+    async def parts_get(self, key: str) -> dict[str, Any]: ...
+
+    async def parts_drop(self, key: str, parts: list[str]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

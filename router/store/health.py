@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from router.store.base import PROBE_KEY, FeedbackRecord, Merged, Store
+from router.store.base import PROBE_KEY, FeedbackRecord, Fence, Merged, Store
 
 __all__ = ["PROBE_EVERY", "PROBE_EVERY_FAILING", "MonitoredStore", "StoreMonitor"]
 
@@ -169,3 +169,26 @@ class MonitoredStore:
 
     async def feedback_prune(self, older_than: float) -> int:
         return await self._call("feedback_prune", self.inner.feedback_prune(older_than), True)
+
+    async def lease_acquire(self, name: str, holder: str, ttl: float) -> int | None:
+        return await self._call("lease_acquire", self.inner.lease_acquire(name, holder, ttl), True)
+
+    async def lease_release(self, name: str, holder: str) -> None:
+        await self._call("lease_release", self.inner.lease_release(name, holder), True)
+
+    async def vget(self, key: str, newer_than: int = 0) -> tuple[int, Any] | None:
+        return await self._call("vget", self.inner.vget(key, newer_than), False)
+
+    async def vput(
+        self, key: str, value: Any, expected: int, fence: Fence | None = None
+    ) -> int | None:
+        return await self._call("vput", self.inner.vput(key, value, expected, fence), True)
+
+    async def parts_put(self, key: str, part: str, value: Any) -> None:
+        await self._call("parts_put", self.inner.parts_put(key, part, value), True)
+
+    async def parts_get(self, key: str) -> dict[str, Any]:
+        return await self._call("parts_get", self.inner.parts_get(key), False)
+
+    async def parts_drop(self, key: str, parts: list[str]) -> None:
+        await self._call("parts_drop", self.inner.parts_drop(key, parts), True)

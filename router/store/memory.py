@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from policies.spec import StateConfig
 from router.store.base import (
     MARK_FIELD,
     FeedbackRecord,
+    Fence,
     Merged,
     Store,
     StoreKind,
@@ -36,6 +38,10 @@ class MemoryStore:
         self._tokens: set[str] = set()
         self._seq = 0
         self._lock = asyncio.Lock()
+        self._leases: dict[str, tuple[str, int, float]] = {}  # name -> holder, token, expires
+        self._fences: dict[str, int] = {}
+        self._vkv: dict[str, tuple[int, Any]] = {}
+        self._parts: dict[str, dict[str, Any]] = {}
         self._sums: dict[str, dict[str, float]] = {}
 
     async def open(self) -> None:
@@ -117,6 +123,59 @@ class MemoryStore:
             self._tokens = {r.token_id for r in keep}
             self._feedback = keep
         return gone
+
+    # ---- leases, versioned documents, parts ----
+
+    def _held(self, name: str) -> tuple[str, int, float] | None:
+        held = self._leases.get(name)
+        return held if held is not None and held[2] > time.monotonic() else None
+
+    async def lease_acquire(self, name: str, holder: str, ttl: float) -> int | None:
+        held = self._held(name)
+        if held is not None and held[0] != holder:
+            return None
+        if held is None:
+            token = self._fences[name] = self._fences.get(name, 0) + 1
+        else:
+            token = held[1]
+        self._leases[name] = (holder, token, time.monotonic() + ttl)
+        return token
+
+    async def lease_release(self, name: str, holder: str) -> None:
+        held = self._held(name)
+        if held is not None and held[0] == holder:
+            del self._leases[name]
+
+    async def vget(self, key: str, newer_than: int = 0) -> tuple[int, Any] | None:
+        got = self._vkv.get(key)
+        if got is None or got[0] <= newer_than:
+            return None
+        return got[0], _copy(got[1])
+
+    async def vput(
+        self, key: str, value: Any, expected: int, fence: Fence | None = None
+    ) -> int | None:
+        doc = _copy(value)
+        version = self._vkv.get(key, (0, None))[0]
+        if version != expected:
+            return None
+        if fence is not None:
+            held = self._held(fence.name)
+            if held is None or held[:2] != (fence.holder, fence.token):
+                return None
+        self._vkv[key] = (version + 1, doc)
+        return version + 1
+
+    async def parts_put(self, key: str, part: str, value: Any) -> None:
+        self._parts.setdefault(key, {})[part] = _copy(value)
+
+    async def parts_get(self, key: str) -> dict[str, Any]:
+        return _copy(self._parts.get(key, {}))  # type: ignore[no-any-return]
+
+    async def parts_drop(self, key: str, parts: list[str]) -> None:
+        held = self._parts.get(key, {})
+        for p in parts:
+            held.pop(p, None)
 
 
 def _with_seq(r: FeedbackRecord, seq: int) -> FeedbackRecord:

@@ -42,6 +42,7 @@ from policies.spec import StateConfig
 from router.store.base import (
     PROBE_KEY,
     FeedbackRecord,
+    Fence,
     Merged,
     Store,
     StoreError,
@@ -100,6 +101,53 @@ end
 return #items
 """
 
+
+# Leases. KEYS: lease key, fencing counter. ARGV: holder, ttl ms. The lease key holds
+# "token|holder" with PX expiry (SET NX PX semantics); the holder renews it (compare-and-renew);
+# a new holder takes a fresh token from INCR on the counter, which never expires.
+_LEASE_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, '|', 1, true)
+  if string.sub(cur, sep + 1) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(string.sub(cur, 1, sep - 1))
+  end
+  return false
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token .. '|' .. ARGV[1], 'PX', ARGV[2], 'NX')
+return token
+"""
+
+# KEYS: lease key. ARGV: holder.
+_LEASE_RELEASE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, '|', 1, true)
+  if string.sub(cur, sep + 1) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+  end
+end
+return 0
+"""
+
+# Versioned documents: a hash {v: version, d: json}. KEYS: doc hash, fence lease key (or the doc
+# key again without a fence). ARGV: expected version, document, "token|holder" or ''.
+_VPUT = """
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v ~= tonumber(ARGV[1]) then return false end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return false end
+redis.call('HSET', KEYS[1], 'v', v + 1, 'd', ARGV[2])
+return v + 1
+"""
+
+# KEYS: doc hash. ARGV: newer_than. Returns {version, doc} or nil; the doc moves only when newer.
+_VGET = """
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v <= tonumber(ARGV[1]) then return false end
+return {v, redis.call('HGET', KEYS[1], 'd')}
+"""
 
 # KEYS: the sums hash. ARGV: fence ('' for none), stamp, number of flushed nodes, the nodes,
 # number of dead nodes, the nodes, number of plain fields, (field, increment) pairs, expect,
@@ -166,6 +214,10 @@ class RedisStore:
 
     _add: AsyncScript  # registered by open()
     _prune: AsyncScript
+    _lease_acquire: AsyncScript
+    _lease_release: AsyncScript
+    _vput: AsyncScript
+    _vget: AsyncScript
     _merge: AsyncScript
 
     def __init__(
@@ -226,6 +278,10 @@ class RedisStore:
             raise
         self._add = r.register_script(_ADD)
         self._prune = r.register_script(_PRUNE)
+        self._lease_acquire = r.register_script(_LEASE_ACQUIRE)
+        self._lease_release = r.register_script(_LEASE_RELEASE)
+        self._vput = r.register_script(_VPUT)
+        self._vget = r.register_script(_VGET)
         self._merge = r.register_script(_MERGE)
         self._r = r
 
@@ -453,6 +509,60 @@ class RedisStore:
             total += n
             if n < _PRUNE_BATCH:
                 return total
+
+    # ---- leases, versioned documents, parts ----
+
+    def _lease_keys(self, name: str) -> list[str]:
+        return [f"{self.prefix}lease:{name}", f"{self.prefix}lease:{name}:fence"]
+
+    async def lease_acquire(self, name: str, holder: str, ttl: float) -> int | None:
+        self._db()
+        ms = max(1, int(ttl * 1000))
+        with self._errors():
+            got = await self._lease_acquire(keys=self._lease_keys(name), args=[holder, ms])
+        return None if got is None else int(got)
+
+    async def lease_release(self, name: str, holder: str) -> None:
+        self._db()
+        with self._errors():
+            await self._lease_release(keys=self._lease_keys(name)[:1], args=[holder])
+
+    async def vget(self, key: str, newer_than: int = 0) -> tuple[int, Any] | None:
+        self._db()
+        with self._errors():
+            got: Any = await self._vget(keys=[f"{self.prefix}vkv:{key}"], args=[int(newer_than)])
+        return None if got is None else (int(got[0]), json.loads(got[1]))
+
+    async def vput(
+        self, key: str, value: Any, expected: int, fence: Fence | None = None
+    ) -> int | None:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        doc_key = f"{self.prefix}vkv:{key}"
+        keys = [doc_key, self._lease_keys(fence.name)[0] if fence else doc_key]
+        mark = f"{fence.token}|{fence.holder}" if fence else ""
+        self._db()
+        with self._errors():
+            got = await self._vput(keys=keys, args=[int(expected), text, mark])
+        return None if got is None else int(got)
+
+    async def parts_put(self, key: str, part: str, value: Any) -> None:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        db = self._db()
+        with self._errors():
+            await db.hset(f"{self.prefix}parts:{key}", part, text)
+
+    async def parts_get(self, key: str) -> dict[str, Any]:
+        db = self._db()
+        with self._errors():
+            rows: Any = await db.hgetall(f"{self.prefix}parts:{key}")
+        return {p: json.loads(v) for p, v in rows.items()}
+
+    async def parts_drop(self, key: str, parts: list[str]) -> None:
+        if not parts:
+            return
+        db = self._db()
+        with self._errors():
+            await db.hdel(f"{self.prefix}parts:{key}", *parts)
 
 
 def _open(cfg: StateConfig, base_dir: Path, feedback_ttl: float) -> Store:

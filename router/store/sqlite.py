@@ -26,6 +26,7 @@ from router.store.base import (
     MARK_FIELD,
     PROBE_KEY,
     FeedbackRecord,
+    Fence,
     Merged,
     Store,
     StoreError,
@@ -58,6 +59,12 @@ CREATE TABLE IF NOT EXISTS feedback (
     extra TEXT);
 CREATE INDEX IF NOT EXISTS feedback_route ON feedback (route, seq);
 CREATE INDEX IF NOT EXISTS feedback_received ON feedback (received_at);
+CREATE TABLE IF NOT EXISTS lease (
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS vkv (
+    key TEXT PRIMARY KEY, version INTEGER NOT NULL, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS parts (
+    key TEXT NOT NULL, part TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (key, part));
 CREATE TABLE IF NOT EXISTS sums (
     key TEXT NOT NULL, field TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (key, field)
 ) WITHOUT ROWID;
@@ -401,6 +408,120 @@ class SqliteStore:
     def _prune(self, older_than: float) -> int:
         cur = self._db().execute("DELETE FROM feedback WHERE received_at < ?", (older_than,))
         return int(cur.rowcount)
+
+    # ---- leases, versioned documents, parts (processes on one machine share the file) ----
+    #
+    # Each operation is one IMMEDIATE transaction: SQLite's write lock orders them across the
+    # processes sharing the file, so a read-then-write cannot interleave with another process's.
+    # Lease expiry uses the wall clock, which all processes of one machine share.
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(db)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return out
+
+    async def lease_acquire(self, name: str, holder: str, ttl: float) -> int | None:
+        return await self._run(self._tx, lambda db: self._lease_acquire(db, name, holder, ttl))
+
+    @staticmethod
+    def _lease_acquire(db: sqlite3.Connection, name: str, holder: str, ttl: float) -> int | None:
+        now = time.time()
+        row = db.execute("SELECT holder, token, expires FROM lease WHERE name = ?", (name,))
+        got = row.fetchone()
+        if got is None:
+            db.execute(
+                "INSERT INTO lease (name, holder, token, expires) VALUES (?, ?, 1, ?)",
+                (name, holder, now + ttl),
+            )
+            return 1
+        who, token, expires = got
+        if who == holder and expires > now:
+            token = int(token)  # renewal: same token
+        elif expires <= now:
+            token = int(token) + 1  # free: a new holder (or the old one again) gets a new token
+        else:
+            return None
+        db.execute(
+            "UPDATE lease SET holder = ?, token = ?, expires = ? WHERE name = ?",
+            (holder, token, now + ttl, name),
+        )
+        return token
+
+    async def lease_release(self, name: str, holder: str) -> None:
+        def release(db: sqlite3.Connection) -> None:
+            # expire it in place: the token counter must survive for the next holder
+            db.execute("UPDATE lease SET expires = 0 WHERE name = ? AND holder = ?", (name, holder))
+
+        await self._run(release, self._db())
+
+    async def vget(self, key: str, newer_than: int = 0) -> tuple[int, Any] | None:
+        return await self._run(self._vget, key, newer_than)
+
+    def _vget(self, key: str, newer_than: int) -> tuple[int, Any] | None:
+        sql = "SELECT version, value FROM vkv WHERE key = ? AND version > ?"
+        row = self._db().execute(sql, (key, newer_than)).fetchone()
+        return None if row is None else (int(row[0]), json.loads(row[1]))
+
+    async def vput(
+        self, key: str, value: Any, expected: int, fence: Fence | None = None
+    ) -> int | None:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        return await self._run(self._tx, lambda db: self._vput(db, key, text, expected, fence))
+
+    @staticmethod
+    def _vput(
+        db: sqlite3.Connection, key: str, text: str, expected: int, fence: Fence | None
+    ) -> int | None:
+        if fence is not None:
+            got = db.execute(
+                "SELECT 1 FROM lease WHERE name = ? AND holder = ? AND token = ? AND expires > ?",
+                (fence.name, fence.holder, fence.token, time.time()),
+            ).fetchone()
+            if got is None:
+                return None
+        if expected == 0:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO vkv (key, version, value) VALUES (?, 1, ?)", (key, text)
+            )
+        else:
+            cur = db.execute(
+                "UPDATE vkv SET version = version + 1, value = ? WHERE key = ? AND version = ?",
+                (text, key, expected),
+            )
+        return expected + 1 if cur.rowcount == 1 else None
+
+    async def parts_put(self, key: str, part: str, value: Any) -> None:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO parts (key, part, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (key, part) DO UPDATE SET value = excluded.value",
+                (key, part, text),
+            )
+
+        await self._run(put, self._db())
+
+    async def parts_get(self, key: str) -> dict[str, Any]:
+        def get(db: sqlite3.Connection) -> dict[str, Any]:
+            rows = db.execute("SELECT part, value FROM parts WHERE key = ?", (key,)).fetchall()
+            return {p: json.loads(v) for p, v in rows}
+
+        return await self._run(get, self._db())
+
+    async def parts_drop(self, key: str, parts: list[str]) -> None:
+        def drop(db: sqlite3.Connection) -> None:
+            sql = "DELETE FROM parts WHERE key = ? AND part = ?"
+            db.executemany(sql, [(key, p) for p in parts])
+
+        if parts:
+            await self._run(drop, self._db())
 
 
 STATE_DIR_ENV = "MODELROUTER_STATE_DIR"

@@ -318,6 +318,21 @@ def test_format_status_shows_regret_interval_and_per_context_view() -> None:
     assert "climate=hot -> summer (55 decisions): summer 0.12 [0.1, 0.14]" in text
 
 
+def test_status_says_which_process_drives_a_rollout() -> None:
+    from router.cli import format_status
+
+    base = {"route": "clf", "kind": "canary", "step": 1, "steps": [10, 50, 100]}
+    control = {"node": "h:1:ab", "leading": True, "version": 7, "lease": 10.0}
+    st = {**base, "phase": "progressing", "failures": 1, "failure_limit": 2}
+    st |= {"inconclusive": 2, "inconclusive_limit": 5, "control": control}
+    out = format_status(st)
+    assert "rollout: driven by this process, failures 1/2, inconclusive 2/5" in out
+    follower = format_status({**st, "control": {**control, "leading": False}})
+    assert "driven by another process" in follower
+    done = format_status({**st, "phase": "promoted", "inconclusive_limit": 0})
+    assert "rollout: failures 1/2, inconclusive 2/no limit" in done
+
+
 def test_format_status_lists_endpoints_out_of_rotation() -> None:
     status = {
         "route": "r",

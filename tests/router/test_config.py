@@ -108,7 +108,8 @@ BAD: list[tuple[str, str, str]] = [
             "policy: {kind: canary, stable: a, candidate: b, steps: [50],"
             " analysis: {checks: [{metric: error_rate, max: 0.1, min: 0}]}}"
         ),
-        r"checks\[0\]: unknown key 'min'; allowed: metric, max \(metric error_rate\)",
+        r"checks\[0\]: unknown key 'min'; allowed: metric, max, failure_status "
+        r"\(metric error_rate\)",
     ),
     # -- values of the wrong form
     (
@@ -498,7 +499,8 @@ BAD: list[tuple[str, str, str]] = [
     (
         "unknown-check-metric",
         route(CANARY + "analysis: {checks: [{metric: cpu}]}}"),
-        r"checks\[0\]\.metric: must be one of error_rate, latency_p99, reward_mean, prometheus",
+        r"checks\[0\]\.metric: must be one of error_rate, latency_p50, latency_p90, "
+        r"latency_p95, latency_p99, reward_mean, prometheus",
     ),
     (
         "error-rate-range",

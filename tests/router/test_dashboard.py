@@ -138,6 +138,7 @@ class FakeRouter:
                 }
                 for c, best in (("hot", "summer_model"), ("cold", "winter_model"))
             ],
+            "decision_log": {"written": 40 * k, "dropped": 3, "lag_seconds": 0.01, "errors": 0},
         }
         step = min(3, k // 3)
         pct = (10, 25, 50, 100)[step]
@@ -340,6 +341,8 @@ async def test_dashboard_charts_hold_data(dashboard_url: str) -> None:
     assert 'data-context="climate=cold"' in ctx.group(1) and "winter_model" in ctx.group(1)
     assert "[0.400, 0.600]" in ctx.group(1)
     assert "(95% " in dom
+    # decision-log health of a logging route
+    assert re.search(r"decision log \d+ written, 3 dropped, lag 0\.01s", dom)
 
 
 @needs_chromium

@@ -321,6 +321,7 @@ async def test_every_example_starts_as_the_image_runs_it(
     """The image mounts the config read-only at /etc/modelrouter and sets MODELROUTER_STATE_DIR
     to its writable volume: every example opens its store there and starts its engines."""
     from router.app import close_runtime, open_runtime
+    from router.store.health import MonitoredStore
     from router.store.sqlite import SqliteStore
 
     env = {
@@ -340,9 +341,11 @@ async def test_every_example_starts_as_the_image_runs_it(
         pytest.skip(f"{path.name} uses store {cfg.state.store}")
     rt = await open_runtime(cfg, config_path=config)
     try:
-        assert isinstance(rt.store, SqliteStore)
-        assert rt.store.path.parent == var  # not next to the read-only config
-        assert rt.store.path.exists()
+        assert isinstance(rt.store, MonitoredStore)  # the store `serve` opens is watched
+        store = rt.store.inner
+        assert isinstance(store, SqliteStore)
+        assert store.path.parent == var  # not next to the read-only config
+        assert store.path.exists()
         assert [p.name for p in etc.iterdir()] == ["config.yaml"]
         assert {r.name for r in rt.routes} == {r.name for r in cfg.routes}
     finally:
