@@ -39,7 +39,8 @@ import numpy as np
 
 from policies import stats as stt
 from policies.abtest import ABTestPolicy
-from policies.base import ArmStats, Context, Decision, LearningPolicy
+from policies.bandits import BanditPolicy
+from policies.base import ArmStats, Context, Decision, LearningPolicy, reward_problem
 from policies.features import FeatureEncoder, json_pointer
 from policies.guardrails import GuardrailSet
 from policies.merge import Arrays, Merger, diff
@@ -99,6 +100,17 @@ class LearningEngine(EngineBase):
         self._to_arm = {b: a for a, b in self._to_backend.items()}
         self.arms = tuple(self._to_backend[a] for a in self.policy.arms)
         self.regret = RegretTracker()
+        # judge decisions with the policy's own estimates (discounted means, linear model)
+        if not isinstance(spec, ABTestSpec):
+            self.regret.attach(self.policy)
+        self.reward_range = spec.reward.range
+        # a discounted bandit decays a late reward by the trials since its decision
+        self._clocked: BanditPolicy | None = (
+            self.policy
+            if isinstance(self.policy, BanditPolicy) and self.policy.discount < 1.0
+            else None
+        )
+        self._refused = 0  # rewards the policy refused (replayed records from before a check)
         self._watermark = 0
         self._applied: dict[str, None] = {}  # ids applied by the handler, not yet seen by a pull
         self._pulled: set[str] = set()  # ids applied by the last two pulls (handler race guard)
@@ -153,6 +165,8 @@ class LearningEngine(EngineBase):
         arm before anything is counted, so decisions, missing-reward trials and regret all name
         the arm that really served (see `_failover`).
         """
+        if self._clocked is not None:
+            ctx.clock = self._clocked.clock  # the decision token carries it to the feedback
         d = self.policy.choose(ctx)
         arm = d.arm
         backend = self._to_backend[arm]
@@ -165,7 +179,7 @@ class LearningEngine(EngineBase):
             arm = d.arm
             backend = self._to_backend[arm]
         self._metrics.decision(self.route, backend)
-        self.regret.decision(arm, ctx.label)
+        self.regret.decision(arm, ctx.label, ctx.features)
         if self._missing is not None:
             # missing_reward: every decision is a trial now; feedback later adds its reward
             self.policy.update(arm, self._missing, ctx, trial=True)
@@ -346,16 +360,51 @@ class LearningEngine(EngineBase):
         arm = self._to_arm.get(backend)
         if arm is None:
             return
-        ctx = self._fit_context(ctx)
-        if self._missing is not None:
-            policy.update(arm, reward - self._missing, ctx, trial=False)
-            regret.reward(arm, reward - self._missing, ctx.label, trial=False)
-        else:
-            policy.update(arm, reward, ctx, trial=True)
-            regret.reward(arm, reward, ctx.label, trial=True)
+        fitted = self._fit_context(ctx)
+        problem = reward_problem(reward, self.reward_type, self.reward_range)
+        if fitted is None or problem is not None:
+            # the endpoint refuses such feedback; this is a record stored before it did (or
+            # by another router): replaying it must not poison the model, nor stop the pull
+            self._skip(backend, problem or "its feature layout differs from the route's")
+            return
+        try:
+            if self._missing is not None:
+                if isinstance(policy, BanditPolicy):
+                    policy.update(
+                        arm, reward - self._missing, fitted, trial=False, prior=self._missing
+                    )
+                else:
+                    policy.update(arm, reward - self._missing, fitted, trial=False)
+                regret.reward(arm, reward - self._missing, fitted.label, trial=False)
+            else:
+                policy.update(arm, reward, fitted, trial=True)
+                regret.reward(arm, reward, fitted.label, trial=True)
+        except ValueError as e:
+            self._skip(backend, str(e))
+            return
         self._dirty = True
 
-    def _fit_context(self, ctx: Context) -> Context:
+    def _restore_model(self, snap: Mapping[str, Any]) -> bool:
+        """Whether the snapshot's model fits this engine (a contextual one checks the layout)."""
+        return True
+
+    def _model_extra(self) -> dict[str, Any]:
+        """What else the snapshot keeps beside the policy (the encoder's statistics)."""
+        return {}
+
+    def _skip(self, backend: str, why: str) -> None:
+        self._refused += 1
+        if self._refused <= 10 or self._refused % 1000 == 0:
+            log.warning(
+                "route '%s': a reward for '%s' was not learned from (%s); %d so far",
+                self.route,
+                backend,
+                why,
+                self._refused,
+            )
+
+    def _fit_context(self, ctx: Context) -> Context | None:
+        """The context the policy can learn from, or None when it belongs to another layout."""
         return ctx
 
     # ---- reporting ------------------------------------------------------------------------
@@ -394,15 +443,23 @@ class LearningEngine(EngineBase):
             if b != arm:
                 entry["arm"] = arm
             arms[b] = entry
-        regret, regret_uniform = self.regret.estimate()
+        est = self.regret.summary()
+        reward: dict[str, Any] = {"type": self.reward_type, "from": self._reward.source}
+        if self.reward_range is not None:
+            reward["range"] = list(self.reward_range)
         out: dict[str, Any] = {
             "phase": self.phase,
             "shares": self.shares(),
             "arms": arms,
-            "regret": regret,
-            "regret_uniform": regret_uniform,
-            "reward": {"type": self.reward_type, "from": self._reward.source},
+            "regret": est["regret"],
+            "regret_sd": est["regret_sd"],
+            "regret_interval": [est["regret_low"], est["regret_high"]],
+            "regret_method": est["regret_method"],
+            "regret_uniform": est["regret_uniform"],
+            "reward": reward,
         }
+        if self._refused:
+            out["rewards_refused"] = self._refused
         if self._algorithm is not None:
             out["algorithm"] = self._algorithm
         if test is not None:
@@ -446,13 +503,17 @@ class LearningEngine(EngineBase):
                 legacy, legacy_mark = self._additive(), 0
         if isinstance(snap, dict) and snap.get("kind") == self.kind:
             try:
-                self.policy.restore(snap.get("policy", {}))
+                fits = self._restore_model(snap)
+                if fits:
+                    self.policy.restore(snap.get("policy", {}))
+                    # the discounted / contextual regret state that does not add up
+                    self.regret.restore_local(snap.get("regret", {}))
                 self._watermark = int(snap.get("watermark", 0))
                 self._applied = dict.fromkeys(str(x) for x in snap.get("applied", []))
                 guard = snap.get("guardrails")
                 if self._guard is not None and isinstance(guard, dict):
                     self._guard.restore(guard)
-                if snap.get("format") != 2:
+                if snap.get("format") != 2 and fits:
                     # a snapshot from before merged sums: its statistics seed the sums once
                     self.regret.restore(snap.get("regret", {}))
                     self.regret.forget_arms(set(self.policy.arms))
@@ -561,6 +622,8 @@ class LearningEngine(EngineBase):
             "policy": self.policy.state(),
             "watermark": self._watermark,
             "applied": list(self._applied),
+            "regret": self.regret.local_state(),
+            **self._model_extra(),
         }
         if self._guard is not None:
             snap["guardrails"] = self._guard.state()
@@ -883,6 +946,8 @@ class ContextualEngine(LearningEngine):
             raise TypeError(f"route '{route.name}': a contextual engine needs a contextual policy")
         self.encoder: FeatureEncoder = encoder
         self.needs_body = encoder.needs_body
+        # what each position of a feature vector means; decision tokens carry it
+        self.layout: str | None = encoder.layout
 
     def make_context(self, req: Request, bucket: int | None) -> Context:
         parsed: list[Any] = []
@@ -906,11 +971,71 @@ class ContextualEngine(LearningEngine):
         x, label = self.encoder.encode(get)
         return Context(bucket=bucket, features=x, label=label)
 
-    def _fit_context(self, ctx: Context) -> Context:
-        # a token issued under another feature layout (config changed) cannot update the model
-        if ctx.features is not None and len(ctx.features) != self.encoder.dim:
-            return Context(label=ctx.label)
+    def _fit_context(self, ctx: Context) -> Context | None:
+        # a vector of another feature layout (config changed) must not update the model; the
+        # feedback endpoint refuses such tokens (409), this catches replayed records
+        if ctx.features is None or len(ctx.features) != self.encoder.dim:
+            return None
         return ctx
+
+    def _restore_model(self, snap: Mapping[str, Any]) -> bool:
+        layout = snap.get("layout")
+        if layout is not None and layout != self.encoder.layout:
+            log.warning(
+                "route '%s': the features changed since the snapshot; the model starts afresh",
+                self.route,
+            )
+            return False
+        enc = snap.get("encoder")
+        if isinstance(enc, dict):
+            self.encoder.restore(enc)
+        return True
+
+    def _model_extra(self) -> dict[str, Any]:
+        return {"layout": self.encoder.layout, "encoder": self.encoder.state()}
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        out["contexts"] = self.context_view()
+        out["layout"] = self.encoder.layout
+        return out
+
+    def context_view(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Per categorical context (label): the arm the model sends it to now, every arm's
+        estimated reward with a 95% interval, and the realised decisions. Numeric features sit
+        at their typical value (running mean / mid-range). The `limit` most frequent labels."""
+        policy = self.policy
+        predict = getattr(policy, "predict_interval", None)
+        out: list[dict[str, Any]] = []
+        if predict is None:
+            return out
+        for label in self.regret.labels()[:limit]:
+            if label is None:
+                continue
+            x = self.encoder.label_vector(label)
+            if x is None:
+                continue
+            pred: dict[str, tuple[float, float, float]] = predict(x)
+            best = max(pred, key=lambda a: pred[a][0])
+            decisions = self.regret.decisions(label)
+            total = sum(decisions.values())
+            out.append(
+                {
+                    "context": label,
+                    "sent_to": self._to_backend[best],
+                    "decisions": int(total),
+                    "arms": {
+                        self._to_backend[a]: {
+                            "estimate": m,
+                            "ci_low": lo,
+                            "ci_high": hi,
+                            "share": decisions.get(a, 0.0) / total if total else 0.0,
+                        }
+                        for a, (m, lo, hi) in pred.items()
+                    },
+                }
+            )
+        return out
 
 
 def _parse_body(body: bytes | None) -> Any:
