@@ -90,8 +90,15 @@ class RouteRuntime:
         self.name = cfg.name
         self.cfg = cfg
         self.engine = engine
-        self.prefix = cfg.match.path_prefix
-        self.methods = cfg.match.methods
+        m = cfg.match
+        self.methods = m.methods
+        # path matching (Runtime.match): a prefix matches whole segments; exact; or a regex
+        self.prefix = m.path_prefix if m.path_exact is None else m.path_exact
+        self.plen = len(self.prefix)
+        # a prefix ending in "/" (or "/" itself) needs no segment check after it
+        self.open_end = m.path_exact is None and self.prefix.endswith("/")
+        self.exact = m.path_exact is not None
+        self.regex = re.compile(m.path_regex) if m.path_regex is not None else None
         self._runtime = runtime
         self._backends = {b: backends[b] for b in cfg.backends}
         # a rollout engine may refuse a backend (not blessed yet, rolled back): then its
@@ -101,6 +108,8 @@ class RouteRuntime:
         # blue-green preview traffic arrives through overrides; its analysis must see it
         self._observe_overrides = engine.observes_overrides
         self._bound: dict[str, BoundRequest] = {b: metrics.bind(cfg.name, b) for b in cfg.backends}
+        # decisions_total: learning engines count when they choose; the rest are counted here
+        self._count_decisions = not engine.counts_decisions
         self._healthy: Callable[[str], bool] = lambda name: self._backends[name].up
         # only engines that read the request build the context; the rest get the bucket alone
         self._make_context: Callable[[Request, int | None], Context] | None = (
@@ -125,6 +134,8 @@ class RouteRuntime:
                 self._sticky = lambda req: req.header(name)
             elif sticky.source == "cookie":
                 self._sticky = lambda req: req.cookie(name)
+            elif sticky.source == "ip":
+                self._sticky = lambda req: req.client_ip
             else:
                 self._sticky = lambda req: req.query_param(name)
         # a plain route looks at nothing of the request: the proxy skips building the Request
@@ -193,6 +204,8 @@ class RouteRuntime:
         if error is not None:
             bound.upstream_error(error)
         if sel.arm is not None:
+            if self._count_decisions:
+                bound.decisions += 1
             self.engine.observe(sel.arm, status, latency, error, sel.context)
         elif self._observe_overrides:
             self.engine.observe(sel.backend.name, status, latency, error)
@@ -303,8 +316,20 @@ class Runtime:
 
     def match(self, method: str, path: str) -> RouteRuntime | None:
         for r in self.routes:
-            if path.startswith(r.prefix) and (r.methods is None or method in r.methods):
-                return r
+            if r.methods is not None and method not in r.methods:
+                continue
+            rx = r.regex
+            if rx is not None:
+                if rx.fullmatch(path) is not None:
+                    return r
+            elif r.exact:
+                if path == r.prefix:
+                    return r
+            elif path.startswith(r.prefix):
+                # whole segments: /v1/m matches /v1/m, /v1/m/x and /v1/m:predict, not /v1/mx
+                n = r.plen
+                if r.open_end or len(path) == n or path[n] in "/:":
+                    return r
         return None
 
     def issue_token(self, route: str, decision: Decision, ctx: Context) -> str | None:

@@ -38,6 +38,17 @@ _TOP_KEYS: Final = (
     "routes",
 )
 _DEFAULT_LISTEN: Final = Address("0.0.0.0", 8080)
+_LIMIT_KEYS: Final = (
+    "max_body",
+    "max_header",
+    "max_pending",
+    "trusted_hops",
+    "client_header_timeout",
+    "client_body_timeout",
+    "keepalive_timeout",
+    "max_connections",
+    "max_upstream_header",
+)
 
 
 def _state(r: Reader) -> StateConfig:
@@ -74,14 +85,22 @@ def _config(root: Reader) -> Config:
             AdminConfig().token_env, pattern=_ENV_RE, what="an environment variable name"
         ),
     )
-    lm = m["limits"].mapping(("max_body", "max_header", "max_pending", "trusted_hops"))
+    lm = m["limits"].mapping(_LIMIT_KEYS)
     d = Limits()
     limits = Limits(
         max_body=lm["max_body"].size(d.max_body),
         max_header=lm["max_header"].size(d.max_header),
         max_pending=lm["max_pending"].integer(d.max_pending, min=1),
         trusted_hops=lm["trusted_hops"].integer(d.trusted_hops, min=0, max=16),
+        client_header_timeout=lm["client_header_timeout"].duration(d.client_header_timeout),
+        client_body_timeout=lm["client_body_timeout"].duration(d.client_body_timeout),
+        keepalive_timeout=lm["keepalive_timeout"].duration(d.keepalive_timeout),
+        max_connections=lm["max_connections"].integer(d.max_connections, min=1, max=1_000_000),
+        max_upstream_header=lm["max_upstream_header"].size(d.max_upstream_header),
     )
+    for key, floor in (("max_header", 1024), ("max_upstream_header", 1024)):
+        if getattr(limits, key) < floor and not lm.quiet:
+            lm[key].error(f"must be at least 1KiB, got {getattr(limits, key)} bytes")
     fm = m["feedback"].mapping(("secret_env", "ttl", "missing_reward"))
     fd = FeedbackConfig()
     feedback = FeedbackConfig(

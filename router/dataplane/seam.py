@@ -9,7 +9,7 @@ request into a `Request` view, asks `Router.match` for the route, `Route.select`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote_plus
 
@@ -155,6 +155,9 @@ class Metrics(Protocol):
     """The counters a data plane moves itself (everything per route goes through `record`)."""
 
     def request_unmatched(self, code: int) -> None: ...
+    def request_feedback(self, code: int, seconds: float) -> None: ...
+    def connection_refused(self) -> None: ...
+    def count_connections(self, count: Callable[[], int]) -> None: ...
     def mirror(self, route: str, backend: str, result: str) -> None: ...
 
 

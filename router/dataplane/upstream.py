@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from router.dataplane.seam import Backend
 
 __all__ = [
+    "HeadTooLarge",
     "PoolFull",
     "UpstreamConnection",
     "UpstreamPool",
@@ -36,6 +37,10 @@ IDLE_TIMEOUT = 30.0  # close idle connections before typical upstream keep-alive
 
 class PoolFull(Exception):
     """More than `max_pending` requests already wait for a connection to this backend."""
+
+
+class HeadTooLarge(Exception):
+    """The backend's response head is larger than limits.max_upstream_header (the answer: 502)."""
 
 
 class UpstreamUser(Protocol):
@@ -64,6 +69,7 @@ class UpstreamConnection(asyncio.Protocol):
         "conn_tokens",
         "counted",
         "got_bytes",
+        "head_bytes",
         "headers",
         "idle_since",
         "parser",
@@ -87,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_paused = False
         self.idle_since = 0.0
         self.skip_body = False  # the request was HEAD: the response has no body
+        self.head_bytes = 0  # bytes received while a response head (1xx ones too) was incomplete
         self._reset()
 
     def _reset(self) -> None:
@@ -114,12 +121,24 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         user.u_activity()
+        in_head = not self.status
+        if in_head:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
             user = self.user
             if user is not None:
                 user.u_error(self, e)
+            self.close()
+            return
+        if in_head and not self.status and self.head_bytes > self.pool.max_head:
+            # httptools buffers a header until it ends: stop before a huge head fills memory
+            user = self.user
+            if user is not None:
+                user.u_error(
+                    self, HeadTooLarge(f"response head larger than {self.pool.max_head} bytes")
+                )
             self.close()
             return
         user = self.user
@@ -236,6 +255,7 @@ class UpstreamPool:
     ) -> None:
         self.cfg = cfg
         self.max_pending = limits.max_pending
+        self.max_head = limits.max_upstream_header
         self.max_connections = max_connections
         self.idle: list[UpstreamConnection] = []
         self.waiters: deque[UpstreamUser] = deque()
@@ -298,6 +318,7 @@ class UpstreamPool:
             return
         conn.resume_reading()
         conn._reset()
+        conn.head_bytes = 0
         if self.waiters:
             user = self.waiters.popleft()
             conn.user = user

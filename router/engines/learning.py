@@ -44,6 +44,7 @@ class LearningEngine(EngineBase):
     """One learning route: an ab_test or bandit policy fed by decisions and rewards."""
 
     learns = True
+    counts_decisions = True  # choose() counts the arm that really serves
     tick_interval = 1.0  # seconds between feedback pulls / metric refreshes / snapshots
 
     def __init__(self, route: RouteConfig, services: Services) -> None:
