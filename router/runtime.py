@@ -382,13 +382,17 @@ class Runtime:
     async def reload_from_file(
         self, actor: str = "reload", reason: str | None = None
     ) -> dict[str, Any]:
-        """Re-read the config file and apply it; raises ConfigError and keeps the old config."""
+        """Re-read the config file and apply it; raises ConfigError and keeps the old config.
+
+        The file is read and validated on a worker thread, so a large config (or a rejected
+        alias bomb) does not hold up the requests in flight; only the swap runs on the loop.
+        """
         from router.config import load_config
 
         if self.config_path is None:
             raise RuntimeError("this router was not started from a config file")
         try:
-            new = load_config(self.config_path)
+            new = await asyncio.to_thread(load_config, self.config_path)
         except Exception:
             self.metrics.config_reload("failure")
             raise
@@ -483,7 +487,11 @@ class Runtime:
         routes: list[RouteRuntime] = []
         started: list[Engine] = []
         try:
-            for rc in config.routes:
+            for i, rc in enumerate(config.routes):
+                if i % 64 == 63:
+                    # a config with thousands of routes: let requests in flight run meanwhile
+                    # (the new table is swapped in only once it is complete)
+                    await asyncio.sleep(0)
                 kept = keep.get(rc.name)
                 if kept is not None:
                     routes.append(kept)

@@ -25,6 +25,7 @@ from router.config.values import Refs, address, read_params
 from router.store import DEFAULT_STORE, STORE_KINDS
 
 SUPPORTED_VERSION: Final = 1
+MAX_CONFIG_BYTES: Final = 16 * 1024 * 1024  # a larger file is refused before it is read
 _ENV_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _TOP_KEYS: Final = (
@@ -140,17 +141,40 @@ def _config(root: Reader) -> Config:
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:
-    """Validate YAML text; ConfigError lists every problem. ``source`` names it in messages."""
-    root = read_yaml(text, source)
-    cfg = _config(root)
+    """Validate YAML text; ConfigError lists every problem. ``source`` names it in messages.
+
+    Bounded: aliases may not expand the document much (`read_yaml`), and running out of memory
+    or stack is a ConfigError too, never a traceback.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError([_too_big(source, len(text))])
+    try:
+        root = read_yaml(text, source)
+        cfg = _config(root)
+    except MemoryError:
+        raise ConfigError(
+            [f"{source}: ran out of memory reading the config; it is too large"]
+        ) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: nested too deeply to read"]) from None
     root.doc.raise_if_errors()
     return replace(cfg, warnings=tuple(root.doc.warning_lines()))
+
+
+def _too_big(source: str, size: int) -> str:
+    return (
+        f"{source}: {size} bytes; a config may have at most {MAX_CONFIG_BYTES} "
+        f"({MAX_CONFIG_BYTES >> 20} MiB)"
+    )
 
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; ConfigError (never OSError) when it cannot be used."""
     source = str(path)
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([_too_big(source, size)])
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{source}: no such file"]) from None
@@ -170,6 +194,9 @@ def validate_main(path: str | Path) -> int:
     except ConfigError as e:
         for line in e.errors:
             print(line, file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{path}: ran out of memory reading the config; it is too large", file=sys.stderr)
         return 2
     for line in cfg.warnings:
         print(line, file=sys.stderr)

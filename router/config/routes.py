@@ -223,6 +223,7 @@ def read_routes(r: Reader, refs: Refs) -> tuple[RouteConfig, ...]:
     items = r.sequence(required=True, min_len=1)
     routes: list[RouteConfig] = []
     seen: dict[str, int] = {}
+    same_path: dict[tuple[str, str | None, str | None], list[int]] = {}
     for i, item in enumerate(items):
         route = _route(item, refs)
         if route.name and route.name in seen:
@@ -230,25 +231,25 @@ def read_routes(r: Reader, refs: Refs) -> tuple[RouteConfig, ...]:
                 f"duplicate route name '{route.name}' (also routes[{seen[route.name]}])"
             )
         seen.setdefault(route.name, i)
-        for j, earlier in enumerate(routes):
-            same = _same_paths(earlier.match, route.match)
+        # only routes with the same path match can shadow each other: look at those alone
+        # (a linear pass, whatever the number of routes)
+        key = _path_key(route.match)
+        for j in same_path.get(key, ()):
+            earlier = routes[j]
             a, b = earlier.match.methods, route.match.methods
-            if same and (a is None or b is None or a & b):
+            if a is None or b is None or a & b:
                 item.mapping()["match"].warn(
                     f"same {_show_path(route.match)} and overlapping methods as "
                     f"routes[{j}] ('{earlier.name}'), which matches first"
                 )
                 break
+        same_path.setdefault(key, []).append(len(routes))
         routes.append(route)
     return tuple(routes)
 
 
-def _same_paths(a: Match, b: Match) -> bool:
-    return (a.path_prefix, a.path_exact, a.path_regex) == (
-        b.path_prefix,
-        b.path_exact,
-        b.path_regex,
-    )
+def _path_key(m: Match) -> tuple[str, str | None, str | None]:
+    return (m.path_prefix, m.path_exact, m.path_regex)
 
 
 def _show_path(m: Match) -> str:
