@@ -8,6 +8,7 @@ the admin API calls `status`, `reload_from_file` and engine actions.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import re
@@ -384,19 +385,31 @@ class Runtime:
     ) -> dict[str, Any]:
         """Re-read the config file and apply it; raises ConfigError and keeps the old config.
 
-        The file is read and validated on a worker thread, so a large config (or a rejected
-        alias bomb) does not hold up the requests in flight; only the swap runs on the loop.
+        The file is read and validated in a child process (router.config.worker), so a large
+        config (or a rejected alias bomb) does not hold up the requests in flight; the parent
+        rebuilds it and the routing table a slice at a time and swaps it in at once. The cyclic
+        garbage collector waits meanwhile, and what the reload built is frozen after it (as
+        start-up's objects are), so no full collection walks it while requests wait.
         """
-        from router.config import load_config
+        from router.config.worker import load_config_offloaded
 
         if self.config_path is None:
             raise RuntimeError("this router was not started from a config file")
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
-        except Exception:
-            self.metrics.config_reload("failure")
-            raise
-        return await self.reload(new, actor=actor, reason=reason)
+            try:
+                new = await load_config_offloaded(self.config_path)
+            except Exception:
+                self.metrics.config_reload("failure")
+                raise
+            changes = await self.reload(new, actor=actor, reason=reason)
+        finally:
+            if collecting:
+                gc.enable()
+        if gc.get_freeze_count():
+            gc.freeze()
+        return changes
 
     async def reload(
         self, new: Config, *, actor: str = "reload", reason: str | None = None
@@ -488,7 +501,7 @@ class Runtime:
         started: list[Engine] = []
         try:
             for i, rc in enumerate(config.routes):
-                if i % 64 == 63:
+                if i % 16 == 15:
                     # a config with thousands of routes: let requests in flight run meanwhile
                     # (the new table is swapped in only once it is complete)
                     await asyncio.sleep(0)
