@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelrouter.runtime")
 
 HEALTH_FAILS_DOWN = 2  # consecutive failed checks before a backend is marked down
+BUILD_SLICE = 0.005  # seconds of route building on the loop between two yields (reload)
 PRUNE_EVERY = 300.0  # seconds between prunes of feedback older than twice the feedback TTL
 
 
@@ -500,11 +501,14 @@ class Runtime:
         routes: list[RouteRuntime] = []
         started: list[Engine] = []
         try:
-            for i, rc in enumerate(config.routes):
-                if i % 16 == 15:
-                    # a config with thousands of routes: let requests in flight run meanwhile
-                    # (the new table is swapped in only once it is complete)
+            loop = asyncio.get_running_loop()
+            turn = loop.time()
+            for rc in config.routes:
+                if loop.time() - turn > BUILD_SLICE:
+                    # a config with many routes: let requests in flight run meanwhile (the
+                    # new table is swapped in only once it is complete)
                     await asyncio.sleep(0)
+                    turn = loop.time()
                 kept = keep.get(rc.name)
                 if kept is not None:
                     routes.append(kept)

@@ -49,19 +49,21 @@ BIG_BYTES = int(os.environ.get("MODELROUTER_RELOAD_BYTES", 5_000_000))
 
 
 def big_config(base: str, size: int) -> str:
-    """`base` plus routes (with overrides, sticky keys, retries) until it is `size` bytes."""
+    """`base` plus routes until it is `size` bytes: a tenant-pinning config, each route with
+    100 header overrides (the bulk of a large real config), a sticky key and retries."""
     lines = [base.rstrip("\n")]
     n = len(base)
     i = 0
     while n < size:
+        pins = "".join(
+            f"      - {{when: {{header: {{x-tenant: tenant-{i}-{t}}}}}, backend: {'ab'[t % 2]}}}\n"
+            for t in range(100)
+        )
         route = (
             f"  - name: extra-{i}\n"
             f"    match: {{path_prefix: /v1/models/extra-{i}, methods: [POST, GET]}}\n"
             "    overrides:\n"
-            f"      - when: {{header: {{x-user-group: canary-{i}}}}}\n"
-            "        backend: b\n"
-            f"      - when: {{cookie: {{preview-{i}: 'yes'}}}}\n"
-            "        backend: a\n"
+            f"{pins}"
             "    sticky: {key: 'header:x-user-id'}\n"
             "    retries: {attempts: 1, on: [connect-failure, reset]}\n"
             "    timeout: 3s\n"
