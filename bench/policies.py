@@ -24,8 +24,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from policies import simulate as sim
 from policies.abtest import ABTestPolicy
 from policies.bandits import BanditPolicy
-from policies.base import ArmStats, Context
+from policies.base import Context
 from policies.contextual import LinearPolicy
+from policies.stats import Welford
 
 BERNOULLI = {"a": 0.05, "b": 0.04, "c": 0.045, "d": 0.03}
 ANCHORS = {
@@ -193,17 +194,14 @@ def _aa_one(args: tuple[str, int, int, int, int]) -> int:
             method=method,
             min_samples=1,
         )
-        stats = p.stats()
-        a: ArmStats = stats["A"]
-        b: ArmStats = stats["B"]
         sa = sb = 0
         for k in range(1, looks + 1):
             sa += int(g.binomial(step, 0.1))
             sb += int(g.binomial(step, 0.1))
             n = k * step
-            a.decisions = a.rewards = b.decisions = b.rewards = n
-            a.reward_sum = a.reward_sq_sum = float(sa)
-            b.reward_sum = b.reward_sq_sum = float(sb)
+            # 0/1 rewards: n observations with `s` ones have mean s/n and M2 s - s^2/n
+            for arm, s in (("A", sa), ("B", sb)):
+                p._obs[arm].all = Welford(n, s / n, s - s * s / n)
             if p.result()["decided"]:
                 hits += 1
                 break

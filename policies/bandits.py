@@ -220,6 +220,22 @@ class BanditPolicy:
         self.version = int(state.get("version", 0)) + 1
         self._cache_version = -1
 
+    def additive(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+        return {
+            f"bandit.v1/{a}": np.array(
+                [self.n[j], self.s[j], self.ss[j], *self._stats[a].to_array()], dtype=float
+            )
+            for j, a in enumerate(self.arms)
+        }
+
+    def load_additive(self, totals: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]]) -> None:
+        for j, a in enumerate(self.arms):
+            x = totals[f"bandit.v1/{a}"]
+            self.n[j], self.s[j], self.ss[j] = float(x[0]), float(x[1]), float(x[2])
+            self._stats[a] = ArmStats.from_array(x[3:7])
+        self.version += 1
+        self._cache_version = -1
+
     # ---- helpers the algorithms share ---------------------------------------------------------
 
     def cached(self, compute: Any, every: float = 0.0) -> Any:

@@ -66,6 +66,14 @@ class ArmStats:
             "reward_sq_sum": self.reward_sq_sum,
         }
 
+    def to_array(self) -> list[float]:
+        """The four sums as floats, in field order (for `LearningPolicy.additive`)."""
+        return [float(self.decisions), float(self.rewards), self.reward_sum, self.reward_sq_sum]
+
+    @classmethod
+    def from_array(cls, x: Sequence[float] | np.ndarray[Any, np.dtype[np.float64]]) -> ArmStats:
+        return cls(round(float(x[0])), round(float(x[1])), float(x[2]), float(x[3]))
+
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ArmStats:
         return cls(
@@ -129,4 +137,15 @@ class LearningPolicy(Policy, Protocol):
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load what `state` returned; arms no longer present are ignored."""
+        ...
+
+    def additive(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+        """The statistics that add up across processes, as a flat dict of named float arrays
+        (see `policies.merge`): counts, sums, sums of squares, LinUCB's A and b. Names encode
+        the layout (a new layout takes a new name), so stores never need to know them."""
+        ...
+
+    def load_additive(self, totals: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]]) -> None:
+        """Set the additive statistics to `totals` (merged across processes); every name
+        `additive()` returns is present. Derived state (caches, A^-1, theta) follows."""
         ...

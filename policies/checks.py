@@ -9,21 +9,33 @@ entry. Pure: no clock, no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 from policies.params import Param
-from policies.spec import Check
+from policies.spec import AnalysisSpec, Check
 
 if TYPE_CHECKING:
-    from policies.rollout import Observations, Outcome
+    from policies.rollout import ArmObs, Observations, Outcome
 
-__all__ = ["CHECK_KINDS", "MIN_REWARDS", "CheckKind"]
+__all__ = [
+    "CHECK_KINDS",
+    "LAT_BUCKETS",
+    "MIN_REWARDS",
+    "CheckKind",
+    "latency_bucket",
+    "parse_statuses",
+    "percentile",
+    "statuses",
+    "wilson_bounds",
+    "z_for",
+]
 
 MIN_REWARDS = 30  # rewards per arm before reward_mean is judged (capped by min_requests)
 
-Judge = Callable[[Check, "Observations", int], "tuple[Outcome, str]"]
+Judge = Callable[[Check, "Observations", AnalysisSpec], "tuple[Outcome, str]"]
 # (values read, keys present) -> what is missing, or None; values hold None for absent params
 Requires = Callable[[Mapping[str, object], Collection[str]], "str | None"]
 
@@ -89,14 +101,142 @@ def _judge(
     return "pass", f"{name} {v} ok ({within}){sfx}"
 
 
+# ---- latency histogram (shared with the router's per-window counters) ----------------------------
+
+# fixed log-spaced buckets, 1 ms .. ~1 h, 10% wide: a percentile is known within 10%, which a
+# relative check such as `max_relative_to_stable: 1.2` needs
+LAT_MIN = 0.001
+LAT_FACTOR = 1.1
+LAT_BUCKETS = 160
+_LOG_FACTOR = math.log(LAT_FACTOR)
+LAT_UPPER = tuple(LAT_MIN * LAT_FACTOR**i for i in range(LAT_BUCKETS))
+
+
+def latency_bucket(latency: float) -> int:
+    """The histogram bucket of one latency (seconds): O(1)."""
+    if latency <= LAT_MIN:
+        return 0
+    return min(LAT_BUCKETS - 1, int(math.log(latency / LAT_MIN) / _LOG_FACTOR) + 1)
+
+
+def percentile(hist: Sequence[int], q: float) -> float | None:
+    """Upper edge of the bucket holding the q-quantile (a slight over-estimate); None if empty."""
+    n = sum(hist)
+    if n == 0:
+        return None
+    rank = max(1, math.ceil(q * n))
+    seen = 0
+    for i, c in enumerate(hist):
+        seen += c
+        if seen >= rank:
+            return LAT_UPPER[i]
+    return LAT_UPPER[-1]
+
+
+# ---- confidence bounds ---------------------------------------------------------------------------
+
+
+def z_for(confidence: float) -> float:
+    """One-sided normal quantile: 1.645 at 0.95."""
+    return NormalDist().inv_cdf(confidence)
+
+
+def wilson_bounds(k: int, n: int, z: float) -> tuple[float, float]:
+    """Wilson score interval of a rate k/n (one-sided bounds at z each)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _bounded(
+    name: str,
+    value: float,
+    low: float,
+    high: float,
+    check: Check,
+    confidence: float,
+    suffix: str,
+    unit: str = "",
+) -> tuple[Outcome, str] | None:
+    """A threshold check on a noisy estimate: fail only when the confidence bound nearest the
+    limit is past it (`max`: the lower bound above max; `min`: the upper bound below min); a
+    point estimate past the limit with a bound that is not is inconclusive (more traffic
+    decides). None: no threshold is violated by the point estimate (the caller judges)."""
+    v, c = _fmt(value, unit), f"{confidence:.0%}"
+    suffix = f" {suffix}" if suffix else ""
+    if check.max is not None and value > check.max:
+        lim = _fmt(check.max, unit)
+        if low > check.max:
+            return "fail", f"{name} {v} > max {lim}{suffix} ({c} lower bound {_fmt(low, unit)})"
+        return "inconclusive", (
+            f"{name} {v} > max {lim}{suffix}, but not at {c} confidence (lower bound "
+            f"{_fmt(low, unit)}); waiting for more traffic"
+        )
+    if check.min is not None and value < check.min:
+        lim = _fmt(check.min, unit)
+        if high < check.min:
+            return "fail", f"{name} {v} < min {lim}{suffix} ({c} upper bound {_fmt(high, unit)})"
+        return "inconclusive", (
+            f"{name} {v} < min {lim}{suffix}, but not at {c} confidence (upper bound "
+            f"{_fmt(high, unit)}); waiting for more traffic"
+        )
+    return None
+
+
 # ---- error_rate ----------------------------------------------------------------------------------
 
 
-def _error_rate(check: Check, obs: Observations, min_requests: int) -> tuple[Outcome, str]:
+def statuses(spec: str | None) -> Callable[[int], bool]:
+    """A predicate from a canonical status list ("5xx,404"); None: 5xx."""
+    codes: set[int] = set()
+    classes: set[int] = set()
+    for item in (spec or "5xx").split(","):
+        item = item.strip()
+        if item.endswith("xx"):
+            classes.add(int(item[0]))
+        elif item:
+            codes.add(int(item))
+    return lambda status: status in codes or status // 100 in classes
+
+
+def parse_statuses(items: Sequence[object]) -> str:
+    """Canonical form of a declared status list; ValueError names the bad item."""
+    out: list[str] = []
+    for item in items:
+        text = str(item).strip().lower()
+        if len(text) == 3 and text[0] in "12345" and text[1:] == "xx":
+            out.append(text)
+        elif isinstance(item, int | str) and text.isdigit() and 100 <= int(text) <= 599:
+            out.append(str(int(text)))
+        else:
+            raise ValueError(f"{item!r} is not a status code (100-599) or a class such as 5xx")
+    if not out:
+        raise ValueError("needs at least one status code or class")
+    return ",".join(dict.fromkeys(out))
+
+
+def _failures(arm: ArmObs, spec: str | None) -> int:
+    if spec is None or not arm.statuses:
+        return arm.errors  # 5xx and transport errors (or the caller's own count)
+    failed = statuses(spec)
+    return arm.transport_errors + sum(n for code, n in arm.statuses if failed(code))
+
+
+def _error_rate(check: Check, obs: Observations, analysis: AnalysisSpec) -> tuple[Outcome, str]:
     c, s = obs.candidate, obs.stable
-    return _judge(
-        "error_rate", c.errors / c.requests, check, s.error_rate, f"over {c.requests} requests"
-    )
+    k = _failures(c, check.failure_status)
+    rate = k / c.requests
+    base = _failures(s, check.failure_status) / s.requests if s.requests else None
+    declared = check.failure_status not in (None, "5xx")
+    what = f"error_rate ({check.failure_status})" if declared else "error_rate"
+    suffix = f"over {c.requests} requests"
+    low, high = wilson_bounds(k, c.requests, z_for(analysis.confidence))
+    bounded = _bounded(what, rate, low, high, check, analysis.confidence, suffix)
+    return bounded or _judge(what, rate, check, base, suffix)
 
 
 _ERROR_RATE = CheckKind(
@@ -104,52 +244,96 @@ _ERROR_RATE = CheckKind(
     (
         Param(
             "max",
-            "Highest candidate error rate (5xx and upstream errors), 0-1.",
+            "Highest candidate error rate, 0-1; fails only when exceeded at the analysis' "
+            "`confidence` (the rate's lower confidence bound is above max).",
             required=True,
             min=0.0,
             max=1.0,
+        ),
+        Param(
+            "failure_status",
+            "Statuses that count as errors, e.g. `[5xx, 404]`; transport errors always count.",
+            type="statuses",
+            default="5xx",
         ),
     ),
     {"metric": "error_rate", "max": 0.01},
 )
 
 
-# ---- latency_p99 ---------------------------------------------------------------------------------
+# ---- latency percentiles -------------------------------------------------------------------------
 
 
-def _latency_p99(check: Check, obs: Observations, min_requests: int) -> tuple[Outcome, str]:
-    c, s = obs.candidate, obs.stable
-    if c.latency_p99 is None:
-        return "inconclusive", "latency_p99: no latency samples"
-    return _judge(
-        "latency_p99", c.latency_p99, check, s.latency_p99, f"over {c.requests} requests", "s"
+def _latency(q: float) -> Judge:
+    name = f"latency_p{round(q * 100)}"
+
+    def judge(check: Check, obs: Observations, analysis: AnalysisSpec) -> tuple[Outcome, str]:
+        c, s = obs.candidate, obs.stable
+        value = c.latency(q)
+        if value is None:
+            return "inconclusive", f"{name}: no latency samples"
+        suffix = f"over {c.requests} requests"
+        n = sum(c.latency_hist)
+        if n:
+            # the order-statistic bounds of the quantile (normal approximation of the binomial)
+            spread = z_for(analysis.confidence) * math.sqrt(q * (1 - q) / n)
+            low = percentile(c.latency_hist, max(0.0, q - spread)) or value
+            high = percentile(c.latency_hist, min(1.0, q + spread)) or value
+            bounded = _bounded(name, value, low, high, check, analysis.confidence, suffix, "s")
+            if bounded is not None:
+                return bounded
+        return _judge(name, value, check, s.latency(q), suffix, "s")
+
+    return judge
+
+
+def _needs_max(values: Mapping[str, object], present: Collection[str]) -> str | None:
+    if "max" in present or "max_relative_to_stable" in present:
+        return None
+    return "needs max and/or max_relative_to_stable"
+
+
+def _latency_kind(q: float) -> CheckKind:
+    pct = round(q * 100)
+    return CheckKind(
+        _latency(q),
+        (
+            Param(
+                "max",
+                f"Highest candidate p{pct} latency; fails only when exceeded at the analysis' "
+                "`confidence`.",
+                type="duration",
+            ),
+            Param(
+                "max_relative_to_stable",
+                f"Highest ratio candidate p{pct} / stable p{pct}, e.g. 1.2.",
+                gt=0.0,
+            ),
+        ),
+        {"metric": f"latency_p{pct}", "max": "500ms"},
+        requires=_needs_max,
+        note="At least one of `max`, `max_relative_to_stable` is required.",
     )
-
-
-_LATENCY_P99 = CheckKind(
-    _latency_p99,
-    (Param("max", "Highest candidate p99 latency.", type="duration", required=True),),
-    {"metric": "latency_p99", "max": "500ms"},
-)
 
 
 # ---- reward_mean ---------------------------------------------------------------------------------
 
 
-def _reward_mean(check: Check, obs: Observations, min_requests: int) -> tuple[Outcome, str]:
+def _reward_mean(check: Check, obs: Observations, analysis: AnalysisSpec) -> tuple[Outcome, str]:
     c, s = obs.candidate, obs.stable
-    need = max(1, min(MIN_REWARDS, min_requests))
+    need = max(1, min(MIN_REWARDS, analysis.min_requests))
     relative = check.min_relative_to_stable is not None or check.max_relative_to_stable is not None
     if c.rewards < need or (relative and s.rewards < need):
         got = f"candidate {c.rewards}" + (f", stable {s.rewards}" if relative else "")
         return "inconclusive", f"reward_mean: too few rewards ({got}; need {need} per arm)"
-    return _judge(
-        "reward_mean",
-        c.reward_sum / c.rewards,
-        check,
-        s.reward_mean,
-        f"over {c.rewards} rewards",
+    mean = c.reward_sum / c.rewards
+    var = max(0.0, c.reward_sq_sum / c.rewards - mean * mean) * c.rewards / max(1, c.rewards - 1)
+    half = z_for(analysis.confidence) * math.sqrt(var / c.rewards)
+    suffix = f"over {c.rewards} rewards"
+    bounded = _bounded(
+        "reward_mean", mean, mean - half, mean + half, check, analysis.confidence, suffix
     )
+    return bounded or _judge("reward_mean", mean, check, s.reward_mean, suffix)
 
 
 def _needs_a_limit(values: Mapping[str, object], present: Collection[str]) -> str | None:
@@ -176,7 +360,7 @@ _REWARD_MEAN = CheckKind(
 # ---- prometheus ----------------------------------------------------------------------------------
 
 
-def _prometheus(check: Check, obs: Observations, min_requests: int) -> tuple[Outcome, str]:
+def _prometheus(check: Check, obs: Observations, analysis: AnalysisSpec) -> tuple[Outcome, str]:
     q = check.query or ""
     found = [r for r in obs.prometheus if r.query == q]
     if not found:
@@ -221,7 +405,10 @@ _PROMETHEUS = CheckKind(
 # The registry: metric name -> kind. Names are the values of `analysis.checks[].metric`.
 CHECK_KINDS: dict[str, CheckKind] = {
     "error_rate": _ERROR_RATE,
-    "latency_p99": _LATENCY_P99,
+    "latency_p50": _latency_kind(0.5),
+    "latency_p90": _latency_kind(0.9),
+    "latency_p95": _latency_kind(0.95),
+    "latency_p99": _latency_kind(0.99),
     "reward_mean": _REWARD_MEAN,
     "prometheus": _PROMETHEUS,
 }

@@ -204,6 +204,29 @@ class LinearPolicy:
             self.theta[j] = self.A_inv[j] @ b
             self._stats[a] = ArmStats.from_json(d)
 
+    def additive(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+        # A without its prior lambda*I: only the data part adds up across processes
+        d = self.dim
+        prior = self.lam * np.eye(d)
+        return {
+            f"linear.v1.d{d}/{a}": np.concatenate(
+                ((self.A[j] - prior).ravel(), self.b[j], self._stats[a].to_array())
+            )
+            for j, a in enumerate(self.arms)
+        }
+
+    def load_additive(self, totals: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]]) -> None:
+        d = self.dim
+        for j, a in enumerate(self.arms):
+            x = totals[f"linear.v1.d{d}/{a}"]
+            self.A[j] = x[: d * d].reshape(d, d) + self.lam * np.eye(d)
+            self.b[j] = x[d * d : d * d + d]
+            self._stats[a] = ArmStats.from_array(x[d * d + d :])
+            self._since[j] = 0
+        if len(self.arms):
+            self.A_inv = np.linalg.inv(self.A)
+            self.theta = np.einsum("kij,kj->ki", self.A_inv, self.b)
+
     def predict(self, x: np.ndarray) -> dict[str, float]:
         """Estimated mean reward of every arm in context x."""
         return dict(zip(self.arms, (self.theta @ x).tolist(), strict=True))

@@ -14,7 +14,7 @@ from typing import Generic, Literal, TypeVar
 
 __all__ = ["Algorithm", "Param", "ParamType", "param_values"]
 
-ParamType = Literal["number", "duration", "string", "http_url"]
+ParamType = Literal["number", "duration", "string", "http_url", "statuses"]
 _F = TypeVar("_F")
 
 
@@ -45,7 +45,8 @@ class Param:
 
     @property
     def shown_type(self) -> str:
-        return self.doc_type or {"http_url": "http URL"}.get(self.type, self.type)
+        shown = {"http_url": "http URL", "statuses": "list of status codes"}
+        return self.doc_type or shown.get(self.type, self.type)
 
 
 @dataclass(frozen=True, slots=True)

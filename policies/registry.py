@@ -49,8 +49,10 @@ def _ab(spec: Any, rng: np.random.Generator, dim: int | None) -> ABTestPolicy:
         method=spec.test.method,
         alpha=spec.test.alpha,
         min_samples=spec.test.min_samples,
-        tau2=spec.test.tau,
+        mixing_sd=spec.test.mixing_sd,
         conclude=spec.conclude,
+        sticky=getattr(spec, "sticky", False),
+        guardrails=getattr(spec, "guardrails", ()),
     )
 
 

@@ -7,8 +7,11 @@ near-equal guesses there were when they were made.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 __all__ = ["RegretTracker", "true_regret"]
 
@@ -115,6 +118,34 @@ class RegretTracker:
             self._n.setdefault(label, {})[arm] = float(n)
             self._s.setdefault(label, {})[arm] = float(s)
             self._d.setdefault(label, {})[arm] = float(d)
+
+    def additive(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+        """Cells (decisions, rewarded trials, reward sum) per (label, arm): they add up."""
+        out: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
+        for label in set(self._d) | set(self._n):
+            d, n, s = self._d.get(label, {}), self._n.get(label, {}), self._s.get(label, {})
+            for arm in set(d) | set(n):
+                name = "regret.v1/" + json.dumps([label, arm], separators=(",", ":"))
+                out[name] = np.array([d.get(arm, 0.0), n.get(arm, 0.0), s.get(arm, 0.0)])
+        return out
+
+    def load_additive(self, totals: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]]) -> None:
+        """Load merged cells; names of another kind are ignored, unknown arms are kept."""
+        self._d.clear()
+        self._n.clear()
+        self._s.clear()
+        for name, x in totals.items():
+            if not name.startswith("regret.v1/") or len(x) > 3:
+                continue
+            d, n, s = [*map(float, x), 0.0, 0.0, 0.0][:3]  # stores drop trailing zeros
+            try:
+                label, arm = json.loads(name[len("regret.v1/") :])
+            except ValueError:
+                continue
+            if d != 0.0 or n != 0.0:
+                self._d.setdefault(label, {})[str(arm)] = d
+                self._n.setdefault(label, {})[str(arm)] = n
+                self._s.setdefault(label, {})[str(arm)] = s
 
     def forget_arms(self, keep: set[str]) -> None:
         for table in (self._d, self._n, self._s):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
-from policies.checks import CHECK_KINDS
+from policies.checks import CHECK_KINDS, percentile
 from policies.spec import AnalysisSpec, BlueGreenSpec, CanarySpec, Check
 
 __all__ = [
@@ -32,9 +32,11 @@ __all__ = [
     "analysis_due",
     "blue_green_step",
     "initial_state",
+    "mark",
     "pause",
     "promote",
     "resume",
+    "retry",
     "sequential_error_test",
     "step",
     "switch",
@@ -43,7 +45,10 @@ __all__ = [
 ]
 
 HISTORY_LIMIT = 200  # analysis results kept in the state (and the store)
-SEQUENTIAL_TAU = 0.05  # mSPRT mixing sd on the error-rate difference: effects of ~5 points
+TIMELINE_LIMIT = 300  # transitions (phase, step, shares) kept for the dashboard's ramp
+# mSPRT mixing_sd on the error-rate difference (a standard deviation, like A/B tests'
+# `test.mixing_sd`): effects of ~5 points
+SEQUENTIAL_MIXING_SD = 0.05
 SEQUENTIAL_MIN_REQUESTS = 10  # per side, so the normal approximation is not absurd
 
 Outcome = Literal["pass", "fail", "inconclusive"]
@@ -162,6 +167,12 @@ class RolloutState:
     totals: Totals = field(default_factory=Totals)
     reason: str | None = None  # why the current phase was entered
     changed_at: float = 0.0
+    inconclusive: int = 0  # inconclusive analyses in a row
+    # blue-green: the inactive side was switched away from (not aborted or failed), so preview
+    # traffic may still reach it
+    kept_ready: bool = False
+    # what happened, for the dashboard: {at, phase, step, shares, event}, oldest first
+    timeline: tuple[dict[str, Any], ...] = ()
 
     @property
     def blessed(self) -> bool:
@@ -189,6 +200,9 @@ class RolloutState:
             ],
             "reason": self.reason,
             "changed_at": self.changed_at,
+            "inconclusive": self.inconclusive,
+            "kept_ready": self.kept_ready,
+            "timeline": list(self.timeline),
         }
 
     @classmethod
@@ -212,6 +226,9 @@ class RolloutState:
                 totals=Totals(*(int(x) for x in t)),
                 reason=d.get("reason"),
                 changed_at=float(d.get("changed_at", 0.0)),
+                inconclusive=int(d.get("inconclusive", 0)),
+                kept_ready=bool(d.get("kept_ready", False)),
+                timeline=tuple(dict(m) for m in d.get("timeline", ())),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"stored rollout state is unreadable: {type(e).__name__}: {e}") from e
@@ -233,6 +250,7 @@ class EventKind(StrEnum):
     RESUMED = "resumed"
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled_back"
+    RETRIED = "retried"  # an admin restarted a rolled-back rollout from validation
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +289,15 @@ class ArmObs:
     rewards: int = 0
     reward_sum: float = 0.0
     reward_sq_sum: float = 0.0
+    latency_hist: tuple[int, ...] = ()  # policies.checks buckets; empty: only latency_p99 known
+    statuses: tuple[tuple[int, int], ...] = ()  # (status, count) of answered requests
+    transport_errors: int = 0  # requests with no status from the backend (refused, timed out)
+
+    def latency(self, q: float) -> float | None:
+        """The q-quantile of the window's latencies (seconds)."""
+        if self.latency_hist:
+            return percentile(self.latency_hist, q)
+        return self.latency_p99 if q == 0.99 else None
 
     @property
     def error_rate(self) -> float | None:
@@ -297,16 +324,18 @@ class Observations:
     stable: ArmObs = field(default_factory=ArmObs)
     candidate: ArmObs = field(default_factory=ArmObs)
     prometheus: tuple[PromResult, ...] = ()
+    # why the candidate cannot be judged on traffic (down, failing validation): a failed analysis
+    candidate_down: str | None = None
 
 
 # ---- analysis ------------------------------------------------------------------------------------
 
 
-def _check(check: Check, obs: Observations, min_requests: int) -> tuple[Outcome, str]:
+def _check(check: Check, obs: Observations, analysis: AnalysisSpec) -> tuple[Outcome, str]:
     kind = CHECK_KINDS.get(check.metric)
     if kind is None:
         return "inconclusive", f"unknown check metric {check.metric!r}"
-    return kind.judge(check, obs, min_requests)
+    return kind.judge(check, obs, analysis)
 
 
 def sequential_error_test(
@@ -315,7 +344,7 @@ def sequential_error_test(
     cand_n: int,
     cand_e: int,
     alpha: float,
-    tau: float = SEQUENTIAL_TAU,
+    mixing_sd: float = SEQUENTIAL_MIXING_SD,
 ) -> tuple[bool, str]:
     """Always-valid mSPRT (normal mixture, Johari et al.) on the error-rate difference.
 
@@ -333,7 +362,7 @@ def sequential_error_test(
     # smoothed rates keep the variance positive when a side has no (or only) errors
     qs, qc = (stable_e + 0.5) / (stable_n + 1), (cand_e + 0.5) / (cand_n + 1)
     v = qs * (1 - qs) / stable_n + qc * (1 - qc) / cand_n
-    t2 = tau * tau
+    t2 = mixing_sd * mixing_sd
     log_lambda = 0.5 * math.log(v / (v + t2)) + t2 * d * d / (2 * v * (v + t2))
     threshold = math.log(1 / alpha)
     msg = (
@@ -349,7 +378,9 @@ def analyse(
     obs: Observations, analysis: AnalysisSpec, step: int, now: float, need_stable: bool = True
 ) -> AnalysisResult:
     """Judge one window. Too little traffic, or any inconclusive check without a failure, is
-    inconclusive: never a pass."""
+    inconclusive: never a pass. A candidate that is down fails."""
+    if obs.candidate_down is not None:
+        return AnalysisResult(now, step, "fail", (obs.candidate_down,))
     n = analysis.min_requests
     short = []
     if obs.candidate.requests < n:
@@ -359,7 +390,7 @@ def analyse(
     if short:
         reason = f"too few requests ({', '.join(short)} < min_requests {n})"
         return AnalysisResult(now, step, "inconclusive", (reason,))
-    results = [_check(c, obs, n) for c in analysis.checks]
+    results = [_check(c, obs, analysis) for c in analysis.checks]
     reasons = tuple(r for _, r in results)
     outcomes = {o for o, _ in results}
     if "fail" in outcomes:
@@ -500,6 +531,7 @@ def _roll_back(
         gate_waiting=False,
         reason=reason,
         changed_at=now,
+        kept_ready=False,
     )
     return new, [Event(kind, state.phase, Phase.ROLLED_BACK, reason, state.step)]
 
@@ -568,11 +600,31 @@ def _analysis_tick(
     if rollback is not None:
         rolled, events = _roll_back(analysed, now, f"{label}: {rollback}")
         return rolled, events, None
+    deadline = analysis.progress_deadline
+    if deadline is not None and now - state.changed_at > deadline:
+        why = (
+            f"{label}: progress deadline {deadline:g}s exceeded "
+            f"(no transition since {now - state.changed_at:.0f}s ago)"
+        )
+        if result is not None:
+            why += f"; last analysis {result.outcome}: {result.reasons[0]}"
+        stuck, events = _stuck(analysed, analysis, now, why)
+        return stuck, events, None
     if result is None:
         return state, [], None
     if result.outcome == "inconclusive":
+        n = analysed.inconclusive + 1
+        limit = analysis.inconclusive_limit
+        if limit and n >= limit:
+            why = (
+                f"{label}: {n} inconclusive analyses in a row (inconclusive_limit {limit}): "
+                f"{result.reasons[0]}"
+            )
+            stuck, events = _stuck(replace(analysed, inconclusive=n), analysis, now, why)
+            return stuck, events, None
         # keep the window's traffic and look again one interval later
-        return replace(analysed, next_analysis_at=now + spec.interval), [], None
+        return replace(analysed, next_analysis_at=now + spec.interval, inconclusive=n), [], None
+    analysed = replace(analysed, inconclusive=0)
     closed = _new_window(analysed, obs, spec, now)
     if result.outcome == "fail":
         why = (
@@ -582,6 +634,18 @@ def _analysis_tick(
         event = Event(EventKind.ANALYSIS_FAILED, state.phase, state.phase, why, state.step)
         return closed, [event], None
     return closed, [], result.reasons[0]
+
+
+def _stuck(
+    state: RolloutState, analysis: AnalysisSpec, now: float, why: str
+) -> tuple[RolloutState, list[Event]]:
+    """The analysis cannot decide: pause (an admin resumes, promotes or aborts) or roll back."""
+    if analysis.on_inconclusive == "rollback":
+        return _roll_back(state, now, why)
+    new = replace(
+        state, phase=Phase.PAUSED, paused_reason=why, reason=why, changed_at=now, inconclusive=0
+    )
+    return new, [Event(EventKind.PAUSED, state.phase, Phase.PAUSED, why, state.step)]
 
 
 def validated(
@@ -637,8 +701,8 @@ def promote(
     """Canary: next step without analysis (or straight to 100% with `full`); blue-green: switch."""
     if state.phase is Phase.ROLLED_BACK and spec.kind == "canary":
         raise TransitionError(
-            "the rollout was rolled back; promote does not apply. Start a new rollout by changing "
-            "the candidate in the config (or use abort/resume semantics on a new one)"
+            "the rollout was rolled back; promote does not apply. Use retry to start it again "
+            "from validation, or change the candidate's version and reload"
         )
     if state.phase is Phase.PROMOTED:
         raise TransitionError("the rollout is already promoted")
@@ -694,12 +758,40 @@ def resume(
         state,
         phase=Phase.PROGRESSING,
         paused_reason=None,
+        inconclusive=0,
         window_started_at=now,
         next_analysis_at=now + spec.interval,
         reason=why,
         changed_at=now,
     )
     return new, [Event(EventKind.RESUMED, Phase.PAUSED, Phase.PROGRESSING, why, state.step)]
+
+
+def retry(
+    state: RolloutState, spec: Spec, now: float, reason: str | None = None, actor: str = "admin"
+) -> tuple[RolloutState, list[Event]]:
+    """Start a rolled-back rollout again from infra validation and step 0 (Argo's retry)."""
+    if state.phase is not Phase.ROLLED_BACK:
+        raise TransitionError(
+            f"only a rolled-back rollout can be retried; it is {state.phase.value}"
+        )
+    why = _by(actor, "retry", reason)
+    new = replace(initial_state(spec, now), reason=why, timeline=state.timeline)
+    return new, [Event(EventKind.RETRIED, state.phase, Phase.VALIDATING, why, 0)]
+
+
+def mark(state: RolloutState, spec: Spec, now: float, event: str) -> RolloutState:
+    """The state with one more timeline entry (phase, step, traffic shares), bounded."""
+    weights = weights_for(state, spec)
+    total = sum(weights.values()) or 1.0
+    entry = {
+        "at": now,
+        "phase": state.phase.value,
+        "step": state.step,
+        "shares": {b: w / total for b, w in weights.items()},
+        "event": event,
+    }
+    return replace(state, timeline=(*state.timeline, entry)[-TIMELINE_LIMIT:])
 
 
 def _do_switch(
@@ -721,6 +813,7 @@ def _do_switch(
         paused_reason=None,
         reason=why,
         changed_at=now,
+        kept_ready=True,
     )
     if kind is None:
         kind = EventKind.PROMOTED if phase is Phase.PROMOTED else EventKind.ROLLED_BACK

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from policies.guardrails import GuardrailSpec
+
 POLICY_KINDS: tuple[str, ...] = (
     "weighted",
     "blue_green",
@@ -42,6 +44,7 @@ class StateConfig:
     store: str = "sqlite"  # a key of router.store.STORE_KINDS
     path: str = "modelrouter.db"  # relative paths resolve against the config file's directory
     url: str | None = None  # store: redis
+    lease: float = 10.0  # seconds a rollout's driver holds its lease without renewing it
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,17 +80,47 @@ class Rewrite:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Passive ejection of a backend's failing endpoints; Envoy's names and defaults, except
+    `max_ejection_percent` (a backend is one model version: the route fails over to others)."""
+
+    consecutive_5xx: int = 5  # failing answers in a row (5xx or failure_status); 0: off
+    consecutive_local_origin_failure: int = 5  # connect failures, resets, timeouts; 0: off
+    failure_status: frozenset[int] = frozenset()  # more statuses that count as failures (404)
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """Retries to a backend: at most `budget_percent` of its requests in the last 10 s, plus
+    `min_retries` (so that a quiet backend can retry at all)."""
+
+    budget_percent: float = 20.0
+    min_retries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     name: str
-    url: str
+    url: str  # the first endpoint's URL
     scheme: str  # "http" only for now
-    host: str
+    host: str  # the first endpoint (health checks and mirrors of a one-endpoint backend)
     port: int
     base_path: str  # path of url without trailing slash, prefixed to every request path, or ""
     version: str | None = None
     timeout: float = 30.0
     health: HealthConfig | None = None
     rewrite: Rewrite | None = None
+    # every endpoint, the first being (host, port); empty means just (host, port)
+    endpoints: tuple[Address, ...] = ()
+    outlier: OutlierDetection = OutlierDetection()
+    retry_budget: RetryBudget = RetryBudget()
+
+    def addresses(self) -> tuple[Address, ...]:
+        """The endpoints requests are balanced across."""
+        return self.endpoints or (Address(self.host, self.port),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +155,9 @@ class Sticky:
 class Retries:
     attempts: int = 0  # extra attempts after the first
     on: frozenset[str] = frozenset({"connect-failure"})
+    status: frozenset[int] = frozenset()  # answers with these statuses are retried too
+    # re-send non-idempotent requests (POST, PATCH) whose bytes may have reached an upstream
+    non_idempotent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +203,7 @@ class Check:
     max_relative_to_stable: float | None = None
     query: str | None = None  # prometheus
     url: str | None = None  # prometheus base URL
+    failure_status: str | None = None  # error_rate: "5xx,404" (canonical, see checks.statuses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +213,10 @@ class AnalysisSpec:
     checks: tuple[Check, ...] = ()
     compare: Literal["sequential", "none"] = "none"
     alpha: float = 0.05  # for compare: sequential
+    confidence: float = 0.95  # threshold checks fail only when the bound is past the limit
+    inconclusive_limit: int = 5  # inconclusive analyses in a row before on_inconclusive; 0: never
+    on_inconclusive: Literal["pause", "rollback"] = "pause"
+    progress_deadline: float | None = None  # seconds progressing without a transition
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,8 +261,10 @@ class TestSpec:
     method: Literal["z_test", "welch_t", "msprt", "bayesian"] = "msprt"
     alpha: float = 0.05
     min_samples: int = 1000  # per arm, before the test may decide
-    # msprt mixing variance (tau^2); None = a sensible default from the reward type
-    tau: float | None = None
+    # msprt: standard deviation of the normal mixing distribution over the true difference, in
+    # reward units (the same meaning as the canary's sequential test); None = 0.1 x pooled sd.
+    # The old key `tau` (a variance) is read as mixing_sd = sqrt(tau) with a warning.
+    mixing_sd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +274,10 @@ class ABTestSpec:
     reward: RewardSpec = field(default_factory=RewardSpec)
     test: TestSpec = field(default_factory=TestSpec)
     conclude: Literal["route_winner", "stop", "none"] = "none"
+    guardrails: tuple[GuardrailSpec, ...] = ()
+    # the route has a sticky key: users are randomised, so users are the unit of analysis
+    # (set by the config loader from routes[].sticky)
+    sticky: bool = False
     kind: Literal["ab_test"] = "ab_test"
 
 
@@ -242,6 +289,7 @@ class BanditSpec:
     params: dict[str, float] = field(default_factory=dict)
     min_share: float = 0.0
     discount: float = 1.0
+    guardrails: tuple[GuardrailSpec, ...] = ()
     kind: Literal["bandit"] = "bandit"
 
 

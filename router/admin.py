@@ -25,7 +25,7 @@ __all__ = ["ACTIONS", "RUNTIME_KEY", "ActionError", "AdminRuntime", "create_admi
 
 log = logging.getLogger("modelrouter.admin")
 
-ACTIONS: tuple[str, ...] = ("promote", "abort", "pause", "resume", "switch")
+ACTIONS: tuple[str, ...] = ("promote", "abort", "pause", "resume", "switch", "retry")
 DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
 DEFAULT_TOKEN_ENV = "MODELROUTER_ADMIN_TOKEN"
 AUDIT_MAX = 10_000
@@ -209,6 +209,12 @@ async def _readyz(request: web.Request) -> web.Response:
     if runtime.draining:
         return web.json_response({"ready": False, "reason": "draining"}, status=503)
     ok, reason = runtime.ready()
+    # a store failing at run time (router.store.health.MonitoredStore): proxying goes on, but
+    # this replica cannot persist rollout steps, rewards or audit entries
+    problem: str | None = getattr(runtime.store, "problem", None)
+    if ok and problem is not None:
+        where = getattr(runtime.store, "where", "")
+        ok, reason = False, f"state store {where} failing: {problem}"
     return web.json_response({"ready": ok, "reason": reason}, status=200 if ok else 503)
 
 

@@ -117,6 +117,16 @@ def format_status(status: Mapping[str, Any]) -> str:
         if isinstance(status.get(key), str) and status[key]:
             lines.append(f"  {key}: {status[key]}")
             break
+    control = _map(status.get("control"))
+    if control:
+        limit = status.get("inconclusive_limit")
+        plan = [f"failures {status.get('failures', 0)}/{status.get('failure_limit', '-')}"]
+        if status.get("phase") in ("validating", "progressing"):
+            driver = "this process" if control.get("leading") else "another process"
+            plan.insert(0, f"driven by {driver}")
+        if limit is not None:
+            plan.append(f"inconclusive {status.get('inconclusive', 0)}/{limit or 'no limit'}")
+        lines.append("  rollout: " + ", ".join(plan))
 
     shares = _map(status.get("shares"))
     arms = _map(status.get("arms"))
@@ -164,6 +174,7 @@ def format_status(status: Mapping[str, Any]) -> str:
                 row.append("-" if up is None else ("yes" if up else "DOWN"))
             rows.append(row)
         lines.extend(_table(header, rows))
+    lines.extend(_endpoint_lines(backends))
     if test:
         scalars = ", ".join(
             f"{k} {_num(v, 3)}" for k, v in test.items() if not isinstance(v, dict | list)
@@ -174,11 +185,104 @@ def format_status(status: Mapping[str, Any]) -> str:
         if srm:
             flag = "MISMATCH: the split is broken" if srm.get("flagged") else "ok"
             lines.append(f"  sample ratio: {flag} (chi-square p {_num(srm.get('p_value'), 3)})")
+        lines.extend(_format_comparisons(test))
+    guard = _map(status.get("guardrails")) or _map(test.get("guardrails"))
+    if guard:
+        lines.extend(_format_guardrails(guard))
     analysis = status.get("analysis")
     if isinstance(analysis, list) and analysis:
         lines.append("  analysis (latest):")
         lines.extend(f"    {_describe_item(a)}" for a in analysis[-3:])
     return "\n".join(lines)
+
+
+def _endpoint_lines(backends: Mapping[str, Any]) -> list[str]:
+    """One line per backend with several endpoints or one that is out of rotation."""
+    out = []
+    for name, b in backends.items():
+        eps = [_map(e) for e in (_map(b).get("endpoints") or [])]
+        if len(eps) < 2 and all(e.get("up", True) for e in eps):
+            continue
+        parts = []
+        for e in eps:
+            state = "up" if e.get("up") else ("EJECTED" if e.get("ejected") else "DOWN")
+            parts.append(f"{e.get('address')} {state} ({_num(e.get('in_flight'))} in flight)")
+        out.append(f"  endpoints of {name}: {', '.join(parts)}")
+    return out
+
+
+def _signed(v: Any, pct: bool = False) -> str:
+    if not isinstance(v, int | float):
+        return "-"
+    return f"{v:+.1%}" if pct else f"{v:+.4g}"
+
+
+def _interval(lo: Any, hi: Any, pct: bool = False) -> str:
+    if not isinstance(lo, int | float) and not isinstance(hi, int | float):
+        return "[-]"
+    return f"[{_signed(lo, pct)}, {_signed(hi, pct)}]"
+
+
+def _format_comparisons(test: Mapping[str, Any]) -> list[str]:
+    """Lift with its interval, raw and corrected p-value and MDE per treatment (A/B tests)."""
+    comps = _map(test.get("comparisons"))
+    out: list[str] = []
+    unit = test.get("unit")
+    if unit:
+        what = "users (sticky key)" if unit == "user" else "requests"
+        progress = _map(test.get("progress"))
+        extra = ""
+        if progress:
+            extra = (
+                f"; {_pct(progress.get('fraction'))} of min_samples "
+                f"{_num(progress.get('min_samples'))} (fewest rewards: "
+                f"{_num(progress.get('least_arm'))})"
+            )
+        out.append(f"  unit of analysis: {what}{extra}")
+    if not comps:
+        return out
+    rows = []
+    entries = [(f"{a} vs {_map(c).get('vs', '?')}", _map(c)) for a, c in comps.items()]
+    leaders = _map(test.get("leaders"))
+    if leaders and isinstance(leaders.get("arms"), list) and len(leaders["arms"]) == 2:
+        a, b = leaders["arms"]
+        entries.append((f"{b} vs {a}", leaders))
+    kind = "interval"
+    for name, c in entries:
+        kind = str(c.get("interval", kind))
+        mde = c.get("mde")
+        rows.append(
+            [
+                name,
+                f"{_signed(c.get('diff'))} {_interval(c.get('diff_low'), c.get('diff_high'))}",
+                f"{_signed(c.get('lift'), True)} "
+                f"{_interval(c.get('lift_low'), c.get('lift_high'), True)}",
+                _num(c.get("p_value"), 3),
+                _num(c.get("p_adjusted"), 3),
+                "-" if mde is None else f"{_num(mde, 3)} ({_pct(c.get('mde_relative'))})",
+                "yes" if c.get("significant") else "no",
+            ]
+        )
+    label = "95% confidence sequence" if kind == "confidence_sequence" else "95% interval"
+    if test.get("alpha") not in (None, 0.05):
+        label = label.replace("95%", f"{1 - float(test['alpha']):.0%}")
+    header = ["comparison", f"difference {label}", "lift", "p", "p_adj", "MDE", "signif."]
+    out.extend(_table(header, rows))
+    return out
+
+
+def _format_guardrails(guard: Mapping[str, Any]) -> list[str]:
+    out = ["  guardrails:"]
+    for arm, g in _map(guard.get("arms")).items():
+        for c in _map(g).get("checks", []):
+            c = _map(c)
+            state = "FAILED" if c.get("failed") else "ok"
+            out.append(
+                f"    {arm}: {c.get('guardrail')} {_num(c.get('value'), 4)} vs "
+                f"{c.get('limit')} over {_num(c.get('n'))}: {state} "
+                f"(p {_num(c.get('p_value'), 3)})"
+            )
+    return out
 
 
 def format_audit(entries: Sequence[Mapping[str, Any]]) -> str:
@@ -371,6 +475,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pause": cmd_action,
     "resume": cmd_action,
     "switch": cmd_action,
+    "retry": cmd_action,
     "set-weights": cmd_set_weights,
     "reload": cmd_reload,
     "audit": cmd_audit,
@@ -445,7 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the proxy and the admin listener")
     p.add_argument("config", metavar="CONFIG")
-    p.add_argument("--workers", type=_positive_int, default=1, metavar="N")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="N processes sharing the ports (SO_REUSEPORT) and the state store (default 1)",
+    )
 
     p = sub.add_parser("validate", help="check a config file; exit 2 with every error")
     p.add_argument("config", metavar="CONFIG")
@@ -464,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("pause", "hold a rollout at its current step"),
         ("resume", "continue a paused rollout"),
         ("switch", "blue-green: make preview the active side"),
+        ("retry", "start a rolled-back rollout again from validation and step 0"),
     ):
         p = sub.add_parser(
             name, parents=[admin], help=what, epilog=f"The admin token is read from {TOKEN_ENV}."

@@ -1,7 +1,8 @@
 """Decision tokens (HMAC-signed, URL-safe) and the `POST /_modelrouter/feedback` endpoint.
 
 A token is `base64url(payload) "." base64url(mac)` where payload is a compact JSON array
-`[1, route, arm, propensity, generation, issued_at, token_id, features|null, label|null]` and
+`[1, route, arm, propensity, generation, issued_at, token_id, features|null, label|null]`, plus
+the sticky bucket as a tenth element when the route has a sticky key (the A/B unit), and
 mac is the first 16 bytes of HMAC-SHA256(secret, payload). Any replica holding the secret can
 credit a decision; nobody without it can make one up.
 
@@ -55,6 +56,7 @@ SECRET_KEY = "secret:feedback"
 _MAC_BYTES = 16
 _VERSION = 1
 _MAX_BATCH = 10_000
+DECIDER_CHARS = 12  # token ids start with the issuing process's random prefix (hex)
 
 
 class TokenError(ModelrouterError):
@@ -79,6 +81,7 @@ class TokenData:
     token_id: str
     features: tuple[float, ...] | None
     label: str | None
+    bucket: int | None = None  # sticky bucket of the decision, when the route has a sticky key
 
 
 def _b64(data: bytes) -> str:
@@ -99,8 +102,19 @@ class TokenSigner:
             raise ValueError("the feedback secret must be at least 16 bytes")
         self._mac = hmac.new(secret, digestmod=hashlib.sha256)
         # unique ids without a syscall per request: a random per-process prefix and a counter
-        self._prefix = secrets.token_hex(6)
+        self._prefix = secrets.token_hex(DECIDER_CHARS // 2)
         self._counter = itertools.count(1)
+
+    @property
+    def prefix(self) -> str:
+        """The first DECIDER_CHARS characters of every token id this signer issues: they name
+        the process that made (and counted) the decision."""
+        return self._prefix
+
+    def renew_prefix(self) -> str:
+        """Issue further tokens under a new prefix (the old one was declared dead)."""
+        self._prefix = secrets.token_hex(DECIDER_CHARS // 2)
+        return self._prefix
 
     def _sign(self, payload: bytes) -> bytes:
         h = self._mac.copy()
@@ -116,22 +130,23 @@ class TokenSigner:
         features: tuple[float, ...] | None,
         label: str | None,
         now: float,
+        bucket: int | None = None,
     ) -> str:
         token_id = f"{self._prefix}{next(self._counter):x}"
-        payload = json.dumps(
-            [
-                _VERSION,
-                route,
-                arm,
-                round(propensity, 6),
-                generation,
-                round(now, 3),
-                token_id,
-                None if features is None else list(features),
-                label,
-            ],
-            separators=(",", ":"),
-        ).encode()
+        fields: list[Any] = [
+            _VERSION,
+            route,
+            arm,
+            round(propensity, 6),
+            generation,
+            round(now, 3),
+            token_id,
+            None if features is None else list(features),
+            label,
+        ]
+        if bucket is not None:
+            fields.append(bucket)
+        payload = json.dumps(fields, separators=(",", ":")).encode()
         return f"{_b64(payload)}.{_b64(self._sign(payload))}"
 
     def verify(self, token: object, now: float, ttl: float) -> TokenData:
@@ -149,7 +164,9 @@ class TokenSigner:
                 403, "forged", "decision: bad signature (forged or from another router)"
             )
         try:
-            v, route, arm, prop, gen, issued, tid, feats, label = json.loads(payload)
+            v, route, arm, prop, gen, issued, tid, feats, label, *rest = json.loads(payload)
+            if len(rest) > 1 or (rest and (not isinstance(rest[0], int) or rest[0] < 0)):
+                raise ValueError("bad bucket")
             data = TokenData(
                 str(route),
                 str(arm),
@@ -159,6 +176,7 @@ class TokenSigner:
                 str(tid),
                 None if feats is None else tuple(float(x) for x in feats),
                 None if label is None else str(label),
+                rest[0] if rest else None,
             )
         except (ValueError, TypeError):
             raise TokenError(403, "forged", "decision: malformed token payload") from None
@@ -191,8 +209,8 @@ async def load_secret(config: Config, store: Store) -> bytes:
     if isinstance(stored, str) and len(stored) >= 32:
         return stored.encode()
     fresh = secrets.token_hex(32)
-    await store.put(SECRET_KEY, fresh)
-    again = await store.get(SECRET_KEY)  # another replica may have raced us; use what won
+    # atomic: workers and replicas starting together all keep the one that won
+    again = await store.put_if_absent(SECRET_KEY, fresh)
     log.warning(
         "%s is not set: generated a feedback secret and stored it in the state store; "
         "set %s to share one secret across routers with different stores",
@@ -224,6 +242,7 @@ class _Item:
     data: TokenData
     reward: float
     engine: Engine
+    metrics: dict[str, float] | None = None
 
 
 def _json(status: int, doc: dict[str, Any]) -> tuple[int, bytes]:
@@ -283,6 +302,8 @@ class FeedbackHandler:
                 received_at=now,
                 context=it.data.features,
                 label=it.data.label,
+                bucket=it.data.bucket,
+                metrics=it.metrics,
             )
             for it in valid
         ]
@@ -300,11 +321,14 @@ class FeedbackHandler:
                 continue
             accepted += 1
             ctx = Context(
+                bucket=it.data.bucket,
                 features=None if it.data.features is None else np.asarray(it.data.features),
                 label=it.data.label,
             )
             # durable already: the policy learns only from what a restart would replay
-            it.engine.feedback(it.data.arm, it.reward, ctx, token_id=it.data.token_id)
+            it.engine.feedback(
+                it.data.arm, it.reward, ctx, token_id=it.data.token_id, metrics=it.metrics
+            )
             metrics.feedback(it.data.route, it.data.arm)
         if accepted == 0:
             return _error(
@@ -319,10 +343,10 @@ class FeedbackHandler:
     def _validate(self, raw: object, now: float) -> _Item:
         if not isinstance(raw, dict) or "decision" not in raw or "reward" not in raw:
             raise TokenError(400, "malformed", 'must be an object {"decision": TOKEN, "reward": R}')
-        extra = sorted(set(raw) - {"decision", "reward"})
+        extra = sorted(set(raw) - {"decision", "reward", "metrics"})
         if extra:
             raise TokenError(
-                400, "malformed", f"unknown key '{extra[0]}'; allowed: decision, reward"
+                400, "malformed", f"unknown key '{extra[0]}'; allowed: decision, reward, metrics"
             )
         signer = self._rt.signer
         data = signer.verify(raw["decision"], now, self._rt.config.feedback.ttl)
@@ -351,7 +375,32 @@ class FeedbackHandler:
             raise TokenError(
                 422, "invalid_reward", f"reward: a binary reward must be in [0, 1], got {reward}"
             )
-        return _Item(data, r, engine)
+        return _Item(data, r, engine, _metrics(raw.get("metrics"), engine, data.route))
+
+
+def _metrics(raw: object, engine: Engine, route: str) -> dict[str, float] | None:
+    """`metrics`: {name: number} for the route's reward guardrails (422 otherwise)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise TokenError(422, "invalid_reward", f"metrics: must be an object, got {_kind(raw)}")
+    known: frozenset[str] = getattr(engine, "guardrail_metrics", frozenset())
+    out: dict[str, float] = {}
+    for name, v in raw.items():
+        if name not in known:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise TokenError(
+                422,
+                "invalid_reward",
+                f"metrics.{name}: route '{route}' has no reward guardrail of that name "
+                f"(its reward guardrails: {allowed})",
+            )
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise TokenError(
+                422, "invalid_reward", f"metrics.{name}: must be a finite number, got {v!r}"
+            )
+        out[name] = float(v)
+    return out or None
 
 
 def _kind(v: object) -> str:

@@ -2,12 +2,23 @@
 
 The per-request pair (`requests_total`, `request_duration_seconds`) lives in plain counters behind
 a custom collector so the hot path costs well under a microsecond; the rest use prometheus_client.
+
+Under `serve --workers N` the supervisor sets PROMETHEUS_MULTIPROC_DIR for every worker, which
+puts prometheus_client in its multiprocess mode (each process writes its values to files there).
+`render()` then answers for the whole router, whichever worker serves it: counters and
+histograms add up across workers (a dead worker's counts keep counting), gauges (which every
+worker derives from the shared state) show the most recent value of a live worker. The plain
+per-request counters are written to the same directory by `sync_files()` (every second, and
+just before a render), so another worker's requests appear within a second.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
@@ -33,6 +44,7 @@ __all__ = [
 # understood by every Prometheus version (prometheus_client >= 0.22 advertises version=1.0.0).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "modelrouter_"
+_DECISIONS_HELP = "Policy decisions by route and chosen backend (every kind; overrides excluded)."
 FEEDBACK_ROUTE = "_feedback"  # the route label of requests to the feedback endpoint
 
 # Model serving spans sub-millisecond lookups to multi-second generative calls.
@@ -159,12 +171,68 @@ class _PlainCollector(Collector):
                 "Rewards credited per route and backend (_sum: total reward, _count: rewards).",
                 labels=("route", "backend"),
             ),
-            CounterMetricFamily(
-                PREFIX + "decisions",
-                "Policy decisions by route and chosen backend (every kind; overrides excluded).",
-                labels=("route", "backend"),
-            ),
+            CounterMetricFamily(PREFIX + "decisions", _DECISIONS_HELP, labels=("route", "backend")),
         )
+
+
+class _RewardCollector(Collector):
+    """The reward summary alone: in multiprocess mode it comes from the serving worker, whose
+    figures are the merged totals every worker shares (summing them would count N times)."""
+
+    def __init__(self, plain: _PlainCollector) -> None:
+        self._plain = plain
+
+    def collect(self) -> Iterator[Metric]:
+        yield list(self._plain.collect())[2]
+
+
+class _FileExport:
+    """This worker's plain request counters, written where prometheus_client's multiprocess
+    collector reads them (`counter_plain-PID.db`, `histogram_plain-PID.db`)."""
+
+    def __init__(self, path: str) -> None:
+        from prometheus_client.mmap_dict import MmapedDict
+
+        pid = os.getpid()
+        mmaped: Any = MmapedDict  # untyped in prometheus_client
+        self._counters: Any = mmaped(os.path.join(path, f"counter_plain-{pid}.db"))
+        self._histograms: Any = mmaped(os.path.join(path, f"histogram_plain-{pid}.db"))
+
+    def write(self, bound: dict[tuple[str, str], BoundRequest]) -> None:
+        from prometheus_client.mmap_dict import mmap_key
+
+        now = time.time()
+        req, dur = PREFIX + "requests", PREFIX + "request_duration_seconds"
+        for (route, backend), b in list(bound.items()):
+            for code, n in list(b.codes.items()):
+                key = mmap_key(
+                    req,
+                    req + "_total",
+                    ["route", "backend", "code"],
+                    [route, backend, str(code)],
+                    "Requests answered, by route, backend and HTTP status code.",
+                )
+                self._counters.write_value(key, float(n), now)
+            help_text = (
+                "Time from request head to the last byte of the answer, by route and backend."
+            )
+            for label, n in zip(_BUCKET_LABELS, b.buckets, strict=True):
+                key = mmap_key(
+                    dur,
+                    dur + "_bucket",
+                    ["route", "backend", "le"],
+                    [route, backend, label],
+                    help_text,
+                )
+                self._histograms.write_value(key, float(n), now)
+            key = mmap_key(dur, dur + "_sum", ["route", "backend"], [route, backend], help_text)
+            self._histograms.write_value(key, b.total, now)
+            if b.decisions:
+                dec = PREFIX + "decisions"
+                key = mmap_key(
+                    dec, dec + "_total", ["route", "backend"], [route, backend], _DECISIONS_HELP
+                )
+                self._counters.write_value(key, float(b.decisions), now)
 
 
 class Metrics:
@@ -175,13 +243,19 @@ class Metrics:
         r = self.registry
         self._bound: dict[tuple[str, str], BoundRequest] = {}
         self._rewards: dict[tuple[str, str], tuple[int, float]] = {}
-        r.register(_PlainCollector(self._bound, self._rewards))
+        plain = _PlainCollector(self._bound, self._rewards)
+        r.register(plain)
+        # serve --workers: prometheus_client's multiprocess mode (see the module docstring)
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self._export: _FileExport | None = None
+        self._reward_collector = _RewardCollector(plain)
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(PREFIX + name, doc, labels, registry=r)
 
         def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
-            return Gauge(PREFIX + name, doc, labels, registry=r)
+            # every worker derives gauges from the shared state: show the latest live value
+            return Gauge(PREFIX + name, doc, labels, registry=r, multiprocess_mode="livemostrecent")
 
         # prometheus_client appends `_total` to counter names in the exposition
         self._upstream_errors = counter(
@@ -233,6 +307,37 @@ class Metrics:
             "1 while the route's A/B test shows a sample-ratio mismatch (chi-square p < 0.001).",
             ("route",),
         )
+        self._p_adjusted = gauge(
+            "experiment_p_adjusted",
+            "A/B p-value per treatment arm after the multiple-comparison correction (Holm).",
+            ("route", "arm"),
+        )
+        self._lift = gauge(
+            "experiment_lift",
+            "Relative lift of a treatment arm over the control (0.05 = +5%): `estimate`, and "
+            "the interval's `low` and `high` (confidence sequence with msprt, else interval).",
+            ("route", "arm", "bound"),
+        )
+        self._diff = gauge(
+            "experiment_difference",
+            "Absolute difference of means, treatment arm - control, with `low`/`high` bounds.",
+            ("route", "arm", "bound"),
+        )
+        self._mde = gauge(
+            "experiment_mde",
+            "Minimum detectable absolute difference at the current sample size (80% power).",
+            ("route", "arm"),
+        )
+        self._progress = gauge(
+            "experiment_progress",
+            "Fraction of min_samples reached by the A/B arm with the fewest rewards (0..1).",
+            ("route",),
+        )
+        self._guardrail = gauge(
+            "experiment_guardrail_failed",
+            "1 once an arm has failed the guardrail (always-valid test), else 0.",
+            ("route", "arm", "guardrail"),
+        )
         self._mirror = counter(
             "mirror_requests",
             "Shadow requests to a route's mirror backend by result "
@@ -244,7 +349,42 @@ class Metrics:
             "Client connections answered 503 and closed because limits.max_connections were open.",
             (),
         )
+        # the open count of this process (with serve --workers, each worker's latest value)
         self._connections = gauge("client_connections", "Open client connections.", ())
+        self._retries = counter(
+            "retries",
+            "Attempts sent again, by route, the backend whose attempt failed, and reason "
+            "(connect-failure, reset, timeout, 5xx, retriable-status, connection-closed).",
+            ("route", "backend", "reason"),
+        )
+        self._budget_exhausted = counter(
+            "retry_budget_exhausted",
+            "Retries refused because the backend's retry budget was used up.",
+            ("route", "backend"),
+        )
+        self._ejections = counter(
+            "outlier_ejections",
+            "Endpoints taken out of rotation by outlier detection, by reason "
+            "(consecutive_5xx, consecutive_local_origin_failure).",
+            ("backend", "endpoint", "reason"),
+        )
+        self._endpoint_up = gauge(
+            "endpoint_up",
+            "1 while the endpoint takes requests (healthy and not ejected), else 0.",
+            ("backend", "endpoint"),
+        )
+        self._store_up = gauge(
+            "store_up",
+            "1 while the state store takes writes, 0 while its calls fail (then /readyz is 503).",
+            (),
+        )
+        self._store_errors = counter(
+            "store_errors",
+            "Failed state-store calls by operation (get, put, audit_append, feedback_add, "
+            "probe, ...).",
+            ("operation",),
+        )
+        self._store_up.set(1.0)  # until a store call fails (router.store.health)
         for result in ("success", "failure"):
             self._reloads.labels(result)
         self._route_metrics: tuple[Counter | Gauge, ...] = (
@@ -259,6 +399,14 @@ class Metrics:
             self._prob_best,
             self._mirror,
             self._srm,
+            self._retries,
+            self._budget_exhausted,
+            self._p_adjusted,
+            self._lift,
+            self._diff,
+            self._mde,
+            self._progress,
+            self._guardrail,
         )
         self._backend_metrics: tuple[Counter | Gauge, ...] = (
             self._upstream_errors,
@@ -322,6 +470,26 @@ class Metrics:
     def set_backend_up(self, backend: str, up: bool) -> None:
         self._backend_up.labels(backend).set(1.0 if up else 0.0)
 
+    def retry(self, route: str, backend: str, reason: str) -> None:
+        """An attempt to `backend` failed for `reason` and the request is sent again."""
+        self._retries.labels(route, backend, reason).inc()
+
+    def retry_budget_exhausted(self, route: str, backend: str) -> None:
+        self._budget_exhausted.labels(route, backend).inc()
+
+    def ejection(self, backend: str, endpoint: str, reason: str) -> None:
+        self._ejections.labels(backend, endpoint, reason).inc()
+
+    def set_endpoint_up(self, backend: str, endpoint: str, up: bool) -> None:
+        self._endpoint_up.labels(backend, endpoint).set(1.0 if up else 0.0)
+
+    def set_store_up(self, up: bool) -> None:
+        self._store_up.set(1.0 if up else 0.0)
+
+    def store_error(self, operation: str) -> None:
+        """Count a failed store call; `operation` is a Store method name or "probe"."""
+        self._store_errors.labels(operation).inc()
+
     def config_reload(self, result: str) -> None:
         """Count a reload attempt; `result` is "success" or "failure"."""
         if result not in ("success", "failure"):
@@ -376,6 +544,40 @@ class Metrics:
         else:
             self._prob_best.labels(route, arm).set(p)
 
+    def set_comparison(
+        self,
+        route: str,
+        arm: str,
+        p_adjusted: float | None,
+        lift: tuple[float | None, float | None, float | None],
+        diff: tuple[float | None, float | None, float | None],
+        mde: float | None,
+    ) -> None:
+        """One treatment-vs-control comparison: corrected p, lift and difference with bounds."""
+        self.set_p_adjusted(route, arm, p_adjusted)
+        for fam, values in ((self._lift, lift), (self._diff, diff)):
+            for bound, v in zip(("estimate", "low", "high"), values, strict=True):
+                if v is None:
+                    _remove(fam, route, arm, bound)
+                else:
+                    fam.labels(route, arm, bound).set(v)
+        if mde is None:
+            _remove(self._mde, route, arm)
+        else:
+            self._mde.labels(route, arm).set(mde)
+
+    def set_p_adjusted(self, route: str, arm: str, p: float | None) -> None:
+        if p is None:
+            _remove(self._p_adjusted, route, arm)
+        else:
+            self._p_adjusted.labels(route, arm).set(p)
+
+    def set_progress(self, route: str, fraction: float) -> None:
+        self._progress.labels(route).set(fraction)
+
+    def set_guardrail(self, route: str, arm: str, guardrail: str, failed: bool) -> None:
+        self._guardrail.labels(route, arm, guardrail).set(1.0 if failed else 0.0)
+
     def set_srm(self, route: str, flagged: bool) -> None:
         """Whether the route's A/B split shows a sample-ratio mismatch."""
         self._srm.labels(route).set(1.0 if flagged else 0.0)
@@ -391,7 +593,7 @@ class Metrics:
         for plain in (self._bound, self._rewards):
             for key in [k for k in plain if k[0] == route]:
                 del plain[key]
-        for m in self._route_metrics:
+        for m in self._route_metrics if self.multiprocess_dir is None else ():
             m.remove_by_labels({"route": route})
         for key in [k for k in self._feedback_children if k[0] == route]:
             del self._feedback_children[key]
@@ -403,16 +605,38 @@ class Metrics:
         for plain in (self._bound, self._rewards):
             for key in [k for k in plain if k[1] == backend]:
                 del plain[key]
-        for m in self._backend_metrics:
+        for m in self._backend_metrics if self.multiprocess_dir is None else ():
             m.remove_by_labels({"backend": backend})
         for key in [k for k in self._feedback_children if k[1] == backend]:
             del self._feedback_children[key]
+        for m in (self._ejections, self._endpoint_up):
+            m.remove_by_labels({"backend": backend})
+
+    def sync_files(self) -> None:
+        """Multiprocess mode: write this worker's plain request counters for the others."""
+        if self.multiprocess_dir is None:
+            return
+        if self._export is None:
+            self._export = _FileExport(self.multiprocess_dir)
+        self._export.write(self._bound)
 
     def render(self) -> bytes:
-        """The exposition text of every metric (Prometheus text format 0.0.4)."""
-        return generate_latest(self.registry)
+        """The exposition text of every metric (Prometheus text format 0.0.4); in multiprocess
+        mode, of the whole router (every worker's files)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.sync_files()
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        merged.register(self._reward_collector)
+        return generate_latest(merged)
 
 
 def _remove(metric: Counter | Gauge, *labels: str) -> None:
-    # prometheus_client's remove() ignores label sets it does not have
+    # prometheus_client's remove() ignores label sets it does not have; its multiprocess mode
+    # cannot remove a series at all (it warns), so there the last value stays until a restart
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
     metric.remove(*labels)

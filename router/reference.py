@@ -29,7 +29,7 @@ from policies.spec import Address, Config
 from router.config import ConfigError, parse_config
 from router.errors import ModelrouterError
 from router.metrics import DURATION_BUCKETS, Metrics
-from router.store import STORE_KINDS
+from router.store import LEASE, STORE_KINDS
 
 __all__ = ["END", "SECTIONS", "START", "ReferenceError", "generate", "main", "splice"]
 
@@ -99,7 +99,7 @@ def _state_keys() -> dict[str, Key]:
     """``state``: the store choice and the keys every registered store kind declares."""
     store = "; ".join(f"`{name}`: {kind.help}" for name, kind in STORE_KINDS.items()) + "."
     params = {p.name: p for kind in STORE_KINDS.values() for p in kind.params}
-    return {"store": Key("choice", store), **_param_keys(tuple(params.values()))}
+    return {"store": Key("choice", store), **_param_keys((*params.values(), LEASE))}
 
 
 def _check_sections() -> tuple[Section, ...]:
@@ -114,6 +114,70 @@ def _check_sections() -> tuple[Section, ...]:
             note=kind.note,
         )
         for name, kind in CHECK_KINDS.items()
+    )
+
+
+def _guardrail_sections() -> tuple[Section, ...]:
+    """`guardrails[]` items, one table per metric (ab_test and bandit routes)."""
+    path = (*_POLICY, "guardrails", 0)
+    limit_abs = "Absolute limit; give exactly one limit key."
+    return (
+        Section(
+            "guardrails[] (metric: error_rate)",
+            path,
+            {"metric": "error_rate", "max": 0.02},
+            {
+                "metric": Key("kind", "Share of requests answered 5xx or failed (per arm)."),
+                "name": Key("string", "Shown in status; default: the metric.", default="metric"),
+                "max": Key("number", limit_abs + " A fraction in (0, 1).", default="—"),
+                "max_increase": Key(
+                    "number", "Limit relative to the control arm, in points.", default="—"
+                ),
+            },
+            policy=_AB,
+            note="Fails an arm once an always-valid one-sided test (alpha of the route's "
+            "test, 0.05 on bandits) shows it above the limit.",
+        ),
+        Section(
+            "guardrails[] (metric: latency)",
+            path,
+            {"metric": "latency", "max": "500ms"},
+            {
+                "metric": Key("kind", "A latency percentile of the arm's answers."),
+                "name": Key("string", "Default: `latency_pNN`.", default="latency_pNN"),
+                "percentile": Key("number", "In (0, 100).", default="99"),
+                "max": Key(
+                    "duration",
+                    "pNN must stay at or below this: tested as the share of answers slower "
+                    "than `max` being at most 1 - NN/100.",
+                    default="—",
+                ),
+            },
+            policy=_AB,
+        ),
+        Section(
+            "guardrails[] (metric: reward)",
+            path,
+            {"metric": "reward", "name": "revenue", "min": 0},
+            {
+                "metric": Key(
+                    "kind",
+                    "A second reward, sent with feedback as "
+                    '`"metrics": {"NAME": value}` next to `reward`.',
+                ),
+                "name": Key("string", "The key in feedback's `metrics` (required)."),
+                "type": Key("choice", "`binary` or `continuous`.", default="continuous"),
+                "min": Key("number", limit_abs, default="—"),
+                "max": Key("number", limit_abs, default="—"),
+                "max_decrease": Key(
+                    "number", "Limit relative to the control arm (mean units).", default="—"
+                ),
+                "max_increase": Key(
+                    "number", "Limit relative to the control arm (mean units).", default="—"
+                ),
+            },
+            policy=_AB,
+        ),
     )
 
 
@@ -234,7 +298,14 @@ _SECTIONS: tuple[Section, ...] = (
             "url": Key(
                 "http URL",
                 "`http://host:port[/base]`; the base path prefixes every "
-                "forwarded path (no https to backends yet).",
+                "forwarded path (no https to backends yet). One endpoint; or `endpoints`.",
+            ),
+            "endpoints": Key(
+                "list",
+                "Several URLs of the same model version (same path), instead of `url`: "
+                "requests go to the one with the fewest in flight; each has its own "
+                "connections, health and ejections.",
+                default="—",
             ),
             "version": Key("string", "`MAJOR.MINOR.PIPELINE`, shown in status; quote it."),
             "timeout": Key("duration", "Per-attempt deadline for the backend's answer (504)."),
@@ -247,8 +318,63 @@ _SECTIONS: tuple[Section, ...] = (
             "rewrite": Key(
                 "mapping", "Path prefix rewrite, see `backends.NAME.rewrite`.", default="—"
             ),
+            "outlier_detection": Key(
+                "mapping",
+                "Passive ejection of failing endpoints, see `backends.NAME.outlier_detection`.",
+                default="on",
+            ),
+            "retry_budget": Key(
+                "mapping",
+                "How many retries the backend takes, see `backends.NAME.retry_budget`.",
+                default="on",
+            ),
         },
         get=lambda c: c.backends["a"],
+    ),
+    Section(
+        "backends.NAME.outlier_detection",
+        ("backends", "a", "outlier_detection"),
+        {},
+        {
+            "consecutive_5xx": Key(
+                "int",
+                "Failing answers in a row (5xx, or a `failure_status`) that eject an endpoint; "
+                "0: off.",
+            ),
+            "consecutive_local_origin_failure": Key(
+                "int", "Connect failures, resets or timeouts in a row that eject it; 0: off."
+            ),
+            "failure_status": Key(
+                "list",
+                "More statuses counted as failing, e.g. `[404]` for a model server that lost "
+                "its model.",
+                default="`[]`",
+            ),
+            "base_ejection_time": Key(
+                "duration", "First ejection; the n-th recent one lasts n times as long."
+            ),
+            "max_ejection_time": Key("duration", "Longest ejection."),
+            "max_ejection_percent": Key(
+                "number",
+                "Most of the backend's endpoints out at once (one may always go); 100: a "
+                "backend whose endpoints all fail is down at once and its route fails over.",
+            ),
+        },
+        get=lambda c: c.backends["a"].outlier,
+    ),
+    Section(
+        "backends.NAME.retry_budget",
+        ("backends", "a", "retry_budget"),
+        {},
+        {
+            "budget_percent": Key(
+                "number",
+                "Retries that may reach the backend, as a percentage of its requests in the "
+                "last 10 s.",
+            ),
+            "min_retries": Key("int", "Retries allowed on top, so a quiet backend can retry."),
+        },
+        get=lambda c: c.backends["a"].retry_budget,
     ),
     Section(
         "backends.NAME.health",
@@ -353,7 +479,15 @@ _SECTIONS: tuple[Section, ...] = (
         {},
         {
             "attempts": Key("int", "Extra attempts after the first (0-5)."),
-            "on": Key("choices", "When to retry."),
+            "on": Key(
+                "choices",
+                "When to retry; status codes (e.g. `503`, `404`) may be listed too.",
+            ),
+            "non_idempotent": Key(
+                "bool",
+                "Also re-send POST and PATCH requests whose bytes may have reached an "
+                "upstream (see Operations: when a request is sent twice).",
+            ),
         },
         get=lambda c: c.routes[0].retries,
     ),
@@ -477,6 +611,23 @@ _SECTIONS: tuple[Section, ...] = (
                 "stable error rate, checked every interval.",
             ),
             "alpha": Key("number", "Significance of `compare: sequential`."),
+            "confidence": Key(
+                "number",
+                "Threshold checks fail only when the confidence bound nearest the limit is "
+                "past it (a point estimate past it without that is inconclusive).",
+            ),
+            "inconclusive_limit": Key(
+                "int",
+                "Inconclusive analyses in a row before `on_inconclusive` applies; 0: wait forever.",
+            ),
+            "on_inconclusive": Key(
+                "choice", "`pause` (with the reason; resume, promote or abort) or `rollback`."
+            ),
+            "progress_deadline": Key(
+                "duration",
+                "Longest time progressing without a transition; then `on_inconclusive` applies.",
+                default="off",
+            ),
         },
         get=lambda c: _pol(c).analysis,
         policy=_CANARY,
@@ -512,9 +663,16 @@ _SECTIONS: tuple[Section, ...] = (
                 "(phase `concluded`); `stop`/`none`: keep the split, report the "
                 "winner.",
             ),
+            "guardrails": Key(
+                "list",
+                "Metrics an arm must not break, tested sequentially per arm; see "
+                "`guardrails[]`. A failing arm is never concluded winner.",
+                default="—",
+            ),
         },
         get=_pol,
     ),
+    *_guardrail_sections(),
     Section(
         "test (ab_test)",
         (*_POLICY, "test"),
@@ -527,7 +685,20 @@ _SECTIONS: tuple[Section, ...] = (
             ),
             "alpha": Key("number", "Significance (or 1 - required probability to be best)."),
             "min_samples": Key("int", "Rewards per arm before the test may decide."),
-            "tau": Key("number", "mSPRT mixing variance; absent: chosen from the reward type."),
+            "mixing_sd": Key(
+                "number",
+                "mSPRT: standard deviation of the effect prior (the normal mixing distribution "
+                "over the true difference), in reward units — the same meaning as the canary's "
+                "sequential test. Absent: 0.1 × the pooled standard deviation of one "
+                "observation.",
+                default="0.1 × pooled sd",
+            ),
+            "tau": Key(
+                "number",
+                "Deprecated: the old name, a *variance*; read as `mixing_sd: sqrt(tau)` with a "
+                "warning. Giving both is an error.",
+                default="—",
+            ),
         },
         get=lambda c: _pol(c).test,
         policy=_AB,
@@ -562,6 +733,11 @@ _SECTIONS: tuple[Section, ...] = (
             "params": Key("mapping", "Algorithm parameters, see `params`.", default="—"),
             "min_share": Key("number", "Exploration floor per arm, at most 1/arms."),
             "discount": Key("number", "In (0, 1]; below 1 forgets old rewards (drifting traffic)."),
+            "guardrails": Key(
+                "list",
+                "See `guardrails[]`; an arm failing one gets at most `min_share` of traffic.",
+                default="—",
+            ),
         },
         get=_pol,
     ),

@@ -21,8 +21,10 @@ import aiohttp
 import numpy as np
 
 from policies.base import Context, Decision
-from policies.spec import BackendConfig, Config, Override, RouteConfig
+from policies.failover import failover_arm
+from policies.spec import BackendConfig, Config, Limits, Override, RouteConfig, policy_backends
 from policies.weighted import sticky_bucket
+from router.dataplane.endpoints import EndpointGroup
 from router.dataplane.mirror import Mirrorer
 from router.dataplane.seam import Selection
 from router.engines import Engine, Services, engine_for
@@ -30,28 +32,34 @@ from router.feedback import FeedbackHandler, TokenSigner, load_secret
 
 if TYPE_CHECKING:
     from router.audit import Audit
-    from router.dataplane.seam import Pool, Request, Route, Router
+    from router.dataplane.seam import Request, Route, Router
     from router.metrics import BoundRequest, Metrics
     from router.store.base import Store
 
 log = logging.getLogger("modelrouter.runtime")
 
-HEALTH_FAILS_DOWN = 2  # consecutive failed checks before a backend is marked down
 BUILD_SLICE = 0.005  # seconds of route building on the loop between two yields (reload)
+OUTLIER_TICK = 0.1  # seconds between checks for ejections that are over
 PRUNE_EVERY = 300.0  # seconds between prunes of feedback older than twice the feedback TTL
 
 
 class BackendRuntime:
-    """One configured backend: its config, health and (set by the data plane) connection pool."""
+    """One configured backend: its config, its endpoints (pools, health, ejections) and `up`."""
 
-    __slots__ = ("_fails", "cfg", "name", "pool", "up")
+    __slots__ = ("cfg", "group", "metrics", "name", "up")
 
-    def __init__(self, cfg: BackendConfig) -> None:
+    def __init__(self, cfg: BackendConfig, limits: Limits, metrics: Metrics | None = None) -> None:
         self.name = cfg.name
         self.cfg = cfg
-        self.up = True
-        self.pool: Pool | None = None  # the data plane's connections, created on first use
-        self._fails = 0
+        self.metrics = metrics
+        self.up = True  # some endpoint takes requests: kept in step by the endpoint group
+        self.group = EndpointGroup(cfg, limits, metrics=metrics, on_change=self._changed)
+
+    def _changed(self, up: bool) -> None:
+        self.up = up
+        log.warning("backend '%s' is %s", self.name, "up" if up else "DOWN (no endpoint left)")
+        if self.metrics is not None:
+            self.metrics.set_backend_up(self.name, up)
 
 
 _NO_CONTEXT = Context()  # shared by plain routes; nothing writes to a Context
@@ -106,6 +114,7 @@ class RouteRuntime:
         # a rollout engine may refuse a backend (not blessed yet, rolled back): then its
         # overrides do not apply either
         self._admits = engine.admits
+        self._redirect = engine.override_backend
         self._overrides = tuple(_OverrideMatcher(o, backends[o.backend]) for o in cfg.overrides)
         # blue-green preview traffic arrives through overrides; its analysis must see it
         self._observe_overrides = engine.observes_overrides
@@ -151,11 +160,16 @@ class RouteRuntime:
         )
         self._choose = engine.choose
         self._plain_sel: dict[int, Selection] = {}  # id(decision) -> Selection (it pins decision)
+        self._arms = policy_backends(cfg.policy)  # a rollout's stable (or active colour) first
+        self._random = random.Random(int(runtime.rng.integers(1 << 62))).random
 
     def select(self, req: Request) -> Selection:
         for o in self._overrides:
-            if o.matches(req) and self._admits(o.backend.name):
-                return Selection(o.backend, None, None, None, None)
+            if o.matches(req):
+                name = self._redirect(o.backend.name)
+                if self._admits(name):
+                    b = o.backend if name == o.backend.name else self._backends[name]
+                    return Selection(b, None, None, None, None)
         bucket = None
         if self._sticky is not None:
             key = self._sticky(req)
@@ -191,14 +205,45 @@ class RouteRuntime:
             return Selection(backend, decision.arm, decision, _NO_CONTEXT, None)
         return sel
 
-    def _failover(self, decision: Decision) -> tuple[BackendRuntime, Decision]:
-        """The chosen backend is down: the healthy arm with the largest share serves instead."""
-        shares = self.engine.shares()
-        for arm in sorted(shares, key=shares.__getitem__, reverse=True):
-            b = self._backends.get(arm)
-            if b is not None and b.up and shares[arm] > 0:
-                return b, Decision(arm, decision.propensity)
-        return self._backends[decision.arm], decision  # nothing healthy: the proxy answers 503
+    def _usable(self, arm: str, failed: str | None = None) -> bool:
+        b = self._backends.get(arm)
+        return (
+            b is not None and b.up and arm != failed and (self._admits is None or self._admits(arm))
+        )
+
+    def _failover(
+        self, decision: Decision, failed: str | None = None
+    ) -> tuple[BackendRuntime, Decision]:
+        """The chosen backend is down (or `failed` for this request): another healthy arm
+        serves, by share (policies.failover); none: the chosen one (the proxy answers 503)."""
+        arm = failover_arm(
+            self.engine.shares(),
+            self._arms,
+            lambda a: self._usable(a, failed),
+            self._random(),
+        )
+        if arm is None:
+            return self._backends[decision.arm], decision
+        return self._backends[arm], Decision(arm, decision.propensity)
+
+    def reselect(self, sel: Selection, req: Request | None) -> Selection | None:
+        """Where a retry goes when no other endpoint of `sel.backend` can take it: another arm
+        of the route, chosen as the policy would without the failed backend; None if none."""
+        failed = sel.backend.name
+        ctx = sel.context if sel.context is not None else _NO_CONTEXT
+        engine = self.engine
+        if engine.learns:
+            decision = engine.choose(ctx, lambda a: self._usable(a, failed))
+            if not self._usable(decision.arm, failed):
+                return None
+        else:
+            base = sel.decision if sel.decision is not None else Decision(failed, 1.0)
+            backend, decision = self._failover(base, failed)
+            if backend.name == failed:
+                return None
+        backend = self._backends[decision.arm]
+        token = self._runtime.issue_token(self.name, decision, ctx) if engine.learns else None
+        return Selection(backend, decision.arm, decision, ctx, token)
 
     def record(self, sel: Selection, status: int, latency: float, error: str | None) -> None:
         bound = self._bound[sel.backend.name]
@@ -208,6 +253,20 @@ class RouteRuntime:
         if sel.arm is not None:
             if self._count_decisions:
                 bound.decisions += 1
+            self.engine.observe(sel.arm, status, latency, error, sel.context)
+        elif self._observe_overrides:
+            self.engine.observe(sel.backend.name, status, latency, error)
+
+    def attempt_failed(
+        self, sel: Selection, status: int, latency: float, error: str | None
+    ) -> None:
+        """An attempt at `sel.backend` failed (`error`: connect, reset, timeout; None for a
+        failing answer) and the request is retried: the client never sees it, but the error
+        counts (upstream_errors_total) and the engine observes it, so a canary whose failures
+        are retried away still fails its analysis."""
+        if error is not None:
+            self._bound[sel.backend.name].upstream_error(error)
+        if sel.arm is not None:
             self.engine.observe(sel.arm, status, latency, error, sel.context)
         elif self._observe_overrides:
             self.engine.observe(sel.backend.name, status, latency, error)
@@ -243,7 +302,11 @@ class Runtime:
         self.feedback: FeedbackHandler | None = None
         self._health: dict[str, asyncio.Task[None]] = {}
         self._prune_task: asyncio.Task[None] | None = None
+        self._outlier_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        # called after every successful reload with (actor, recorded); `serve --workers` uses it
+        # to pass a reload made on one worker on to the others
+        self.reload_listeners: list[Callable[[str, bool], None]] = []
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -277,12 +340,25 @@ class Runtime:
             timeout=aiohttp.ClientTimeout(total=30), headers={"User-Agent": "modelrouter"}
         )
         await self._open_feedback()
-        self.backends = {n: BackendRuntime(c) for n, c in self.config.backends.items()}
+        limits = self.config.limits
+        self.backends = {
+            n: BackendRuntime(c, limits, self.metrics) for n, c in self.config.backends.items()
+        }
         self.routes = await self._build_routes(self.config, self.backends, {})
         self._start_health(self.backends.values())
         for b in self.backends.values():
             self.metrics.set_backend_up(b.name, b.up)
         self._prune_task = asyncio.create_task(self._prune_loop(), name="feedback-prune")
+        self._outlier_task = asyncio.create_task(self._outlier_loop(), name="outlier-tick")
+
+    async def _outlier_loop(self) -> None:
+        """Bring ejected endpoints back when their time is up (the data plane's clock)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(OUTLIER_TICK)
+            now = loop.time()
+            for b in self.backends.values():
+                b.group.tick(now)
 
     async def _prune_loop(self) -> None:
         """Keep the feedback log bounded: duplicates only matter within the feedback TTL."""
@@ -301,7 +377,10 @@ class Runtime:
 
     async def close(self) -> None:
         """Stop health checks and engines (they persist their state), close connections."""
-        tasks = [*self._health.values(), *([self._prune_task] if self._prune_task else [])]
+        tasks = [
+            *self._health.values(),
+            *(t for t in (self._prune_task, self._outlier_task) if t is not None),
+        ]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -309,8 +388,7 @@ class Runtime:
         for r in self.routes:
             await r.engine.stop()
         for b in self.backends.values():
-            if b.pool is not None:
-                b.pool.close()
+            b.group.close()
         if self.http is not None:
             await self.http.close()
 
@@ -346,6 +424,7 @@ class Runtime:
             features,
             ctx.label,
             self.clock(),
+            bucket=ctx.bucket,
         )
         return token
 
@@ -369,7 +448,21 @@ class Runtime:
         out.update(r.engine.status())
         out.setdefault("shares", r.engine.shares())
         out["backends"] = {
-            b: {"up": rb.up, "version": rb.cfg.version} for b, rb in r._backends.items()
+            b: {
+                "up": rb.up,
+                "version": rb.cfg.version,
+                "endpoints": [
+                    {
+                        "address": ep.address,
+                        "up": ep.available,
+                        "healthy": ep.healthy,
+                        "ejected": ep.ejected,
+                        "in_flight": ep.outstanding,
+                    }
+                    for ep in rb.group.endpoints
+                ],
+            }
+            for b, rb in r._backends.items()
         }
         return out
 
@@ -382,7 +475,7 @@ class Runtime:
         return True, "ready"
 
     async def reload_from_file(
-        self, actor: str = "reload", reason: str | None = None
+        self, actor: str = "reload", reason: str | None = None, *, record: bool = True
     ) -> dict[str, Any]:
         """Re-read the config file and apply it; raises ConfigError and keeps the old config.
 
@@ -391,7 +484,9 @@ class Runtime:
         rebuilds it and the routing table a slice at a time and swaps it in at once. The cyclic
         garbage collector waits meanwhile, and what the reload built is frozen after it (as
         start-up's objects are), so no full collection walks it while requests wait.
-        """
+
+        `record=False` (a worker following a reload another worker made and recorded) neither
+        audits nor counts it, so one reload of the router is one entry whatever N is."""
         from router.config.worker import load_config_offloaded
 
         if self.config_path is None:
@@ -402,9 +497,10 @@ class Runtime:
             try:
                 new = await load_config_offloaded(self.config_path)
             except Exception:
-                self.metrics.config_reload("failure")
+                if record:
+                    self.metrics.config_reload("failure")
                 raise
-            changes = await self.reload(new, actor=actor, reason=reason)
+            changes = await self.reload(new, actor=actor, reason=reason, record=record)
         finally:
             if collecting:
                 gc.enable()
@@ -413,7 +509,12 @@ class Runtime:
         return changes
 
     async def reload(
-        self, new: Config, *, actor: str = "reload", reason: str | None = None
+        self,
+        new: Config,
+        *,
+        actor: str = "reload",
+        reason: str | None = None,
+        record: bool = True,
     ) -> dict[str, Any]:
         """Apply a validated config atomically; unchanged routes keep their engines and state.
 
@@ -424,10 +525,14 @@ class Runtime:
             try:
                 changes = await self._reload(new)
             except Exception:
-                self.metrics.config_reload("failure")
+                if record:
+                    self.metrics.config_reload("failure")
                 raise
-            self.metrics.config_reload("success")
-            await self.audit.record("*", "reload", actor, reason, **changes)
+            if record:
+                self.metrics.config_reload("success")
+                await self.audit.record("*", "reload", actor, reason, **changes)
+            for listener in self.reload_listeners:
+                listener(actor, record)
             return changes
 
     async def _reload(self, new: Config) -> dict[str, Any]:
@@ -435,7 +540,10 @@ class Runtime:
         backends: dict[str, BackendRuntime] = {}
         for n, c in new.backends.items():
             prev = old_backends.get(n)
-            backends[n] = prev if prev is not None and prev.cfg == c else BackendRuntime(c)
+            same = prev is not None and prev.cfg == c and old_cfg.limits == new.limits
+            backends[n] = (
+                prev if same and prev is not None else BackendRuntime(c, new.limits, self.metrics)
+            )
         by_name = {r.name: r for r in old_routes}
         keep: dict[str, RouteRuntime] = {}
         for rc in new.routes:
@@ -462,8 +570,7 @@ class Runtime:
             task = self._health.pop(b.name, None)
             if task is not None:
                 task.cancel()
-            if b.pool is not None:
-                b.pool.close()
+            b.group.close()
             if b.name not in backends:
                 self.metrics.forget_backend(b.name)
         self._start_health(b for b in backends.values() if b.name not in self._health)
@@ -497,6 +604,8 @@ class Runtime:
             clock=self.clock,
             rng=self.rng,
             http=self.http,
+            backend_up=lambda name: name in backends and backends[name].up,
+            decider=self.signer,
         )
         routes: list[RouteRuntime] = []
         started: list[Engine] = []
@@ -533,32 +642,37 @@ class Runtime:
                 )
 
     async def _check_loop(self, b: BackendRuntime) -> None:
+        """Check every endpoint of `b` each interval, all at once."""
         assert b.cfg.health is not None
-        url = f"http://{b.cfg.host}:{b.cfg.port}{b.cfg.base_path}{b.cfg.health.path}"
+        path = f"{b.cfg.base_path}{b.cfg.health.path}"
         timeout = aiohttp.ClientTimeout(total=min(b.cfg.timeout, b.cfg.health.interval, 5.0))
+        loop = asyncio.get_running_loop()
         while True:
-            ok = False
-            try:
-                assert self.http is not None
-                async with self.http.get(url, timeout=timeout) as resp:
-                    await resp.read()
-                    ok = resp.status < 400
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                ok = False
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never let a health check take the router down
-                log.exception("health check of backend '%s' failed unexpectedly", b.name)
-            self._set_health(b, ok)
+            started = loop.time()
+            results = await asyncio.gather(
+                *(
+                    self._check_one(b, f"http://{ep.address}{path}", timeout)
+                    for ep in b.group.endpoints
+                )
+            )
+            now = loop.time()
+            for ep, ok in zip(b.group.endpoints, results, strict=True):
+                b.group.health(ep, ok, now, started)
             await asyncio.sleep(b.cfg.health.interval)
 
-    def _set_health(self, b: BackendRuntime, ok: bool) -> None:
-        was = b.up
-        b._fails = 0 if ok else b._fails + 1
-        b.up = ok or (was and b._fails < HEALTH_FAILS_DOWN)
-        if b.up != was:
-            log.warning("backend '%s' is %s", b.name, "up" if b.up else "DOWN")
-        self.metrics.set_backend_up(b.name, b.up)
+    async def _check_one(self, b: BackendRuntime, url: str, timeout: aiohttp.ClientTimeout) -> bool:
+        try:
+            assert self.http is not None
+            async with self.http.get(url, timeout=timeout) as resp:
+                await resp.read()
+                return resp.status < 400
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never let a health check take the router down
+            log.exception("health check of backend '%s' failed unexpectedly", b.name)
+            return False
 
 
 if TYPE_CHECKING:

@@ -1,7 +1,8 @@
 """`modelrouter serve`: build the store, metrics, runtime, data plane and admin listener; run them.
 
 SIGTERM/SIGINT drain (stop accepting, finish in-flight requests, persist, exit 0); SIGHUP reloads
-the config file with the same all-or-nothing path as `POST /admin/reload`.
+the config file with the same all-or-nothing path as `POST /admin/reload`. With `--workers N`
+the process is a supervisor of N such servers (router/workers.py).
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ class Server:
         *,
         proxy_port: int | None = None,
         admin_port: int | None = None,
+        worker: int | None = None,
     ) -> None:
         self.config = config
+        # one of `serve --workers N`: both listeners share their port (SO_REUSEPORT)
+        self.worker = worker
         self.config_path = config_path
         self._proxy_port_override = proxy_port
         self._admin_port_override = admin_port
@@ -55,7 +59,8 @@ class Server:
         cfg = self.config
         self.runtime = await open_runtime(cfg, config_path=self.config_path)
         port = cfg.listen.port if self._proxy_port_override is None else self._proxy_port_override
-        self.proxy = await start_proxy(self.runtime, cfg.listen.host, port)
+        reuse = self.worker is not None
+        self.proxy = await start_proxy(self.runtime, cfg.listen.host, port, reuse_port=reuse)
         self.proxy_port = self.proxy.port
         token = os.environ.get(cfg.admin.token_env) or None
         app = create_admin_app(self.runtime, token=token)
@@ -64,7 +69,9 @@ class Server:
         aport = self._admin_port_override
         if aport is None:
             aport = cfg.admin.listen.port
-        self._admin_site = web.TCPSite(self._admin_runner, cfg.admin.listen.host, aport)
+        self._admin_site = web.TCPSite(
+            self._admin_runner, cfg.admin.listen.host, aport, reuse_port=reuse or None
+        )
         await self._admin_site.start()
         server = self._admin_site._server
         sockets = getattr(server, "sockets", None) or []
@@ -77,7 +84,8 @@ class Server:
         # the data plane is compiled with mypyc by a regular install, pure Python otherwise
         build = "pure Python" if proxy_module.__file__.endswith(".py") else "compiled"
         log.info(
-            "modelrouter serving on %s:%d (admin %s:%d), %d routes, %s data plane",
+            "modelrouter %sserving on %s:%d (admin %s:%d), %d routes, %s data plane",
+            "" if self.worker is None else f"worker {self.worker} (pid {os.getpid()}) ",
             cfg.listen.host,
             self.proxy_port,
             cfg.admin.listen.host,
@@ -86,13 +94,19 @@ class Server:
             build,
         )
 
-    async def reload(self) -> None:
+    async def reload(self, follow: bool = False) -> None:
+        """Reload the config file (SIGHUP). `follow`: another worker reloaded and recorded it;
+        this one applies the same file without a second audit entry (SIGUSR2)."""
         from router.config import ConfigError
 
         try:
-            changes = await self.runtime.reload_from_file(actor="signal", reason="SIGHUP")
+            changes = await self.runtime.reload_from_file(
+                actor="signal", reason="SIGHUP", record=not follow
+            )
         except ConfigError as e:
             log.error("reload rejected, the old config keeps serving:\n%s", "\n".join(e.errors))
+            if follow:
+                return  # the file changed again since; the worker that reloaded says so
             await self.runtime.audit.record(
                 "*", "reload_rejected", "signal", "SIGHUP", errors=len(e.errors)
             )
@@ -108,6 +122,8 @@ class Server:
             self.runtime.draining = True
         if self.proxy is not None:
             await self.proxy.drain(timeout)
+        if self.runtime is not None:
+            self.runtime.metrics.sync_files()  # --workers: the drained requests count too
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if self.runtime is not None:
@@ -124,10 +140,22 @@ class Server:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        sigs = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+        chores: list[asyncio.Task[None]] = []
+        if self.worker is not None:
+            from router.workers import worker_chores
+
+            loop.add_signal_handler(
+                signal.SIGUSR2, lambda: asyncio.ensure_future(self.reload(follow=True))
+            )
+            sigs.append(signal.SIGUSR2)
+            chores = worker_chores(self, stop)
         await stop.wait()
         log.info("draining: finishing in-flight requests (up to %.0fs)", DRAIN_TIMEOUT)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in sigs:
             loop.remove_signal_handler(sig)
+        for t in chores:
+            t.cancel()
         await self.drain_and_stop()
         log.info("stopped")
 
@@ -153,6 +181,7 @@ def run_server(server: Server) -> None:
 def serve_main(config_path: str, workers: int = 1) -> int:
     """Entry point of `modelrouter serve`; returns the process exit code."""
     from router.config import ConfigError, load_config
+    from router.store import StoreError
 
     setup_logging()
     try:
@@ -162,15 +191,15 @@ def serve_main(config_path: str, workers: int = 1) -> int:
             print(line, file=sys.stderr)
         return 2
     if workers != 1:
-        print(
-            "modelrouter: --workers N > 1 is not supported yet: one process serves ~20k "
-            "requests/s; run several replicas behind a load balancer with `state: {store: "
-            "redis}` to scale out",
-            file=sys.stderr,
-        )
-        return 2
+        from router.workers import supervise
+
+        return supervise(config, config_path, workers)
     try:
         run_server(Server(config, config_path))
+    except StoreError as e:
+        # unusable state store at start: one line saying which and what to do, no traceback
+        print(f"modelrouter: cannot start: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"modelrouter: cannot start: {e}", file=sys.stderr)
         return 1

@@ -181,7 +181,15 @@ def simulate_main(
     out: str | None = None,
     as_json: bool = False,
 ) -> int:
-    """Run a scenario; 0 on success, 2 on a bad scenario (every error printed, no traceback)."""
+    """Run a scenario; 0 on success, 2 on a bad scenario (every error printed, no traceback).
+
+    A file with a top-level `experiment:` block is an A/B planning scenario (see
+    `router.experiment_cli`); there `horizon` overrides the users and `seeds` the replications.
+    """
+    from router.experiment_cli import experiment_main, is_experiment_scenario
+
+    if is_experiment_scenario(path):
+        return experiment_main(path, users=horizon, replications=seeds, out=out, as_json=as_json)
     try:
         s = load_scenario(path)
     except ScenarioError as e:

@@ -20,9 +20,9 @@ from policies.spec import (
     StateConfig,
 )
 from router.config.reader import NAME_RE, ConfigError, Reader, read_yaml
-from router.config.routes import read_backend, read_routes
+from router.config.routes import BACKEND_KEYS, read_backend, read_routes
 from router.config.values import Refs, address, read_params
-from router.store import DEFAULT_STORE, STORE_KINDS
+from router.store import DEFAULT_STORE, LEASE, STORE_KINDS
 
 SUPPORTED_VERSION: Final = 1
 MAX_CONFIG_BYTES: Final = 16 * 1024 * 1024  # a larger file is refused before it is read
@@ -55,14 +55,17 @@ _LIMIT_KEYS: Final = (
 def _state(r: Reader) -> StateConfig:
     """``state``: the store kind, then every store kind's declared keys (see router.store)."""
     params = tuple({p.name: p for k in STORE_KINDS.values() for p in k.params}.values())
-    m = r.mapping(("store", *(p.name for p in params)))
+    m = r.mapping(("store", LEASE.name, *(p.name for p in params)))
     store = m["store"].choice(tuple(STORE_KINDS), DEFAULT_STORE)
     values = read_params(m, params, optional=True)
+    lease = m[LEASE.name].duration(10.0)
+    if lease is not None and not 0.5 <= lease <= 600:
+        m[LEASE.name].error(f"must be between 0.5s and 600s, got {lease:g}s")
     if not m.quiet:
         for p in STORE_KINDS[store].params:
             if p.required and values[p.name] is None and p.name not in m:
                 m.error(f"store: {store} needs {p.name} (e.g. {p.example})")
-    return StateConfig(store, **values)  # type: ignore[arg-type]
+    return StateConfig(store, **values, lease=lease)  # type: ignore[arg-type]
 
 
 def _config(root: Reader) -> Config:
@@ -120,7 +123,7 @@ def _config(root: Reader) -> Config:
                 f"invalid backend name {name!r}: use letters, digits, '_', '.', '-' "
                 "(at most 64, starting with a letter or digit)"
             )
-        bmap = br.mapping(("url", "version", "timeout", "health", "rewrite"), required=True)
+        bmap = br.mapping(BACKEND_KEYS, required=True)
         backends[name] = read_backend(name, bmap)
     if m["backends"].present and not bm.quiet and not backends:
         m["backends"].error("must define at least one backend")

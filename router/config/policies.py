@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Callable, Collection
 from typing import Final, Literal
 
@@ -15,6 +16,7 @@ import yaml
 
 from policies import bandits, contextual
 from policies.checks import CHECK_KINDS
+from policies.guardrails import GUARDRAIL_METRICS, GuardrailSpec
 from policies.params import Param
 from policies.spec import (
     POLICY_KINDS,
@@ -45,6 +47,7 @@ WEBHOOK_EVENTS: Final = (
     "rolled_back",
     "switched",
     "blessed",
+    "retried",
 )
 
 
@@ -52,6 +55,7 @@ _REWARD_TYPES: Final[tuple[Literal["binary", "continuous"], ...]] = ("binary", "
 _REWARD_FROM: Final[tuple[Literal["feedback", "response"], ...]] = ("feedback", "response")
 _GATES: Final[tuple[Literal["auto", "manual"], ...]] = ("auto", "manual")
 _COMPARE: Final[tuple[Literal["sequential", "none"], ...]] = ("sequential", "none")
+_ON_INCONCLUSIVE: Final[tuple[Literal["pause", "rollback"], ...]] = ("pause", "rollback")
 _TESTS: Final[tuple[Literal["z_test", "welch_t", "msprt", "bayesian"], ...]] = (
     "z_test",
     "welch_t",
@@ -185,13 +189,29 @@ def _check(r: Reader) -> Check:
 
 
 def _analysis(r: Reader) -> AnalysisSpec:
-    m = r.mapping(("min_requests", "failure_limit", "checks", "compare", "alpha"))
+    m = r.mapping(
+        (
+            "min_requests",
+            "failure_limit",
+            "checks",
+            "compare",
+            "alpha",
+            "confidence",
+            "inconclusive_limit",
+            "on_inconclusive",
+            "progress_deadline",
+        )
+    )
     return AnalysisSpec(
         min_requests=m["min_requests"].integer(100, min=1),
         failure_limit=m["failure_limit"].integer(2, min=1),
         checks=tuple(_check(c) for c in m["checks"].sequence()),
         compare=m["compare"].choice(_COMPARE, "none"),
         alpha=m["alpha"].number(0.05, gt=0, max=0.5),
+        confidence=m["confidence"].number(0.95, min=0.5, max=0.9999),
+        inconclusive_limit=m["inconclusive_limit"].integer(5, min=0),
+        on_inconclusive=m["on_inconclusive"].choice(_ON_INCONCLUSIVE, "pause"),
+        progress_deadline=m["progress_deadline"].duration(None),
     )
 
 
@@ -299,12 +319,26 @@ def _ab_test(m: MapReader, refs: Refs) -> ABTestSpec:
             )
     else:
         split = dict.fromkeys(arms, 1.0)
-    t = m["test"].mapping(("method", "alpha", "min_samples", "tau"))
+    t = m["test"].mapping(("method", "alpha", "min_samples", "mixing_sd", "tau"))
+    mixing_sd = t["mixing_sd"].number(None, gt=0)
+    tau = t["tau"].number(None, gt=0)
+    if tau is not None:
+        if mixing_sd is not None:
+            t["tau"].error(
+                "give mixing_sd only: tau is the old name (a variance) of the same setting"
+            )
+        else:
+            mixing_sd = math.sqrt(tau)
+            t["tau"].warn(
+                f"tau is deprecated: it was a variance here but a standard deviation on "
+                f"canaries; read as mixing_sd: {mixing_sd:.6g} (a standard deviation in reward "
+                "units) - write that instead"
+            )
     test = TestSpec(
         method=t["method"].choice(_TESTS, "msprt"),
         alpha=t["alpha"].number(0.05, gt=0, max=0.5),
         min_samples=t["min_samples"].integer(1000, min=1),
-        tau=t["tau"].number(None, gt=0),
+        mixing_sd=mixing_sd,
     )
     return ABTestSpec(
         arms=arms,
@@ -312,7 +346,57 @@ def _ab_test(m: MapReader, refs: Refs) -> ABTestSpec:
         reward=_reward(m["reward"]),
         test=test,
         conclude=m["conclude"].choice(_CONCLUDE, "none"),
+        guardrails=_guardrails(m["guardrails"]),
     )
+
+
+_GUARDRAIL_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "error_rate": ("metric", "name", "max", "max_increase"),
+    "latency": ("metric", "name", "max", "percentile"),
+    "reward": ("metric", "name", "max", "min", "max_increase", "max_decrease", "type"),
+}
+
+
+def _guardrails(r: Reader) -> tuple[GuardrailSpec, ...]:
+    """`guardrails:` a list of {metric, limit}; see policies.guardrails."""
+    out: list[GuardrailSpec] = []
+    names: set[str] = set()
+    for item in r.sequence():
+        m = item.mapping(required=True)
+        metric = m["metric"].choice_required(GUARDRAIL_METRICS)
+        if metric is None:
+            continue
+        m.restrict(_GUARDRAIL_KEYS[metric], context=f"metric {metric}")
+        if "name" in m:
+            name = m["name"].name("guardrail name")
+        elif metric == "reward":
+            m.error("metric reward: needs name (the key in feedback's `metrics` object)")
+            continue
+        else:
+            name = ""
+        is_latency = metric == "latency"
+        kwargs = {
+            "max": m["max"].duration(None) if is_latency else m["max"].number(None),
+            "min": m["min"].number(None),
+            "max_increase": m["max_increase"].number(None, min=0),
+            "max_decrease": m["max_decrease"].number(None, min=0),
+        }
+        try:
+            g = GuardrailSpec(
+                metric,
+                name=name,
+                percentile=m["percentile"].number(99.0, gt=0, lt=100),
+                binary=m["type"].choice(("binary", "continuous"), "continuous") == "binary",
+                **kwargs,
+            )
+        except ValueError as e:
+            m.error(str(e))
+            continue
+        if g.label in names:
+            m.error(f"duplicate guardrail '{g.label}'; give each a distinct name")
+        names.add(g.label)
+        out.append(g)
+    return tuple(out)
 
 
 def _bandit(m: MapReader, refs: Refs) -> BanditSpec:
@@ -337,6 +421,7 @@ def _bandit(m: MapReader, refs: Refs) -> BanditSpec:
         params=params,
         min_share=min_share,
         discount=m["discount"].number(1.0, gt=0, max=1),
+        guardrails=_guardrails(m["guardrails"]),
     )
 
 
@@ -414,8 +499,17 @@ _POLICY_KEYS: Final[dict[str, tuple[str, ...]]] = {
         "gate",
         "webhooks",
     ),
-    "ab_test": ("kind", "arms", "split", "reward", "test", "conclude"),
-    "bandit": ("kind", "arms", "algorithm", "reward", "params", "min_share", "discount"),
+    "ab_test": ("kind", "arms", "split", "reward", "test", "conclude", "guardrails"),
+    "bandit": (
+        "kind",
+        "arms",
+        "algorithm",
+        "reward",
+        "params",
+        "min_share",
+        "discount",
+        "guardrails",
+    ),
     "contextual_bandit": ("kind", "arms", "algorithm", "params", "features", "reward"),
 }
 _POLICY_PARSERS: Final[dict[str, Callable[[MapReader, Refs], PolicySpec]]] = {

@@ -4,16 +4,21 @@ retries, mirror (the policy itself is read by `router.config.policies`)."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Final
 
 from policies.spec import (
+    ABTestSpec,
+    Address,
     BackendConfig,
     HealthConfig,
     Match,
     Mirror,
+    OutlierDetection,
     Override,
     OverrideKind,
     Retries,
+    RetryBudget,
     Rewrite,
     RouteConfig,
     Sticky,
@@ -36,26 +41,64 @@ _OVERRIDE_KINDS: Final[tuple[OverrideKind, ...]] = (
 )
 
 
-def read_backend(name: str, m: MapReader) -> BackendConfig:
-    url_r = m["url"]
-    url = url_r.string()
-    host, port, base = "", 80, ""
-    parts = split_url(url_r, url) if url else None
+BACKEND_KEYS: Final = (
+    "url",
+    "endpoints",
+    "version",
+    "timeout",
+    "health",
+    "rewrite",
+    "outlier_detection",
+    "retry_budget",
+)
+
+
+def _endpoint_url(r: Reader, url: str) -> tuple[str, int, str] | None:
+    """(host, port, base path) of one backend URL, or None after reporting what is wrong."""
+    parts = split_url(r, url) if url else None
     if parts is None:
-        pass
-    elif parts.scheme == "https":
-        url_r.error(
+        return None
+    if parts.scheme == "https":
+        r.error(
             f"https upstreams are not supported yet (no TLS to backends); use http:// or a "
             f"local TLS sidecar, got {url!r}"
         )
     elif parts.scheme != "http" or not parts.host:
-        url_r.error(f"expected http://host:port[/base], got {url!r}")
+        r.error(f"expected http://host:port[/base], got {url!r}")
     elif parts.extra:
-        url_r.error(f"must be http://host:port[/base] without user, query or fragment, got {url!r}")
+        r.error(f"must be http://host:port[/base] without user, query or fragment, got {url!r}")
     elif parts.port == 0:
-        url_r.error(f"port must be 1-65535, got 0 in {url!r}")
+        r.error(f"port must be 1-65535, got 0 in {url!r}")
     else:
-        host, port, base = parts.host, parts.port or 80, parts.path.rstrip("/")
+        return parts.host, parts.port or 80, parts.path.rstrip("/")
+    return None
+
+
+def read_backend(name: str, m: MapReader) -> BackendConfig:
+    url_r, eps_r = m["url"], m["endpoints"]
+    if url_r.present and eps_r.present:
+        m.error("give either 'url' (one endpoint) or 'endpoints' (a list of URLs), not both")
+    items = eps_r.sequence(min_len=1) if eps_r.present else [url_r]
+    urls: list[str] = []
+    addrs: list[Address] = []
+    base: str | None = None
+    for r in items:
+        url = r.string()
+        parsed = _endpoint_url(r, url)
+        if parsed is None:
+            continue
+        host, port, path = parsed
+        if base is None:
+            base = path
+        elif path != base:
+            r.error(f"every endpoint of a backend must have the same path: {base!r}, got {path!r}")
+            continue
+        if Address(host, port) in addrs:
+            r.error(f"duplicate endpoint {host}:{port}")
+            continue
+        urls.append(url)
+        addrs.append(Address(host, port))
+    host, port = (addrs[0].host, addrs[0].port) if addrs else ("", 80)
     version = _version(m["version"])
     health = None
     if m["health"].present:
@@ -67,15 +110,68 @@ def read_backend(name: str, m: MapReader) -> BackendConfig:
         rewrite = Rewrite(abs_path(w["from"]), abs_path(w["to"]))
     return BackendConfig(
         name=name,
-        url=url,
+        url=urls[0] if urls else "",
         scheme="http",
         host=host,
         port=port,
-        base_path=base,
+        base_path=base or "",
         version=version,
         timeout=m["timeout"].duration(30.0),
         health=health,
         rewrite=rewrite,
+        endpoints=tuple(addrs) if len(addrs) > 1 else (),
+        outlier=_outlier(m["outlier_detection"]),
+        retry_budget=_retry_budget(m["retry_budget"]),
+    )
+
+
+_OUTLIER_KEYS: Final = (
+    "consecutive_5xx",
+    "consecutive_local_origin_failure",
+    "failure_status",
+    "base_ejection_time",
+    "max_ejection_time",
+    "max_ejection_percent",
+)
+
+
+def _status_code(r: Reader) -> int:
+    return r.integer(min=400, max=599)
+
+
+def _outlier(r: Reader) -> OutlierDetection:
+    d = OutlierDetection()
+    if not r.present:
+        return d
+    m = r.mapping(_OUTLIER_KEYS)
+    base = m["base_ejection_time"].duration(d.base_ejection_time)
+    max_r = m["max_ejection_time"]
+    most = max_r.duration(max(d.max_ejection_time, base))
+    if most < base:
+        max_r.error(f"must be at least base_ejection_time ({base:g}s), got {most:g}s")
+        most = base
+    return OutlierDetection(
+        consecutive_5xx=m["consecutive_5xx"].integer(d.consecutive_5xx, min=0),
+        consecutive_local_origin_failure=m["consecutive_local_origin_failure"].integer(
+            d.consecutive_local_origin_failure, min=0
+        ),
+        failure_status=frozenset(_status_code(x) for x in m["failure_status"].sequence()),
+        base_ejection_time=base,
+        max_ejection_time=most,
+        max_ejection_percent=m["max_ejection_percent"].number(
+            d.max_ejection_percent, min=0, max=100
+        ),
+    )
+
+
+def _retry_budget(r: Reader) -> RetryBudget:
+    d = RetryBudget()
+    if not r.present:
+        return d
+    m = r.mapping(("budget_percent", "min_retries"))
+    return RetryBudget(
+        budget_percent=m["budget_percent"].number(d.budget_percent, min=0, max=100),
+        min_retries=m["min_retries"].integer(d.min_retries, min=0),
     )
 
 
@@ -175,13 +271,24 @@ def _sticky(r: Reader) -> Sticky | None:
 def _retries(r: Reader) -> Retries:
     if not r.present:
         return Retries()
-    m = r.mapping(("attempts", "on"))
-    on = (
-        frozenset(x.choice(RETRY_ON) for x in m["on"].sequence(min_len=1))
-        if "on" in m
-        else Retries().on
+    m = r.mapping(("attempts", "on", "non_idempotent"))
+    on = Retries().on
+    status: set[int] = set()
+    if "on" in m:
+        words: set[str] = set()
+        for x in m["on"].sequence(min_len=1):
+            v = x.value()
+            if isinstance(v, int) and not isinstance(v, bool):
+                status.add(_status_code(x))  # a status to retry, e.g. 404 or 503
+            else:
+                words.add(x.choice(RETRY_ON))
+        on = frozenset(words)
+    return Retries(
+        attempts=m["attempts"].integer(0, min=0, max=5),
+        on=on,
+        status=frozenset(status),
+        non_idempotent=m["non_idempotent"].boolean(False),
     )
-    return Retries(attempts=m["attempts"].integer(0, min=0, max=5), on=on)
 
 
 def _mirror(r: Reader, refs: Refs) -> Mirror | None:
@@ -207,12 +314,16 @@ _ROUTE_KEYS: Final = (
 
 def _route(r: Reader, refs: Refs) -> RouteConfig:
     m = r.mapping(_ROUTE_KEYS, required=True)
+    policy = read_policy(m["policy"], refs)
+    sticky = _sticky(m["sticky"])
+    if isinstance(policy, ABTestSpec) and sticky is not None:
+        policy = replace(policy, sticky=True)  # users are randomised: analyse users
     return RouteConfig(
         name=m["name"].name("route name"),
         match=_match(m["match"]),
-        policy=read_policy(m["policy"], refs),
+        policy=policy,
         overrides=tuple(_override(o, refs) for o in m["overrides"].sequence()),
-        sticky=_sticky(m["sticky"]),
+        sticky=sticky,
         retries=_retries(m["retries"]),
         timeout=m["timeout"].duration(None),
         mirror=_mirror(m["mirror"], refs),

@@ -9,6 +9,7 @@ from collections.abc import Collection, Sequence
 from typing import NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
+from policies.checks import parse_statuses
 from policies.params import Param
 from policies.spec import Address
 from router.config.reader import TOKEN_RE, MapReader, Reader
@@ -131,6 +132,8 @@ def read_params(
                 value = r.number(_num(default), min=p.min, gt=p.gt, max=p.max)
         elif p.type == "duration":
             value = r.duration() if required else r.duration(_num(default))
+        elif p.type == "statuses":
+            value = _statuses(r) if r.present else (_str(default) if defaults else None)
         else:
             pattern = re.compile(p.pattern) if p.pattern else None
             if required:
@@ -141,6 +144,20 @@ def read_params(
                 value = http_url(r, value) if value else None
         out[p.name] = value
     return out
+
+
+def _statuses(r: Reader) -> str | None:
+    """A list of status codes and classes (`[5xx, 404]`, or `"5xx,404"`), canonical text."""
+    raw = r.value()
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list):
+        r.error("must be a list of status codes or classes, e.g. [5xx, 404]")
+        return None
+    try:
+        return parse_statuses(items)
+    except ValueError as e:
+        r.error(str(e))
+        return None
 
 
 def _num(x: float | str | None) -> float | None:

@@ -8,5 +8,9 @@ exchange  Exchange: one request and its response through the proxy (retries, tim
 upstream  UpstreamPool and UpstreamConnection: keep-alive connections to one backend
 feedback  the /_modelrouter/feedback endpoint
 mirror    shadow traffic to a route's mirror backend
+endpoints a backend's endpoints: one pool each, balancing, outlier detection, retry budget
+balance   pure: least-outstanding / power-of-two-choices endpoint picking
+outlier   pure: Envoy-style outlier ejection of endpoints
+retry     pure: what may be sent twice, and the retry budget
 answers   status lines and the JSON answers the proxy sends itself
 """

@@ -17,9 +17,12 @@ from typing import TYPE_CHECKING, Final
 
 from router.dataplane.answers import STATUS_LINES, error_body, error_response, status_line
 from router.dataplane.mirror import capture_primary, resolve_primary, send_copy
-from router.dataplane.upstream import PoolFull, UpstreamConnection, UpstreamPool, pool_for
+from router.dataplane.retry import IDEMPOTENT_METHODS
+from router.dataplane.upstream import PoolFull, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
+    from router.dataplane.balance import Endpoint
+    from router.dataplane.endpoints import EndpointGroup
     from router.dataplane.listener import ClientProtocol
     from router.dataplane.mirror import Mirrorer
     from router.dataplane.seam import Request, Route, Selection
@@ -55,6 +58,8 @@ _ERR_504: Final = error_body(504, "upstream timeout")
 ERR_500: Final = error_body(500, "internal error")
 
 _RETRY_ON: Final = {"connect": "connect-failure", "reset": "reset", "timeout": "timeout"}
+_LOCAL_ERROR: Final = {v: k for k, v in _RETRY_ON.items()}  # retry reason -> upstream error
+_IDEMPOTENT: Final = frozenset(m.encode() for m in IDEMPOTENT_METHODS)
 
 _last_warn: dict[str, float] = {}
 
@@ -77,7 +82,11 @@ class Exchange:
     req: Request | None = None
     route: Route | None  # set in __init__: mypyc drops class-level defaults of protocol type
     sel: Selection | None = None
-    pool: UpstreamPool | None = None
+    pool: UpstreamPool | None = None  # the pool of the current attempt's endpoint
+    group: EndpointGroup | None = None  # the endpoints of sel.backend
+    ep: Endpoint | None = None  # the current attempt's endpoint
+    counting = False  # the current attempt counts in ep.outstanding
+    sent = False  # some byte of the current attempt may have reached the upstream
     conn: UpstreamConnection | None = None
     state = S_WAIT
     pending: tuple[int, bytes] | None = None  # an answer of our own, instead of proxying
@@ -197,13 +206,20 @@ class Exchange:
             self.pending = (500, ERR_500)
             return
         backend = sel.backend
-        if not backend.up:
+        group = backend.group
+        ep = group.balancer.pick() if backend.up else None
+        if ep is None:
             self.pending = (503, _ERR_503_DOWN)
             return
-        pool = backend.pool
-        if not isinstance(pool, UpstreamPool) or pool.cfg is not backend.cfg:
-            pool = pool_for(backend, self.proto.limits)
-        self.pool = pool
+        self.group = group
+        self._use(ep)
+
+    def _use(self, ep: Endpoint) -> None:
+        """Send the next attempt to `ep` (of self.group): its pool, its request head."""
+        self.ep = ep
+        group = self.group
+        assert group is not None
+        pool = self.pool = group.pools[ep.index]
         target = self.target if pool.plain_target else pool.target(self.target)
         parts = [self.method, b" ", target, pool.host_line]
         parts += self.head_pieces
@@ -239,12 +255,21 @@ class Exchange:
             return
         self._arm_timer()
         self.attempts = route.cfg.retries.attempts
+        if self.attempts:
+            group = self.group
+            assert group is not None
+            group.budget.request(self.start)
         self._attempt(fresh=False)
 
     def _attempt(self, fresh: bool) -> None:
         self.state = S_CONNECTING
         pool = self.pool
         assert pool is not None
+        ep = self.ep
+        assert ep is not None
+        ep.outstanding += 1
+        self.counting = True
+        self.sent = False
         try:
             conn = pool.acquire(self, fresh=fresh)
         except PoolFull:
@@ -256,9 +281,17 @@ class Exchange:
                 return
             self._send_request(conn)
 
+    def _end_attempt(self) -> None:
+        if self.counting:
+            self.counting = False
+            ep = self.ep
+            assert ep is not None
+            ep.outstanding -= 1
+
     def _send_request(self, conn: UpstreamConnection) -> None:
         self.conn = conn
         self.state = S_SENDING
+        self.sent = True
         if self.is_head:
             conn.skip_body = True
         if self.proto.write_paused:
@@ -314,13 +347,15 @@ class Exchange:
             self.check_at = at
             return
         self.proto.server.inflight.discard(self)
+        if self.ep is not None and self.group is not None and not self.resp_started:
+            self.group.local_failure(self.ep, "timeout", now)
         self._fail("timeout", retryable=deadline is None or now < deadline)
 
     # ---- upstream events (upstream.UpstreamUser) ------------------------------------------------
 
     def u_connected(self, conn: UpstreamConnection) -> None:
-        if self.state != S_CONNECTING or self.proto.lost:
-            self.pool.release(conn, True) if self.pool is not None else conn.close()
+        if self.state != S_CONNECTING or self.proto.lost or conn.pool is not self.pool:
+            conn.pool.release(conn, True)  # (a pool this exchange has left: back to it)
             return
         self.last_io = self.loop.time()
         self._send_request(conn)
@@ -329,7 +364,10 @@ class Exchange:
         if self.state != S_CONNECTING:
             return
         name = self._backend_name()
-        _warn("connect:" + name, "cannot connect to backend %s: %s", name, exc)
+        ep, group = self.ep, self.group
+        assert ep is not None and group is not None
+        _warn("connect:" + name, "cannot connect to backend %s at %s: %s", name, ep.address, exc)
+        group.local_failure(ep, "connect-failure", self.loop.time())
         self._fail("connect")
 
     def u_activity(self) -> None:
@@ -337,17 +375,20 @@ class Exchange:
 
     def u_head(self, conn: UpstreamConnection) -> None:
         status = conn.status
-        sel, route = self.sel, self.route
-        assert sel is not None and route is not None
-        if (
-            status >= 500
-            and self.attempts > 0
-            and self.kept is not None
-            and "5xx" in route.cfg.retries.on
-        ):
-            self.attempts -= 1
-            self._retry(fresh=False)
-            return
+        sel, route, group, ep = self.sel, self.route, self.group, self.ep
+        assert sel is not None and route is not None and group is not None and ep is not None
+        group.answered(ep, status, self.last_io)
+        if status >= 400 and self.attempts > 0:
+            rc = route.cfg.retries
+            reason = None
+            if status >= 500 and "5xx" in rc.on:
+                reason = "5xx"
+            elif status in rc.status:
+                reason = "retriable-status"
+            if reason is not None and self._maybe_retry(reason, status):
+                return
+            sel = self.sel
+            assert sel is not None
         self.status = status
         self.resp_started = True
         proto = self.proto
@@ -408,6 +449,7 @@ class Exchange:
         assert pool is not None
         end = self.last_io  # when the last bytes of the answer arrived (and left, just now)
         pool.release(conn, self.req_done and not self.is_head and conn.reusable(), end)
+        self._end_attempt()
         self.state = S_DONE
         if self.primary is not None:
             resolve_primary(self)
@@ -429,24 +471,37 @@ class Exchange:
         if self.resp_started and not conn.chunked and conn.clen is None and not self.is_head:
             self.u_done(conn)  # body delimited by the close: this is its end
             return
+        route = self.route
+        assert route is not None
         if (
             conn.reused
             and not conn.got_bytes
             and self.stale_retry
             and self.kept is not None
             and not self.resp_started
+            and (self.method in _IDEMPOTENT or route.cfg.retries.non_idempotent)
         ):
-            self.stale_retry = False  # a stale keep-alive connection: once more, on a fresh one
+            # a kept-alive connection closed as the request went out (the upstream's idle
+            # timeout, or it died): once more on a fresh connection to the same endpoint. Only
+            # for requests that may be sent twice: the upstream may have read this one.
+            self.stale_retry = False
+            self.proto.runtime.metrics.retry(route.name, self._backend_name(), "connection-closed")
+            self._end_attempt()
             self._retry(fresh=True, drop=False)
             return
         name = self._backend_name()
+        ep, group = self.ep, self.group
+        assert ep is not None and group is not None
         _warn(
             "reset:" + name,
-            "backend %s closed the connection%s: %s",
+            "backend %s at %s closed the connection%s: %s",
             name,
-            " mid-response" if self.resp_started else "",
+            ep.address,
+            " mid-response" if self.resp_started else " without answering",
             exc or "EOF",
         )
+        if not self.resp_started:  # a cut-off body is the client's loss, not counted twice
+            group.local_failure(ep, "reset", self.loop.time())
         self._fail("reset")
 
     def u_error(self, conn: UpstreamConnection, exc: BaseException) -> None:
@@ -476,6 +531,53 @@ class Exchange:
             conn.close()
         self.proto.resume(P_UPSTREAM)
 
+    def _maybe_retry(self, reason: str, status: int) -> bool:
+        """Send the request again (elsewhere if possible) if the rules allow; False if not.
+
+        Rules: attempts left, the body still held, nothing sent to the client yet, a method
+        that may be sent twice if bytes may have reached the upstream (or the route's
+        `non_idempotent`), somewhere to send it, and — if bytes may have reached the
+        upstream — the backend's retry budget.
+        """
+        route = self.route
+        if self.attempts <= 0 or self.kept is None or self.resp_started or route is None:
+            return False
+        if self.sent and not (self.method in _IDEMPOTENT or route.cfg.retries.non_idempotent):
+            return False
+        failed, group, sel = self.ep, self.group, self.sel
+        assert failed is not None and group is not None and sel is not None
+        metrics = self.proto.runtime.metrics
+        ep = group.balancer.pick(avoid=failed)
+        # the budget bounds the load retries add upstream: a connect that failed added none
+        if self.sent and not group.budget.try_retry(self.loop.time()):
+            metrics.retry_budget_exhausted(route.name, sel.backend.name)
+            return False
+        if ep is None or ep is failed:
+            # no other endpoint of this backend: another arm, as the route's policy chooses
+            new = route.reselect(sel, self.req)
+            other = new.backend.group.balancer.pick() if new is not None else None
+            if new is not None and other is not None:
+                self.sel, self.group, ep = new, new.backend.group, other
+        if ep is None:
+            return False
+        self.attempts -= 1
+        metrics.retry(route.name, sel.backend.name, reason)
+        try:
+            route.attempt_failed(
+                sel, status, self.loop.time() - self.start, _LOCAL_ERROR.get(reason)
+            )
+        except Exception:
+            log.exception("route %r: recording a failed attempt failed", route.name)
+        self._end_attempt()
+        if self.state == S_CONNECTING and self.pool is not None:
+            self.pool.cancel(self)
+        self._drop_conn()
+        # the same endpoint again after a connection failure: not on another pooled connection
+        fresh = ep is failed and reason in ("connect-failure", "reset", "timeout")
+        self._use(ep)
+        self._retry(fresh=fresh, drop=False)
+        return True
+
     def _retry(self, *, fresh: bool, drop: bool = True) -> None:
         if drop:
             self._drop_conn()
@@ -499,16 +601,14 @@ class Exchange:
             return
         if self.state == S_CONNECTING and self.pool is not None:
             self.pool.cancel(self)
+        reason = _RETRY_ON.get(kind)
         if (
             retryable
-            and not self.resp_started
-            and self.attempts > 0
-            and self.kept is not None
+            and reason is not None
             and self.route is not None
-            and _RETRY_ON.get(kind) in self.route.cfg.retries.on
+            and reason in self.route.cfg.retries.on
+            and self._maybe_retry(reason, 504 if kind == "timeout" else 502)
         ):
-            self.attempts -= 1
-            self._retry(fresh=True)
             return
         self._drop_conn()
         self.error = kind
@@ -533,6 +633,7 @@ class Exchange:
     def respond_error(self, status: int, body: bytes) -> None:
         self.status = status
         self.resp_started = True
+        self._end_attempt()
         if self.conn is not None:
             self._drop_conn()
         if self.state == S_CONNECTING and self.pool is not None:
@@ -597,6 +698,7 @@ class Exchange:
             self.pool.cancel(self)
         if self.state != S_DONE:
             self._drop_conn()
+            self._end_attempt()
             if not self.resp_started:
                 self.status = 499
             self.state = S_DONE

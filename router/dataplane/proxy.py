@@ -136,9 +136,7 @@ class ProxyServer:
                 elif now - c.last_active > idle_t:
                     t.close()
         for b in list(self.runtime.backends.values()):
-            pool = b.pool
-            if pool is not None:
-                pool.sweep(now)
+            b.group.sweep(now)
         interval = min(SWEEP_INTERVAL, head_t / 4, body_t / 4, idle_t / 4)
         self._sweeper = self.loop.call_later(max(TICK, interval), self._sweep)
 

@@ -16,9 +16,10 @@ from urllib.parse import unquote_plus
 if TYPE_CHECKING:
     from policies.base import Context, Decision
     from policies.spec import BackendConfig, Config, RouteConfig
+    from router.dataplane.endpoints import EndpointGroup
     from router.dataplane.mirror import Mirrorer
 
-__all__ = ["Backend", "Metrics", "Pool", "Request", "Route", "Router", "Selection"]
+__all__ = ["Backend", "Metrics", "Request", "Route", "Router", "Selection"]
 
 
 class Request:
@@ -82,26 +83,23 @@ class Request:
         return f"<Request {self.method} {self.path}{'?' + self.query if self.query else ''}>"
 
 
-class Pool(Protocol):
-    """A data plane's connections to one backend, kept on the backend (`Backend.pool`)."""
-
-    @property
-    def cfg(self) -> BackendConfig: ...
-    def sweep(self, now: float) -> None: ...
-    def close(self) -> None: ...
-
-
 class Backend(Protocol):
-    """One configured backend: its config, health, and the data plane's pool slot."""
+    """One configured backend: its config, whether it is up, and its endpoints."""
 
     @property
     def name(self) -> str: ...
     @property
     def cfg(self) -> BackendConfig: ...
     @property
-    def up(self) -> bool: ...
+    def up(self) -> bool:
+        """Some endpoint takes requests (healthy and not ejected)."""
+        ...
 
-    pool: Pool | None  # set by the data plane; the runtime closes it when the backend goes
+    @property
+    def group(self) -> EndpointGroup:
+        """Its endpoints: one connection pool each, balancer, outlier detector, retry budget
+        (built and closed by the runtime, which also feeds it active health checks)."""
+        ...
 
 
 class Selection:
@@ -149,6 +147,16 @@ class Route(Protocol):
     def select(self, req: Request) -> Selection: ...
     def select_plain(self) -> Selection: ...
     def record(self, sel: Selection, status: int, latency: float, error: str | None) -> None: ...
+    def reselect(self, sel: Selection, req: Request | None) -> Selection | None:
+        """Another backend for a retry of `sel` (whose backend failed it), chosen as the
+        route's policy would without that backend; None when there is none."""
+        ...
+
+    def attempt_failed(
+        self, sel: Selection, status: int, latency: float, error: str | None
+    ) -> None:
+        """An attempt failed and is retried: count the error and let the policy see it."""
+        ...
 
 
 class Metrics(Protocol):
@@ -159,6 +167,8 @@ class Metrics(Protocol):
     def connection_refused(self) -> None: ...
     def count_connections(self, count: Callable[[], int]) -> None: ...
     def mirror(self, route: str, backend: str, result: str) -> None: ...
+    def retry(self, route: str, backend: str, reason: str) -> None: ...
+    def retry_budget_exhausted(self, route: str, backend: str) -> None: ...
 
 
 class Router(Protocol):

@@ -11,15 +11,12 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
 from policies.spec import BackendConfig, Limits
 from router.dataplane.head import CLEN, CONN, RESPONSE_HEADERS, TE, connection_tokens, strip_named
-
-if TYPE_CHECKING:
-    from router.dataplane.seam import Backend
 
 __all__ = [
     "HeadTooLarge",
@@ -27,7 +24,6 @@ __all__ = [
     "UpstreamConnection",
     "UpstreamPool",
     "UpstreamUser",
-    "pool_for",
     "rewrite_path",
 ]
 
@@ -261,6 +257,7 @@ class UpstreamPool:
         self.waiters: deque[UpstreamUser] = deque()
         self.size = 0  # open or connecting
         self._tasks: set[asyncio.Task[None]] = set()
+        self._opening: dict[int, asyncio.Task[None]] = {}  # id(user) -> its connect
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         # pre-encoded per backend, used by the proxy for every request
@@ -302,9 +299,13 @@ class UpstreamPool:
         return None
 
     def cancel(self, user: UpstreamUser) -> None:
-        """`user` no longer wants a connection (client gone, timeout)."""
+        """`user` no longer wants a connection (client gone, timeout, retried elsewhere): it
+        gets no callback from this pool any more."""
         with contextlib.suppress(ValueError):
             self.waiters.remove(user)
+        task = self._opening.pop(id(user), None)
+        if task is not None:
+            task.cancel()
 
     def release(self, conn: UpstreamConnection, reusable: bool, now: float = 0.0) -> None:
         """Give back a connection after its response; closed unless `reusable`.
@@ -349,15 +350,28 @@ class UpstreamPool:
     def _connect(self, user: UpstreamUser) -> None:
         task = asyncio.get_running_loop().create_task(self._open(user))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        key = id(user)
+        self._opening[key] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if self._opening.get(key) is t:
+                del self._opening[key]
+
+        task.add_done_callback(done)
 
     async def _open(self, user: UpstreamUser) -> None:
         loop = asyncio.get_running_loop()
+        made: list[UpstreamConnection] = []
+
+        def factory() -> UpstreamConnection:
+            c = UpstreamConnection(self)
+            made.append(c)
+            return c
+
         try:
             async with asyncio.timeout(self.cfg.timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.cfg.host, self.cfg.port
-                )
+                _, conn = await loop.create_connection(factory, self.cfg.host, self.cfg.port)
         except (OSError, TimeoutError) as e:
             self.size -= 1
             if self.waiters and self.size < self.max_connections and not self._closed:
@@ -366,6 +380,9 @@ class UpstreamPool:
             user.u_connect_failed(e)
             return
         except asyncio.CancelledError:
+            for c in made:  # connected just as it was cancelled: closed, counted down here
+                c.counted = False
+                c.close()
             self.size -= 1
             raise
         if conn.closed:  # closed between connect and now
@@ -408,12 +425,3 @@ def rewrite_path(rw_from: bytes | None, rw_to: bytes, path: bytes) -> bytes:
         if not path.startswith(b"/"):
             path = b"/" + path
     return path
-
-
-def pool_for(backend: Backend, limits: Limits) -> UpstreamPool:
-    """The pool of a backend (its `pool` slot), created on first use or config change."""
-    pool = backend.pool
-    if not isinstance(pool, UpstreamPool) or pool.cfg is not backend.cfg:
-        pool = UpstreamPool(backend.cfg, limits)
-        backend.pool = pool
-    return pool

@@ -5,7 +5,10 @@ Engines are built by `ENGINES[kind](route_cfg, services)`; `router/runtime.py` o
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,6 +29,32 @@ if TYPE_CHECKING:
     from router.store.base import Store
 
 
+_NODE: tuple[int, str] | None = None
+
+
+def node_id() -> str:
+    """This process's name in leases and window parts: stable across reloads, new after a fork
+    (each `serve --workers` process is its own node)."""
+    global _NODE
+    pid = os.getpid()
+    if _NODE is None or _NODE[0] != pid:
+        _NODE = (pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}")
+    return _NODE[1]
+
+
+def _always_up(backend: str) -> bool:
+    return True
+
+
+class Decider(Protocol):
+    """Which process decides: token ids start with `prefix` (router.feedback.TokenSigner)."""
+
+    @property
+    def prefix(self) -> str: ...
+
+    def renew_prefix(self) -> str: ...
+
+
 @dataclass
 class Services:
     """What engines may use; injected so tests can swap the clock, the rng or the store."""
@@ -39,6 +68,11 @@ class Services:
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     # set once the event loop runs (router/runtime.py opens it); engines that call out use it
     http: aiohttp.ClientSession | None = None
+    # backend name -> passing health checks (the runtime's view); rollouts fail a down candidate
+    backend_up: Callable[[str], bool] = _always_up
+    node: str = field(default_factory=node_id)
+    # the token signer: learning engines tell the decisions of this process by its prefix
+    decider: Decider | None = None
 
 
 class Engine(Protocol):
@@ -62,6 +96,11 @@ class Engine(Protocol):
         """Whether an override may send a request to `backend` now."""
         ...
 
+    def override_backend(self, backend: str) -> str:
+        """Where an override naming `backend` sends its request (blue-green: the preview
+        override follows the inactive side)."""
+        ...
+
     def make_context(self, req: Request, bucket: int | None) -> Context:
         """The policy's view of one request (called when `reads_request`)."""
         ...
@@ -73,7 +112,12 @@ class Engine(Protocol):
     ) -> None: ...
 
     def feedback(
-        self, arm: str, reward: float, ctx: Context, token_id: str | None = None
+        self,
+        arm: str,
+        reward: float,
+        ctx: Context,
+        token_id: str | None = None,
+        metrics: Mapping[str, float] | None = None,
     ) -> None: ...
 
     def shares(self) -> dict[str, float]: ...
@@ -109,6 +153,9 @@ class EngineBase:
     def admits(self, backend: str) -> bool:
         return True
 
+    def override_backend(self, backend: str) -> str:
+        return backend
+
     def make_context(self, req: Request, bucket: int | None) -> Context:
         return Context(bucket=bucket)
 
@@ -117,7 +164,14 @@ class EngineBase:
     ) -> None:
         return None
 
-    def feedback(self, arm: str, reward: float, ctx: Context, token_id: str | None = None) -> None:
+    def feedback(
+        self,
+        arm: str,
+        reward: float,
+        ctx: Context,
+        token_id: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
         # the feedback endpoint only hands rewards to engines that learn
         raise TypeError(f"route '{self.route}' ({self.kind}) does not take feedback")
 

@@ -1,13 +1,25 @@
 """Engines of the learning kinds (ab_test, bandit, contextual_bandit): policy, rewards, persistence.
 
 The hot path (`choose`, `observe`, `feedback`) is synchronous and touches only the policy and
-in-memory counters. A background tick (every second) pulls accepted feedback from the store
-that this process has not applied yet (other workers or replicas; after a restart, what came
-after the snapshot), refreshes metrics and the A/B test, and persists a snapshot when dirty.
+in-memory counters. A background tick (every second) merges learning state with every other
+process and replica through the store (`policies.merge`):
 
-The snapshot `policy:{route}` holds the policy's sufficient statistics, the regret tracker,
-the feedback watermark (highest store seq folded in) and the ids of decisions applied above the
-watermark, so replay after a crash neither loses nor double-counts an accepted reward.
+- what this process learned since its last flush (decisions, rewards from responses) is added to
+  the shared sums as increments, in one atomic store call that also answers the merged totals,
+  which the policy adopts; counts and sums of one update always travel together;
+- accepted feedback is durable in the store's feedback log before its 202, and is folded into the
+  sums exactly once by whichever process wins the fold (a compare-and-set on the sums' mark, the
+  highest log seq folded, in the same atomic call). The process that received a reward applies it
+  at once for visibility; that effect is provisional and replaced by the totals once folded.
+
+So decisions and rewards add up exactly across processes, store traffic is one merge and one
+feedback read per route per tick (never per request), and a `kill -9` loses at most the
+un-flushed decisions and response rewards of that process (never an accepted reward: a survivor
+or the restart folds it). The `policy:{route}` document keeps what does not add up (an A/B
+test's per-unit statistics, periods, running p-values and winner; guardrail accumulators): as
+before merged sums, every process applies every accepted reward from the log to those (the
+watermark and applied ids in the document make a restart replay them exactly once), while
+decisions and response observations stay with the process that saw them.
 """
 
 from __future__ import annotations
@@ -16,18 +28,22 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from policies import stats as stt
+from policies.abtest import ABTestPolicy
 from policies.base import ArmStats, Context, Decision, LearningPolicy
 from policies.features import FeatureEncoder, json_pointer
+from policies.guardrails import GuardrailSet
+from policies.merge import Arrays, Merger, diff
 from policies.registry import build_encoder, build_policy
 from policies.regret import RegretTracker
 from policies.spec import ABTestSpec, BanditSpec, ContextualSpec, RouteConfig
 from router.engines.base import ActionError, EngineBase, EngineFactory, Services
+from router.feedback import DECIDER_CHARS
 
 if TYPE_CHECKING:
     from router.dataplane.seam import Request
@@ -37,7 +53,8 @@ __all__ = ["ENGINES", "ContextualEngine", "LearningEngine"]
 
 log = logging.getLogger("modelrouter.learning")
 
-_Z95 = 1.959963984540054
+GUARDRAIL_ALPHA = 0.05  # bandit routes have no test alpha of their own
+_HEX = frozenset("0123456789abcdef")
 
 
 class LearningEngine(EngineBase):
@@ -46,6 +63,9 @@ class LearningEngine(EngineBase):
     learns = True
     counts_decisions = True  # choose() counts the arm that really serves
     tick_interval = 1.0  # seconds between feedback pulls / metric refreshes / snapshots
+    # a decider silent this long (while this process flushes fine) is dead: the decisions of
+    # its rewards are counted from them, and its own late flushes are refused (fenced)
+    dead_after = 5.0
 
     def __init__(self, route: RouteConfig, services: Services) -> None:
         spec = route.policy
@@ -78,11 +98,41 @@ class LearningEngine(EngineBase):
         self._applied: dict[str, None] = {}  # ids applied by the handler, not yet seen by a pull
         self._pulled: set[str] = set()  # ids applied by the last two pulls (handler race guard)
         self._pulled_prev: set[str] = set()
+        self._merger = Merger(self._additive, self._load_additive)
+        self._mark = -1  # highest feedback seq folded into the shared sums, as last seen
+        self._cursor = 0  # feedback log read position of the fold (<= _mark after a lost fold)
+        self._folded: set[str] = set()  # ids folded by the last two merges (handler race guard)
+        self._folded_prev: set[str] = set()
+        # token prefixes this process decided under (-> last time current), the meta fields of
+        # the sums (`#flushed:PREFIX`, `#dead:PREFIX`) as last merged, and since when this
+        # process has been flushing without a failure (None: it has not, lately)
+        self._prefixes: dict[str, float] = {}
+        self._meta: dict[str, float] = {}
+        self._healthy_since: float | None = None
+        self._sync_lock = asyncio.Lock()
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
         self._srm_flagged = False
         self._decided = False
         self._test: dict[str, Any] | None = None
+        # guardrails: an A/B policy tests them itself (a failing arm never wins); on bandit
+        # routes the engine does, and caps a failing arm at min_share
+        self._ab = self.policy if isinstance(self.policy, ABTestPolicy) else None
+        guards = spec.guardrails if isinstance(spec, ABTestSpec | BanditSpec) else ()
+        self._guard: GuardrailSet | None = None
+        if self._ab is not None:
+            self._guard_sources = self._ab.guardrails.sources
+        else:
+            if guards:
+                self._guard = GuardrailSet(guards, self.policy.arms, alpha=GUARDRAIL_ALPHA)
+            self._guard_sources = self._guard.sources if self._guard else frozenset()
+        self._reward_guards = frozenset(
+            s.partition(":")[2] for s in self._guard_sources if s.startswith("reward:")
+        )
+        self._min_share = spec.min_share if isinstance(spec, BanditSpec) else 0.0
+        self._failed: frozenset[str] = frozenset()  # arms failing a guardrail (bandit routes)
+        self._failed_seen: frozenset[str] = frozenset()  # already audited
+        self._guard_result: dict[str, Any] = {}
 
     # ---- hot path ---------------------------------------------------------------------------
 
@@ -98,6 +148,10 @@ class LearningEngine(EngineBase):
         backend = self._to_backend[arm]
         if healthy is not None and not all(healthy(b) for b in self.arms):
             d = self._failover(d, healthy)
+            arm = d.arm
+            backend = self._to_backend[arm]
+        if self._failed and arm in self._failed:
+            d = self._cap_failed(d)
             arm = d.arm
             backend = self._to_backend[arm]
         self._metrics.decision(self.route, backend)
@@ -139,37 +193,129 @@ class LearningEngine(EngineBase):
         stats[arm].decisions += 1
         return Decision(arm, min(1.0, share / total))
 
+    def _cap_failed(self, d: Decision) -> Decision:
+        """The pick failed a guardrail: it keeps at most `min_share` of traffic; the rest moves
+        to arms in good standing in proportion to their shares (propensities say so)."""
+        shares = self.policy.shares()
+        cap = self._min_share
+        own = shares.get(d.arm, 0.0)
+        ok = [(a, s) for a, s in shares.items() if a not in self._failed and s > 0.0]
+        total = sum(s for _, s in ok)
+        if own <= cap or not ok or total <= 0.0:
+            return d
+        rng = self.services.rng
+        if float(rng.random()) * own < cap:
+            return Decision(d.arm, cap)
+        excess = sum(max(0.0, s - cap) for a, s in shares.items() if a in self._failed)
+        u = float(rng.random()) * total
+        arm, share = ok[-1]
+        for a, s in ok:
+            u -= s
+            if u < 0.0:
+                arm, share = a, s
+                break
+        stats = self.policy.stats()
+        stats[d.arm].decisions -= 1
+        stats[arm].decisions += 1
+        return Decision(arm, min(1.0, share + excess * share / total))
+
+    def _observe_guard(self, arm: str, source: str, value: float, ctx: Context | None) -> None:
+        if self._ab is not None:
+            self._ab.observe_guardrail(arm, source, value, ctx)
+        elif self._guard is not None:
+            self._guard.observe(arm, source, value)
+        self._dirty = True
+
     def observe(
         self, arm: str, status: int, latency: float, error: str | None, ctx: Context | None = None
     ) -> None:
-        """Outcome of a proxied request; learns from it when the reward comes from the response."""
+        """Outcome of a proxied request: feeds error-rate and latency guardrails, and learns
+        from it when the reward comes from the response."""
+        if self._guard_sources:
+            a = self._to_arm.get(arm)
+            if a is not None:
+                if "error_rate" in self._guard_sources:
+                    bad = error is not None or status >= 500
+                    self._observe_guard(a, "error_rate", 1.0 if bad else 0.0, ctx)
+                if "latency" in self._guard_sources and error is None:
+                    self._observe_guard(a, "latency", latency, ctx)
         if not self._from_response:
             return
         r = self._reward
         ok = error is None and status < r.max_status
         if ok and r.max_latency is not None:
             ok = latency <= r.max_latency
-        self._learn(arm, 1.0 if ok else 0.0, ctx if ctx is not None else Context())
+        self._learn(
+            arm, 1.0 if ok else 0.0, ctx if ctx is not None else Context(), self.policy, self.regret
+        )
 
-    def feedback(self, arm: str, reward: float, ctx: Context, token_id: str | None = None) -> None:
-        """An accepted, already durable reward from the feedback endpoint."""
-        if token_id is not None:
-            if token_id in self._pulled or token_id in self._pulled_prev:
-                return  # a pull got to it first
-            self._applied[token_id] = None
-        self._learn(arm, reward, ctx)
+    def feedback(
+        self,
+        arm: str,
+        reward: float,
+        ctx: Context,
+        token_id: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
+        """An accepted reward (and guardrail metrics) from the feedback endpoint. With
+        `token_id` it is durable in the feedback log, which folds it into the shared sums: its
+        effect on them is provisional here (for immediate visibility), its effect on what does
+        not add up is this process's own. Without one it is this process's own increment."""
+        if token_id is None:
+            self._learn(arm, reward, ctx, self.policy, self.regret)
+            if metrics:
+                self._learn_metrics(arm, metrics, ctx)
+            return
+        if token_id in self._pulled or token_id in self._pulled_prev:
+            return  # a pull got to it first (it applied the rest; a merge folds the sums)
+        self._applied[token_id] = None
+        if token_id in self._folded or token_id in self._folded_prev:
+            self._local_only(lambda: self._learn(arm, reward, ctx, self.policy, RegretTracker()))
+        else:
+            self._merger.provisionally(
+                token_id, lambda: self._learn(arm, reward, ctx, self.policy, self.regret)
+            )
+        if metrics:
+            self._learn_metrics(arm, metrics, ctx)
 
-    def _learn(self, backend: str, reward: float, ctx: Context) -> None:
+    def _local_only(self, apply: Callable[[], None]) -> None:
+        """Run `apply` for what does not add up only: the additive state is put back (the
+        shared sums have, or will get, that part through the merge)."""
+        keep = self.policy.additive()
+        apply()
+        self.policy.load_additive(keep)
+
+    @property
+    def guardrail_metrics(self) -> frozenset[str]:
+        """Names feedback may send in `metrics` (the route's reward guardrails)."""
+        return self._reward_guards
+
+    def _learn_metrics(self, backend: str, metrics: Mapping[str, float], ctx: Context) -> None:
+        arm = self._to_arm.get(backend)
+        if arm is None:
+            return
+        for name, value in metrics.items():
+            if name in self._reward_guards:
+                self._observe_guard(arm, f"reward:{name}", float(value), ctx)
+
+    def _learn(
+        self,
+        backend: str,
+        reward: float,
+        ctx: Context,
+        policy: LearningPolicy,
+        regret: RegretTracker,
+    ) -> None:
         arm = self._to_arm.get(backend)
         if arm is None:
             return
         ctx = self._fit_context(ctx)
         if self._missing is not None:
-            self.policy.update(arm, reward - self._missing, ctx, trial=False)
-            self.regret.reward(arm, reward - self._missing, ctx.label, trial=False)
+            policy.update(arm, reward - self._missing, ctx, trial=False)
+            regret.reward(arm, reward - self._missing, ctx.label, trial=False)
         else:
-            self.policy.update(arm, reward, ctx, trial=True)
-            self.regret.reward(arm, reward, ctx.label, trial=True)
+            policy.update(arm, reward, ctx, trial=True)
+            regret.reward(arm, reward, ctx.label, trial=True)
         self._dirty = True
 
     def _fit_context(self, ctx: Context) -> Context:
@@ -191,9 +337,14 @@ class LearningEngine(EngineBase):
     def status(self) -> dict[str, Any]:
         versions = {n: c.version for n, c in self.services.backends.items()}
         arms: dict[str, Any] = {}
+        test = self._test if self._test is not None else self.policy.result()
+        test_arms = (test or {}).get("arms", {})
         for arm, st in self.policy.stats().items():
             b = self._to_backend[arm]
-            lo, hi = _interval(st, self.reward_type)
+            if arm in test_arms:  # by unit of analysis (users on sticky routes)
+                lo, hi = test_arms[arm]["ci_low"], test_arms[arm]["ci_high"]
+            else:
+                lo, hi = _interval(st, self.reward_type)
             entry: dict[str, Any] = {
                 "version": versions.get(b),
                 "decisions": st.decisions,
@@ -217,9 +368,13 @@ class LearningEngine(EngineBase):
         }
         if self._algorithm is not None:
             out["algorithm"] = self._algorithm
-        test = self._test if self._test is not None else self.policy.result()
         if test is not None:
             out["test"] = test
+            out["unit"] = test.get("unit", "request")
+        else:
+            out["unit"] = "request"
+        if self._guard is not None:
+            out["guardrails"] = self._guard_result or self._guard.result()
         return out
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -228,18 +383,54 @@ class LearningEngine(EngineBase):
     def _key(self) -> str:
         return f"policy:{self.route}"
 
+    @property
+    def _sums_key(self) -> str:
+        return f"{self.route}:{self.kind}"
+
+    def _additive(self) -> Arrays:
+        return {**self.policy.additive(), **self.regret.additive()}
+
+    def _load_additive(self, totals: Arrays) -> None:
+        self.policy.load_additive(totals)
+        self.regret.load_additive(totals)
+        self.regret.forget_arms(set(self.policy.arms))
+
     async def start(self) -> None:
-        snap = await self.services.store.get(self._key)
+        store = self.services.store
+        snap = await store.get(self._key)
+        legacy: Arrays | None = None
+        legacy_mark = -1
         if isinstance(snap, dict) and snap.get("kind") == self.kind:
             try:
                 self.policy.restore(snap.get("policy", {}))
-                self.regret.restore(snap.get("regret", {}))
-                self.regret.forget_arms(set(self.policy.arms))
                 self._watermark = int(snap.get("watermark", 0))
                 self._applied = dict.fromkeys(str(x) for x in snap.get("applied", []))
+                guard = snap.get("guardrails")
+                if self._guard is not None and isinstance(guard, dict):
+                    self._guard.restore(guard)
+                if snap.get("format") != 2:
+                    # a snapshot from before merged sums: its statistics seed the sums once
+                    self.regret.restore(snap.get("regret", {}))
+                    self.regret.forget_arms(set(self.policy.arms))
+                    legacy, legacy_mark = self._additive(), self._watermark
             except (TypeError, ValueError, KeyError) as e:
                 log.warning("route '%s': ignoring an unreadable snapshot: %s", self.route, e)
+        taken = self._merger.take()[1]
+        if legacy is not None:
+            # seeds only where nobody did yet (mark -1): N workers upgrading migrate it once
+            merged = await store.merge(self._sums_key, {}, legacy, -1, legacy_mark)
+        else:
+            merged = await store.merge(self._sums_key, {})
+        self._merger.load(merged.totals, taken)
+        self._mark = merged.mark
+        self._cursor = max(0, merged.mark)
         await self._pull()
+        await self.sync()
+        if self._guard is not None:  # a restored failure caps the arm from the first request
+            self._guard_result = self._guard.result()
+            self._failed = self._failed_seen = frozenset(
+                a for a, g in self._guard_result.get("arms", {}).items() if g.get("failed")
+            )
         self._refresh()
         self._task = asyncio.create_task(self._loop(), name=f"learning:{self.route}")
 
@@ -251,8 +442,9 @@ class LearningEngine(EngineBase):
                 await task
         try:
             await self._pull()
-        except Exception as e:  # the snapshot below still saves what we have
-            log.warning("route '%s': final feedback pull failed: %s", self.route, e)
+            await self.sync()
+        except Exception as e:  # the document below still saves what does not add up
+            log.warning("route '%s': final feedback pull or merge failed: %s", self.route, e)
         await self.persist()
 
     async def _loop(self) -> None:
@@ -266,22 +458,28 @@ class LearningEngine(EngineBase):
                 log.exception("route '%s': learning tick failed", self.route)
 
     async def tick(self) -> None:
-        """Pull feedback applied elsewhere, refresh metrics and the test, persist if dirty."""
+        """Pull feedback applied elsewhere, merge the sums with the other processes, refresh
+        metrics and the test, persist the document if dirty."""
         await self._pull()
+        await self.sync()
         await self._refresh_test()
         self._refresh()
         if self._dirty:
             await self.persist()
 
     async def persist(self) -> None:
+        """Write the policy document: what does not add up (the sums live in the store), with
+        the log position those parts have applied."""
         snap = {
             "kind": self.kind,
+            "format": 2,
             "algorithm": self._algorithm,
             "policy": self.policy.state(),
-            "regret": self.regret.state(),
             "watermark": self._watermark,
             "applied": list(self._applied),
         }
+        if self._guard is not None:
+            snap["guardrails"] = self._guard.state()
         self._dirty = False
         try:
             await self.services.store.put(self._key, snap)
@@ -294,26 +492,219 @@ class LearningEngine(EngineBase):
             self.route, self._watermark
         )
         self._pulled_prev, self._pulled = self._pulled, set()
+        todo: list[tuple[FeedbackRecord, Context]] = []
         for r in records:
             if r.token_id in self._applied:
                 del self._applied[r.token_id]
             else:
                 self._pulled.add(r.token_id)
                 ctx = Context(
+                    bucket=r.bucket,
                     features=None if r.context is None else np.asarray(r.context, dtype=float),
                     label=r.label,
                 )
-                self._learn(r.arm, r.reward, ctx)
+                todo.append((r, ctx))
             self._watermark = max(self._watermark, r.seq)
+        if not todo:
+            return
+        # what does not add up learns here from every reward; the sums get them by the fold
+
+        def apply() -> None:
+            scratch = RegretTracker()
+            for r, ctx in todo:
+                self._learn(r.arm, r.reward, ctx, self.policy, scratch)
+                if r.metrics:
+                    self._learn_metrics(r.arm, r.metrics, ctx)
+
+        self._local_only(apply)
+
+    async def sync(self) -> None:
+        """One merge: fold new feedback from the log (if no other process folded it first), add
+        this process's increments, adopt the totals. Two store calls, whatever the traffic.
+
+        One at a time, and never abandoned half way: a cancelled caller (stop, reload) must not
+        leave increments added to the store but not yet marked as flushed here, or the next
+        merge would add them again. So the merge runs shielded, under a lock."""
+        await asyncio.shield(asyncio.ensure_future(self._sync_once()))
+
+    async def _sync_once(self) -> None:
+        async with self._sync_lock:
+            await self._sync()
+
+    async def _sync(self) -> None:
+        store = self.services.store
+        records: list[FeedbackRecord] = await store.feedback_since(self.route, self._cursor)
+        decider = self.services.decider
+        me = decider.prefix if decider is not None else None
+        stamp = self.services.clock()
+        if me is not None:
+            self._prefixes[me] = stamp
+        known = [r.token_id for r in records if r.seq <= self._mark]
+        folded: list[FeedbackRecord] = []
+        recount: set[str] = set()  # token ids whose decision died with its process
+        dead: set[str] = set()
+        top = self._mark  # the highest seq this merge folds
+        for r in records:
+            if r.seq <= self._mark:
+                continue
+            verdict, node = self._judge(r, stamp)
+            if verdict == "wait":
+                break  # its decider has not flushed that decision yet: fold from here next tick
+            if verdict == "recount":
+                recount.add(r.token_id)
+                dead.add(node)
+            folded.append(r)
+            top = r.seq
+        fold = self._fold_increments(folded, recount) if folded else {}
+        inc, taken = self._merger.take()
+        nodes = [p for p in self._prefixes if f"#dead:{p}" not in self._meta]
+        try:
+            merged = await store.merge(
+                self._sums_key,
+                inc,
+                fold,
+                self._mark,
+                top,
+                nodes=nodes,
+                stamp=stamp,
+                fence=me,
+                dead=sorted(dead),
+            )
+        except Exception:
+            self._healthy_since = None  # judge nobody dead until we have been flushing again
+            raise
+        if self._healthy_since is None:
+            self._healthy_since = stamp
+        self._meta = merged.meta
+        if merged.fenced:
+            # another process found this one silent for DEAD_AFTER and counted its decisions
+            # from their rewards: what it has not flushed is gone, and so is its token prefix
+            log.error(
+                "route '%s': this process was declared dead by another one (no flush for %.0fs);"
+                " dropping its unflushed decisions and issuing tokens under a new prefix",
+                self.route,
+                self.dead_after,
+            )
+            self._merger.load(merged.totals, self._merger.take()[1])
+            if decider is not None and decider.prefix == me:
+                decider.renew_prefix()
+            self._prefixes.pop(me or "", None)
+            self._mark = merged.mark
+            return
+        done = set(known)
+        if merged.applied:
+            done.update(r.token_id for r in folded)
+            self._cursor = top
+        else:  # another process folded first: what it covered is in the totals
+            done.update(r.token_id for r in records if self._mark < r.seq <= merged.mark)
+        self._folded_prev, self._folded = self._folded, done
+        self._merger.load(merged.totals, taken, done)
+        self._mark = merged.mark
+        # a prefix this process no longer issues under stops mattering once its tokens expired
+        ttl = self.services.config.feedback.ttl + self.dead_after
+        self._prefixes = {p: t for p, t in self._prefixes.items() if p == me or stamp - t < ttl}
+
+    def _reports(self) -> bool:
+        """Whether this process records the route's test events in the audit log: every process
+        sees the same merged test, so only one of them (the live one with the smallest token
+        prefix, as of the last merge) writes each entry."""
+        decider = self.services.decider
+        if decider is None:
+            return True
+        me = decider.prefix
+        now = self.services.clock()
+        live = [
+            k[len("#flushed:") :]
+            for k, t in self._meta.items()
+            if k.startswith("#flushed:")
+            and now - t <= self.dead_after
+            and f"#dead:{k[len('#flushed:') :]}" not in self._meta
+        ]
+        return min([*live, me]) == me
+
+    def _judge(self, r: FeedbackRecord, now: float) -> tuple[str, str]:
+        """Whether the reward `r` can be folded ("ok"), must wait until its decider flushed the
+        decision ("wait"), or comes from a process that died before flushing it ("recount":
+        the decision is counted from the reward). Token ids start with their decider's prefix."""
+        node = r.token_id[:DECIDER_CHARS]
+        if len(r.token_id) <= DECIDER_CHARS or not all(c in _HEX for c in node):
+            return "ok", node  # not a decider-tagged id (written before issue 13, or a test's)
+        if node in self._prefixes:
+            return "ok", node  # decided here, before the pull: this very merge flushes it
+        flushed = self._meta.get(f"#flushed:{node}")
+        if flushed is not None and r.decided_at + 0.002 < flushed:
+            return "ok", node  # its decider's flush at `flushed` had counted it
+        if f"#dead:{node}" in self._meta:
+            return "recount", node
+        last = flushed if flushed is not None else r.decided_at
+        ref = max(last, self._healthy_since if self._healthy_since is not None else now)
+        return ("recount" if now - ref > self.dead_after else "wait"), node
+
+    def _fold_increments(self, records: list[FeedbackRecord], recount: set[str]) -> Arrays:
+        """What `records` add to the sums: learned by a fresh policy, the difference taken.
+        A `recount` record also adds its decision (its decider died before flushing it)."""
+        policy = build_policy(self.spec, np.random.default_rng(0))
+        regret = RegretTracker()
+        before = {**policy.additive(), **regret.additive()}
+        for r in records:
+            ctx = Context(
+                features=None if r.context is None else np.asarray(r.context, dtype=float),
+                label=r.label,
+            )
+            arm = self._to_arm.get(r.arm)
+            if r.token_id in recount and arm is not None:
+                policy.stats()[arm].decisions += 1
+                regret.decision(arm, ctx.label)
+                if self._missing is not None:
+                    fit = self._fit_context(ctx)
+                    policy.update(arm, self._missing, fit, trial=True)
+                    regret.reward(arm, self._missing, ctx.label, trial=True)
+            self._learn(r.arm, r.reward, ctx, policy, regret)
+        return diff({**policy.additive(), **regret.additive()}, before)
+
+    async def _refresh_guardrails(self, result: Mapping[str, Any]) -> None:
+        """Metrics and audit for guardrail results (either the A/B test's or the engine's)."""
+        failed = set()
+        for arm, g in result.get("arms", {}).items():
+            b = self._to_backend.get(arm, arm)
+            for check in g.get("checks", []):
+                self._metrics.set_guardrail(self.route, b, check["guardrail"], check["failed"])
+            if g.get("failed"):
+                failed.add(arm)
+        for arm in sorted(failed - self._failed_seen):
+            broken = [
+                f"{c['guardrail']} {c['value']:.4g} vs {c['limit']} (p={c['p_value']:.3g})"
+                for c in result["arms"][arm]["checks"]
+                if c["failed"] and c["value"] is not None
+            ]
+            log.warning("route '%s': arm %s failed a guardrail: %s", self.route, arm, broken)
+            if not self._reports():
+                continue  # another process records it
+            await self.services.audit.record(
+                self.route,
+                "guardrail_failed",
+                "controller",
+                f"arm {self._to_backend.get(arm, arm)} failed guardrail: " + "; ".join(broken),
+                arm=self._to_backend.get(arm, arm),
+            )
+        self._failed_seen = frozenset(failed)
+        if self._ab is None:
+            self._failed = self._failed_seen  # bandit routes: capped at min_share from now on
 
     async def _refresh_test(self) -> None:
+        if self._guard is not None:
+            self._guard_result = self._guard.result()
+            await self._refresh_guardrails(self._guard_result)
         test = self.policy.result()
         if test is None:
             return  # the policy has no test to look at
+        if "guardrails" in test:
+            await self._refresh_guardrails(test["guardrails"])
         self._test = test
         audit = self.services.audit
         srm = test["srm"]
-        if srm["flagged"] and not self._srm_flagged:
+        reports = self._reports()
+        if srm["flagged"] and not self._srm_flagged and reports:
             log.warning("route '%s': sample ratio mismatch (p=%.2g)", self.route, srm["p_value"])
             await audit.record(
                 self.route,
@@ -326,6 +717,7 @@ class LearningEngine(EngineBase):
         self._metrics.set_srm(self.route, self._srm_flagged)
         if test["decided"] and not self._decided:
             self._dirty = True
+        if test["decided"] and not self._decided and reports:
             await audit.record(
                 self.route,
                 "concluded" if self.phase == "concluded" else "test_decided",
@@ -353,6 +745,18 @@ class LearningEngine(EngineBase):
                 m.set_p_value(self.route, arm, p)
             for arm, p in (test.get("prob_best") or {}).items():
                 m.set_prob_best(self.route, arm, p)
+            for arm, c in (test.get("comparisons") or {}).items():
+                m.set_comparison(
+                    self.route,
+                    arm,
+                    c.get("p_adjusted"),
+                    (c.get("lift"), c.get("lift_low"), c.get("lift_high")),
+                    (c.get("diff"), c.get("diff_low"), c.get("diff_high")),
+                    c.get("mde"),
+                )
+            progress = test.get("progress")
+            if progress is not None:
+                m.set_progress(self.route, float(progress["fraction"]))
 
     async def action(
         self, name: str, reason: str | None, actor: str, params: Mapping[str, Any]
@@ -416,22 +820,12 @@ def _parse_body(body: bytes | None) -> Any:
 
 
 def _interval(st: ArmStats, reward_type: str) -> tuple[float | None, float | None]:
-    """95% interval of the mean: Wilson for binary rewards, normal for continuous ones."""
-    n = st.rewards
-    if n <= 0:
+    """95% interval of the mean: Wilson for binary rewards, Student t for continuous ones."""
+    if st.rewards <= 0:
         return None, None
-    mean = st.reward_sum / n
-    if reward_type == "binary":
-        p = min(max(mean, 0.0), 1.0)
-        z2 = _Z95 * _Z95
-        centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-        half = _Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-        return centre - half, centre + half
-    var = st.reward_var
-    if var is None:
-        return None, None
-    half = _Z95 * math.sqrt(var / n)
-    return mean - half, mean + half
+    m = stt.Moments.from_sums(st.rewards, st.reward_sum, st.reward_sq_sum)
+    ci = stt.mean_interval(m, binary=reward_type == "binary")
+    return (None, None) if ci is None else ci
 
 
 ENGINES: dict[str, EngineFactory] = {

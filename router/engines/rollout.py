@@ -8,7 +8,7 @@ from typing import Any
 
 from policies import rollout
 from policies.base import Context, Decision
-from policies.checks import CHECK_KINDS
+from policies.checks import CHECK_KINDS, percentile
 from policies.rollout import RolloutState
 from policies.spec import BlueGreenSpec, CanarySpec, RouteConfig
 from router.engines.base import ActionError, EngineBase, EngineFactory, Services
@@ -16,7 +16,7 @@ from router.engines.rollout_controller import RolloutController, RolloutSpec, Tr
 
 __all__ = ["ENGINES", "BlueGreenEngine", "CanaryEngine"]
 
-_ACTIONS = ("promote", "abort", "pause", "resume", "switch")
+_ACTIONS = ("promote", "abort", "pause", "resume", "switch", "retry")
 
 
 class _RolloutEngine(EngineBase):
@@ -47,13 +47,23 @@ class _RolloutEngine(EngineBase):
     ) -> None:
         self._observe(arm, status, latency, error)
 
-    def feedback(self, arm: str, reward: float, ctx: Context, token_id: str | None = None) -> None:
+    def feedback(
+        self,
+        arm: str,
+        reward: float,
+        ctx: Context,
+        token_id: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
         self.controller.reward(arm, reward)
         self.policy.update(arm, reward, ctx)
 
     def admits(self, backend: str) -> bool:
         """Overrides may reach the new version only once it is blessed and not rolled back."""
         return self.controller.admits(backend)
+
+    def override_backend(self, backend: str) -> str:
+        return self.controller.override_backend(backend)
 
     def shares(self) -> dict[str, float]:
         return self.policy.shares()
@@ -87,6 +97,7 @@ class _RolloutEngine(EngineBase):
                 "pause": rollout.pause,
                 "resume": rollout.resume,
                 "switch": rollout.switch,
+                "retry": rollout.retry,
             }[name]
 
             def fn(s: RolloutState) -> Transition:
@@ -108,6 +119,7 @@ class _RolloutEngine(EngineBase):
             w = c.windows[arm]
             life = c.lifetime[arm]
             s = stats.get(arm)
+            hist = w.hist
             arms[arm] = {
                 "role": role,
                 "version": backends[arm].version if arm in backends else None,
@@ -119,8 +131,14 @@ class _RolloutEngine(EngineBase):
                     "requests": w.requests,
                     "errors": w.errors,
                     "error_rate": w.errors / w.requests if w.requests else None,
+                    "latency_p50": percentile(hist, 0.5),
+                    "latency_p90": percentile(hist, 0.9),
+                    "latency_p95": percentile(hist, 0.95),
                     "latency_p99": w.p99(),
+                    "statuses": {str(k): n for k, n in w.statuses().items()},
+                    "transport_errors": w.transport,
                 },
+                "up": self.services.backend_up(arm),
                 "rewards": s.rewards if s else 0,
                 "reward_sum": s.reward_sum if s else 0.0,
                 "reward_mean": s.reward_mean if s else None,
@@ -138,6 +156,18 @@ class _RolloutEngine(EngineBase):
             "paused_reason": st.paused_reason,
             "failures": st.failures,
             "failure_limit": analysis.failure_limit if analysis else None,
+            "inconclusive": st.inconclusive,
+            "inconclusive_limit": analysis.inconclusive_limit if analysis else None,
+            "on_inconclusive": analysis.on_inconclusive if analysis else None,
+            "interval": self._spec.interval,
+            "timeline": list(st.timeline),
+            "control": {
+                "node": c.node,
+                "leading": c.leading,
+                "version": c.version,
+                "lease": c.lease_ttl,
+                "following_other_config": c.foreign,
+            },
             "step_started_at": st.step_started_at,
             "next_analysis_at": st.next_analysis_at
             if rollout.analysis_due(st, self._spec, float("inf"))

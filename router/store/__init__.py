@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from policies.params import Param
 from policies.spec import StateConfig
 from router.store import memory, redis, sqlite
 from router.store.base import FeedbackRecord, Store, StoreError, StoreKind
@@ -17,6 +18,7 @@ from router.store.sqlite import SqliteStore
 
 __all__ = [
     "DEFAULT_STORE",
+    "LEASE",
     "STORE_KINDS",
     "FeedbackRecord",
     "MemoryStore",
@@ -35,6 +37,16 @@ STORE_KINDS: dict[str, StoreKind] = {
     "memory": memory.KIND,
 }
 DEFAULT_STORE = "sqlite"
+
+# `state.lease`, read for every store kind: one process drives each rollout while it renews its
+# lease; when it dies, another takes over at most this long after its last renewal
+LEASE = Param(
+    "lease",
+    "How long a rollout's driving process keeps its lease without renewing it: the takeover "
+    "time when it dies.",
+    type="duration",
+    default=10.0,
+)
 
 
 def open_store(cfg: StateConfig, base_dir: Path, *, feedback_ttl: float = 3600.0) -> Store:

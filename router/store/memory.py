@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from policies.spec import StateConfig
-from router.store.base import FeedbackRecord, Store, StoreKind
+from router.store.base import (
+    MARK_FIELD,
+    FeedbackRecord,
+    Fence,
+    Merged,
+    Store,
+    StoreKind,
+    merged_from_fields,
+    sum_fields,
+)
 
 
 def _copy(value: Any) -> Any:
@@ -26,6 +38,11 @@ class MemoryStore:
         self._tokens: set[str] = set()
         self._seq = 0
         self._lock = asyncio.Lock()
+        self._leases: dict[str, tuple[str, int, float]] = {}  # name -> holder, token, expires
+        self._fences: dict[str, int] = {}
+        self._vkv: dict[str, tuple[int, Any]] = {}
+        self._parts: dict[str, dict[str, Any]] = {}
+        self._sums: dict[str, dict[str, float]] = {}
 
     async def open(self) -> None:
         return None
@@ -40,12 +57,47 @@ class MemoryStore:
     async def put(self, key: str, value: Any) -> None:
         self._kv[key] = _copy(value)
 
+    async def put_if_absent(self, key: str, value: Any) -> Any:
+        if key not in self._kv:
+            self._kv[key] = _copy(value)
+        return _copy(self._kv[key])
+
     async def audit_append(self, entry: dict[str, Any]) -> None:
         self._audit.append(_copy(entry))
 
     async def audit_list(self, limit: int = 200, route: str | None = None) -> list[dict[str, Any]]:
         rows = [e for e in self._audit if route is None or e.get("route") == route]
         return [_copy(e) for e in rows[-limit:]] if limit > 0 else []
+
+    async def merge(
+        self,
+        key: str,
+        add: Mapping[str, Any],
+        fold: Mapping[str, Any] | None = None,
+        expect: int = -1,
+        mark: int = -1,
+        *,
+        nodes: Sequence[str] = (),
+        stamp: float = 0.0,
+        fence: str | None = None,
+        dead: Sequence[str] = (),
+    ) -> Merged:
+        plain, cond = sum_fields(add), sum_fields(fold or {})
+        h = self._sums.setdefault(key, {})
+        if fence is not None and f"#dead:{fence}" in h:
+            return merged_from_fields(h.items(), False, fenced=True)
+        for f, v in plain:
+            h[f] = h.get(f, 0.0) + v
+        for n in nodes:
+            h[f"#flushed:{n}"] = float(stamp)
+        applied = int(h.get(MARK_FIELD, -1)) == expect
+        if applied:
+            for f, v in cond:
+                h[f] = h.get(f, 0.0) + v
+            h[MARK_FIELD] = float(mark)
+            for n in dead:
+                h[f"#dead:{n}"] = 1.0
+        return merged_from_fields(h.items(), applied)
 
     async def feedback_add(self, records: list[FeedbackRecord]) -> list[bool]:
         out: list[bool] = []
@@ -72,11 +124,62 @@ class MemoryStore:
             self._feedback = keep
         return gone
 
+    # ---- leases, versioned documents, parts ----
+
+    def _held(self, name: str) -> tuple[str, int, float] | None:
+        held = self._leases.get(name)
+        return held if held is not None and held[2] > time.monotonic() else None
+
+    async def lease_acquire(self, name: str, holder: str, ttl: float) -> int | None:
+        held = self._held(name)
+        if held is not None and held[0] != holder:
+            return None
+        if held is None:
+            token = self._fences[name] = self._fences.get(name, 0) + 1
+        else:
+            token = held[1]
+        self._leases[name] = (holder, token, time.monotonic() + ttl)
+        return token
+
+    async def lease_release(self, name: str, holder: str) -> None:
+        held = self._held(name)
+        if held is not None and held[0] == holder:
+            del self._leases[name]
+
+    async def vget(self, key: str, newer_than: int = 0) -> tuple[int, Any] | None:
+        got = self._vkv.get(key)
+        if got is None or got[0] <= newer_than:
+            return None
+        return got[0], _copy(got[1])
+
+    async def vput(
+        self, key: str, value: Any, expected: int, fence: Fence | None = None
+    ) -> int | None:
+        doc = _copy(value)
+        version = self._vkv.get(key, (0, None))[0]
+        if version != expected:
+            return None
+        if fence is not None:
+            held = self._held(fence.name)
+            if held is None or held[:2] != (fence.holder, fence.token):
+                return None
+        self._vkv[key] = (version + 1, doc)
+        return version + 1
+
+    async def parts_put(self, key: str, part: str, value: Any) -> None:
+        self._parts.setdefault(key, {})[part] = _copy(value)
+
+    async def parts_get(self, key: str) -> dict[str, Any]:
+        return _copy(self._parts.get(key, {}))  # type: ignore[no-any-return]
+
+    async def parts_drop(self, key: str, parts: list[str]) -> None:
+        held = self._parts.get(key, {})
+        for p in parts:
+            held.pop(p, None)
+
 
 def _with_seq(r: FeedbackRecord, seq: int) -> FeedbackRecord:
-    return FeedbackRecord(
-        r.token_id, r.route, r.arm, r.reward, r.decided_at, r.received_at, r.context, r.label, seq
-    )
+    return replace(r, seq=seq)
 
 
 def _open(cfg: StateConfig, base_dir: Path, feedback_ttl: float) -> Store:

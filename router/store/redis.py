@@ -16,8 +16,9 @@ import json
 import logging
 import math
 import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,13 +26,32 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from policies.params import Param
 from policies.spec import StateConfig
-from router.store.base import FeedbackRecord, Store, StoreError, StoreKind
+from router.store.base import (
+    PROBE_KEY,
+    FeedbackRecord,
+    Fence,
+    Merged,
+    Store,
+    StoreError,
+    StoreKind,
+    extra_fields,
+    merged_from_fields,
+    record_extra,
+    sum_fields,
+)
 
 __all__ = ["RedisStore", "StoreUnavailable"]
 
@@ -82,6 +102,93 @@ return #items
 """
 
 
+# Leases. KEYS: lease key, fencing counter. ARGV: holder, ttl ms. The lease key holds
+# "token|holder" with PX expiry (SET NX PX semantics); the holder renews it (compare-and-renew);
+# a new holder takes a fresh token from INCR on the counter, which never expires.
+_LEASE_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, '|', 1, true)
+  if string.sub(cur, sep + 1) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(string.sub(cur, 1, sep - 1))
+  end
+  return false
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token .. '|' .. ARGV[1], 'PX', ARGV[2], 'NX')
+return token
+"""
+
+# KEYS: lease key. ARGV: holder.
+_LEASE_RELEASE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, '|', 1, true)
+  if string.sub(cur, sep + 1) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+  end
+end
+return 0
+"""
+
+# Versioned documents: a hash {v: version, d: json}. KEYS: doc hash, fence lease key (or the doc
+# key again without a fence). ARGV: expected version, document, "token|holder" or ''.
+_VPUT = """
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v ~= tonumber(ARGV[1]) then return false end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return false end
+redis.call('HSET', KEYS[1], 'v', v + 1, 'd', ARGV[2])
+return v + 1
+"""
+
+# KEYS: doc hash. ARGV: newer_than. Returns {version, doc} or nil; the doc moves only when newer.
+_VGET = """
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v <= tonumber(ARGV[1]) then return false end
+return {v, redis.call('HGET', KEYS[1], 'd')}
+"""
+
+# KEYS: the sums hash. ARGV: fence ('' for none), stamp, number of flushed nodes, the nodes,
+# number of dead nodes, the nodes, number of plain fields, (field, increment) pairs, expect,
+# mark, then the conditional (field, increment) pairs. All in one script, so every process sees
+# each flush whole: counts and sums of one update never part. Returns {applied, fenced, fields}.
+_MERGE = """
+local h = KEYS[1]
+if ARGV[1] ~= '' and redis.call('HEXISTS', h, '#dead:' .. ARGV[1]) == 1 then
+  return {0, 1, redis.call('HGETALL', h)}
+end
+local stamp = ARGV[2]
+local i = 3
+local nodes = tonumber(ARGV[i])
+for k = 1, nodes do redis.call('HSET', h, '#flushed:' .. ARGV[i + k], stamp) end
+i = i + nodes + 1
+local ndead = tonumber(ARGV[i])
+local dead_at = i + 1
+i = i + ndead + 1
+local n = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, n do
+  redis.call('HINCRBYFLOAT', h, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local expect, mark = ARGV[i], ARGV[i + 1]
+i = i + 2
+local cur = redis.call('HGET', h, '#mark')
+local applied = 0
+if tonumber(cur or '-1') == tonumber(expect) then
+  while i <= #ARGV do
+    redis.call('HINCRBYFLOAT', h, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  redis.call('HSET', h, '#mark', mark)
+  for k = 0, ndead - 1 do redis.call('HSET', h, '#dead:' .. ARGV[dead_at + k], 1) end
+  applied = 1
+end
+return {applied, 0, redis.call('HGETALL', h)}
+"""
+
+
 class StoreUnavailable(StoreError):
     """Redis cannot be reached (refused, timed out, dropped); the message names the URL."""
 
@@ -107,6 +214,11 @@ class RedisStore:
 
     _add: AsyncScript  # registered by open()
     _prune: AsyncScript
+    _lease_acquire: AsyncScript
+    _lease_release: AsyncScript
+    _vput: AsyncScript
+    _vget: AsyncScript
+    _merge: AsyncScript
 
     def __init__(
         self,
@@ -154,15 +266,49 @@ class RedisStore:
         )
         r = aioredis.Redis.from_pool(pool)
         try:
-            with self._errors():
-                await r.ping()
-                await self._check_persistence(r)
+            await r.ping()
+            # a replica or a primary refusing writes (MISCONF) answers PING: only a write tells
+            await r.set(f"{self.prefix}kv:{PROBE_KEY}", json.dumps({"opened": time.time()}))
+            await self._check_persistence(r)
+        except RedisError as e:
+            await r.aclose()
+            raise self._explain(e) from None
         except BaseException:
             await r.aclose()
             raise
         self._add = r.register_script(_ADD)
         self._prune = r.register_script(_PRUNE)
+        self._lease_acquire = r.register_script(_LEASE_ACQUIRE)
+        self._lease_release = r.register_script(_LEASE_RELEASE)
+        self._vput = r.register_script(_VPUT)
+        self._vget = r.register_script(_VGET)
+        self._merge = r.register_script(_MERGE)
         self._r = r
+
+    def _explain(self, e: RedisError) -> StoreError:
+        """A one-line error for a store that cannot be used at start, saying what to do."""
+        where = f"state store {self.where}"
+        if isinstance(e, (AuthenticationError, AuthorizationError)):
+            return StoreError(
+                f"{where} refused the credentials ({e}); put the right user and password in "
+                "state.url (redis://user:password@host:port/db)"
+            )
+        if isinstance(e, BusyLoadingError):
+            return StoreUnavailable(
+                f"{where} is still loading its data set ({e}); start the router again when "
+                "Redis has finished loading"
+            )
+        if isinstance(e, (RedisConnectionError, RedisTimeoutError)):
+            return StoreUnavailable(
+                f"cannot reach {where} ({e}); check that Redis is running and reachable at "
+                "that address and that state.url is right"
+            )
+        if isinstance(e, ReadOnlyError):
+            return StoreError(
+                f"{where} does not accept writes ({e}); point state.url at the primary, not "
+                "a replica"
+            )
+        return StoreError(f"{where} cannot be used ({e}); check the Redis server's log")
 
     async def _check_persistence(self, r: aioredis.Redis) -> None:
         try:
@@ -216,13 +362,47 @@ class RedisStore:
             await db.set(f"{self.prefix}kv:{key}", text)
 
     async def put_if_absent(self, key: str, value: Any) -> Any:
-        """Store `value` unless `key` exists; return what the key holds afterwards (not yet in
-        the Store protocol: proposed so replicas agree on one generated secret)."""
+        """Store `value` unless `key` exists; return what the key holds afterwards."""
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
         db = self._db()
         with self._errors():
             old: Any = await db.set(f"{self.prefix}kv:{key}", text, nx=True, get=True)
         return json.loads(text) if old is None else json.loads(old)
+
+    # ---- additive sums: HINCRBYFLOAT in one script, then the totals ----
+
+    async def merge(
+        self,
+        key: str,
+        add: Mapping[str, Any],
+        fold: Mapping[str, Any] | None = None,
+        expect: int = -1,
+        mark: int = -1,
+        *,
+        nodes: Sequence[str] = (),
+        stamp: float = 0.0,
+        fence: str | None = None,
+        dead: Sequence[str] = (),
+    ) -> Merged:
+        plain, cond = sum_fields(add), sum_fields(fold or {})
+        hkey = f"{self.prefix}sums:{key}"
+        db = self._db()
+        if not plain and not cond and mark == expect and not nodes and not dead:  # a read
+            with self._errors():
+                h: Any = await db.hgetall(hkey)
+            m = merged_from_fields(h.items(), False)
+            return Merged(m.totals, m.mark, m.mark == expect, False, m.meta)
+        args: list[str | int] = [fence or "", repr(float(stamp)), len(nodes), *nodes]
+        args += [len(dead), *dead, len(plain)]
+        for f, v in plain:
+            args += [f, repr(v)]
+        args += [int(expect), int(mark)]
+        for f, v in cond:
+            args += [f, repr(v)]
+        with self._errors():
+            applied, fenced, flat = await self._merge(keys=[hkey], args=args)
+        pairs = zip(flat[0::2], flat[1::2], strict=True)
+        return merged_from_fields(pairs, bool(int(applied)), bool(int(fenced)))
 
     # ---- audit ----
 
@@ -274,6 +454,9 @@ class RedisStore:
                 None if r.context is None else [float(x) for x in r.context],
                 r.label,
             ]
+            extra = record_extra(r)
+            if extra is not None:
+                doc.append(extra)
             args += [
                 json.dumps(doc, allow_nan=False, separators=(",", ":")),
                 repr(float(r.received_at)),
@@ -292,7 +475,7 @@ class RedisStore:
             )
         out: list[FeedbackRecord] = []
         for text, score in rows:
-            token_id, arm, reward, decided_at, received_at, ctx, label = json.loads(text)
+            token_id, arm, reward, decided_at, received_at, ctx, label, *rest = json.loads(text)
             out.append(
                 FeedbackRecord(
                     token_id,
@@ -304,6 +487,7 @@ class RedisStore:
                     None if ctx is None else tuple(float(x) for x in ctx),
                     label,
                     int(score),
+                    *extra_fields(rest[0] if rest else None),
                 )
             )
         return out
@@ -325,6 +509,60 @@ class RedisStore:
             total += n
             if n < _PRUNE_BATCH:
                 return total
+
+    # ---- leases, versioned documents, parts ----
+
+    def _lease_keys(self, name: str) -> list[str]:
+        return [f"{self.prefix}lease:{name}", f"{self.prefix}lease:{name}:fence"]
+
+    async def lease_acquire(self, name: str, holder: str, ttl: float) -> int | None:
+        self._db()
+        ms = max(1, int(ttl * 1000))
+        with self._errors():
+            got = await self._lease_acquire(keys=self._lease_keys(name), args=[holder, ms])
+        return None if got is None else int(got)
+
+    async def lease_release(self, name: str, holder: str) -> None:
+        self._db()
+        with self._errors():
+            await self._lease_release(keys=self._lease_keys(name)[:1], args=[holder])
+
+    async def vget(self, key: str, newer_than: int = 0) -> tuple[int, Any] | None:
+        self._db()
+        with self._errors():
+            got: Any = await self._vget(keys=[f"{self.prefix}vkv:{key}"], args=[int(newer_than)])
+        return None if got is None else (int(got[0]), json.loads(got[1]))
+
+    async def vput(
+        self, key: str, value: Any, expected: int, fence: Fence | None = None
+    ) -> int | None:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        doc_key = f"{self.prefix}vkv:{key}"
+        keys = [doc_key, self._lease_keys(fence.name)[0] if fence else doc_key]
+        mark = f"{fence.token}|{fence.holder}" if fence else ""
+        self._db()
+        with self._errors():
+            got = await self._vput(keys=keys, args=[int(expected), text, mark])
+        return None if got is None else int(got)
+
+    async def parts_put(self, key: str, part: str, value: Any) -> None:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        db = self._db()
+        with self._errors():
+            await db.hset(f"{self.prefix}parts:{key}", part, text)
+
+    async def parts_get(self, key: str) -> dict[str, Any]:
+        db = self._db()
+        with self._errors():
+            rows: Any = await db.hgetall(f"{self.prefix}parts:{key}")
+        return {p: json.loads(v) for p, v in rows.items()}
+
+    async def parts_drop(self, key: str, parts: list[str]) -> None:
+        if not parts:
+            return
+        db = self._db()
+        with self._errors():
+            await db.hdel(f"{self.prefix}parts:{key}", *parts)
 
 
 def _open(cfg: StateConfig, base_dir: Path, feedback_ttl: float) -> Store:

@@ -104,11 +104,14 @@ def closed_port() -> Iterator[int]:
 class Router:
     """`modelrouter serve CONFIG` in a subprocess, with its ports and helpers."""
 
-    def __init__(self, config_path: Path, port: int, admin_port: int, log_path: Path) -> None:
+    def __init__(
+        self, config_path: Path, port: int, admin_port: int, log_path: Path, workers: int = 1
+    ) -> None:
         self.config_path = config_path
         self.port = port
         self.admin_port = admin_port
         self.log_path = log_path
+        self.workers = workers  # > 1: `serve --workers N`; proc is the supervisor
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -130,8 +133,9 @@ class Router:
             MODELROUTER_FEEDBACK_SECRET="e2e-feedback-secret",
         )
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        extra = ["--workers", str(self.workers)] if self.workers > 1 else []
         self.proc = subprocess.Popen(
-            [MODELROUTER, "serve", str(self.config_path)],
+            [MODELROUTER, "serve", str(self.config_path), *extra],
             stdout=log,
             stderr=log,
             env=env,
@@ -159,6 +163,16 @@ class Router:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
+
+    def children(self) -> list[int]:
+        """PIDs of the worker processes (`--workers`): the supervisor's children."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        try:
+            text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(x) for x in text.split()]
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -188,11 +202,13 @@ def router(tmp_path: Path) -> Iterator[Callable[[str], Router]]:
     {admin_port}) and returns a started Router; call `await r.wait_ready()`."""
     made: list[Router] = []
 
-    def make(config: str, *, name: str = "config.yaml", start: bool = True) -> Router:
+    def make(
+        config: str, *, name: str = "config.yaml", start: bool = True, workers: int = 1
+    ) -> Router:
         port, admin_port = free_port(), free_port()
         path = tmp_path / name
         path.write_text(fill_ports(config, port, admin_port))
-        r = Router(path, port, admin_port, tmp_path / f"{name}.log")
+        r = Router(path, port, admin_port, tmp_path / f"{name}.log", workers)
         made.append(r)
         if start:
             r.start()

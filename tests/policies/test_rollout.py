@@ -192,10 +192,80 @@ def test_inconclusive_waits_and_never_passes(
     assert new.window_started_at == st.window_started_at
     assert new.next_analysis_at == DUE + 60
     assert rollout.weights_for(new, s) == rollout.weights_for(st, s)
-    # looking again and again without data never promotes
-    for k in range(2, 20):
+    # looking again without data never promotes; at inconclusive_limit (5) the rollout pauses
+    # with the reason instead of waiting forever
+    assert s.analysis is not None and s.analysis.inconclusive_limit == 5
+    for k in range(2, 5):
         new, events = rollout.step(new, o, s, DUE + 60 * k)
-        assert new.phase is Phase.PROGRESSING and new.step == 0
+        assert new.phase is Phase.PROGRESSING and new.step == 0 and events == []
+    new, events = rollout.step(new, o, s, DUE + 60 * 5)
+    assert new.phase is Phase.PAUSED and new.step == 0
+    assert [e.kind for e in events] == [rollout.EventKind.PAUSED]
+    assert "5 inconclusive analyses in a row (inconclusive_limit 5)" in (new.paused_reason or "")
+    assert re.search(message, new.paused_reason or "")
+    assert rollout.weights_for(new, s) == rollout.weights_for(st, s)  # holds its weights
+    # a resume gives the analysis a fresh count
+    resumed, _ = rollout.resume(new, s, DUE + 400)
+    assert resumed.phase is Phase.PROGRESSING and resumed.inconclusive == 0
+
+
+def test_inconclusive_limit_zero_waits_forever_and_rollback_is_configurable() -> None:
+    s = spec()
+    assert s.analysis is not None
+    forever = replace(s, analysis=replace(s.analysis, inconclusive_limit=0))
+    short = obs(stable=(500, 0), cand=(3, 0))
+    new = progressing(forever)
+    for k in range(1, 30):
+        new, _ = rollout.step(new, short, forever, DUE + 60 * k)
+        assert new.phase is Phase.PROGRESSING
+    back = replace(
+        s, analysis=replace(s.analysis, inconclusive_limit=2, on_inconclusive="rollback")
+    )
+    new = progressing(back)
+    new, _ = rollout.step(new, short, back, DUE)
+    new, events = rollout.step(new, short, back, DUE + 60)
+    assert new.phase is Phase.ROLLED_BACK
+    assert [e.kind for e in events] == [rollout.EventKind.ROLLED_BACK]
+    assert "2 inconclusive analyses in a row" in events[0].reason
+
+
+def test_progress_deadline_pauses_a_rollout_that_does_not_move() -> None:
+    s = spec()
+    assert s.analysis is not None
+    s = replace(s, analysis=replace(s.analysis, inconclusive_limit=0, progress_deadline=150.0))
+    short = obs(stable=(500, 0), cand=(3, 0))
+    new = progressing(s)
+    new, _ = rollout.step(new, short, s, DUE)
+    assert new.phase is Phase.PROGRESSING
+    new, _ = rollout.step(new, short, s, new.changed_at + 151)
+    assert new.phase is Phase.PAUSED
+    assert "progress deadline 150s exceeded" in (new.paused_reason or "")
+
+
+def test_a_down_candidate_fails_the_analysis_instead_of_waiting() -> None:
+    s = spec()
+    down = Observations(ArmObs(500, 0), ArmObs(0, 0), candidate_down="candidate v2 is down")
+    new, events = rollout.step(progressing(s), down, s, DUE)
+    assert new.history[-1].outcome == "fail"
+    assert new.history[-1].reasons == ("candidate v2 is down",)
+    assert new.failures == 1 and [e.kind for e in events] == [rollout.EventKind.ANALYSIS_FAILED]
+    new, events = rollout.step(new, down, s, DUE + 60)
+    assert new.phase is Phase.ROLLED_BACK
+
+
+def test_retry_restarts_a_rolled_back_rollout_from_validation() -> None:
+    s = spec()
+    with pytest.raises(rollout.TransitionError, match="only a rolled-back rollout"):
+        rollout.retry(progressing(s), s, DUE)
+    back, _ = rollout.abort(progressing(s), s, DUE)
+    back = rollout.mark(back, s, DUE, "abort")
+    new, events = rollout.retry(back, s, DUE + 5, "fixed", "alice")
+    assert new.phase is Phase.VALIDATING and new.step == 0 and new.failures == 0
+    assert not new.blessed and new.history == ()
+    assert rollout.weights_for(new, s)[s.candidate] == 0.0
+    assert new.timeline == back.timeline  # the route's history is kept
+    assert [e.kind for e in events] == [rollout.EventKind.RETRIED]
+    assert events[0].reason == "retry by alice: fixed"
 
 
 # ---- checks --------------------------------------------------------------------------------------
@@ -213,7 +283,7 @@ CHECKS = [
         Check("error_rate", max=0.05),
         obs(cand=(312, 22)),
         "fail",
-        r"^error_rate 0.07051 > max 0.05 over 312 requests$",
+        r"^error_rate 0.07051 > max 0.05 over 312 requests \(95% lower bound 0.05018\)$",
     ),
     (
         "error_rate rel",
@@ -318,7 +388,8 @@ def test_failures_count_then_roll_back_with_value_against_limit() -> None:
     st2, ev2 = rollout.step(st1, obs(cand=(312, 22)), s, DUE + 60)
     assert st2.phase is Phase.ROLLED_BACK and ev2[0].kind is EventKind.ROLLED_BACK
     assert ev2[0].reason == (
-        "step 0 (10%): analysis failed 2/2: error_rate 0.07051 > max 0.05 over 312 requests"
+        "step 0 (10%): analysis failed 2/2: error_rate 0.07051 > max 0.05 over 312 requests "
+        "(95% lower bound 0.05018)"
     )
     assert rollout.weights_for(st2, s) == {"v1": 100.0, "v2": 0.0}
     # a rolled back rollout stays put

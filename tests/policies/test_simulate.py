@@ -56,7 +56,7 @@ class MethodSpec:
     method: str = "z_test"
     alpha: float = 0.05
     min_samples: int = 100
-    tau: float | None = None
+    mixing_sd: float | None = None
 
 
 @dataclass(frozen=True)

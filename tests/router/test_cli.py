@@ -290,3 +290,40 @@ def test_admin_url_from_config(tmp_path: Path, capsys: pytest.CaptureFixture[str
     bad.write_text("version: 1\nbogus: 1\n")
     assert main(["status", "--config", str(bad)]) == 2
     assert "is not valid" in capsys.readouterr().err
+
+
+def test_status_says_which_process_drives_a_rollout() -> None:
+    from router.cli import format_status
+
+    base = {"route": "clf", "kind": "canary", "step": 1, "steps": [10, 50, 100]}
+    control = {"node": "h:1:ab", "leading": True, "version": 7, "lease": 10.0}
+    st = {**base, "phase": "progressing", "failures": 1, "failure_limit": 2}
+    st |= {"inconclusive": 2, "inconclusive_limit": 5, "control": control}
+    out = format_status(st)
+    assert "rollout: driven by this process, failures 1/2, inconclusive 2/5" in out
+    follower = format_status({**st, "control": {**control, "leading": False}})
+    assert "driven by another process" in follower
+    done = format_status({**st, "phase": "promoted", "inconclusive_limit": 0})
+    assert "rollout: failures 1/2, inconclusive 2/no limit" in done
+
+
+def test_format_status_lists_endpoints_out_of_rotation() -> None:
+    status = {
+        "route": "r",
+        "kind": "weighted",
+        "shares": {"a": 1.0},
+        "backends": {
+            "a": {
+                "up": True,
+                "endpoints": [
+                    {"address": "10.0.0.1:8501", "up": True, "in_flight": 3},
+                    {"address": "10.0.0.2:8501", "up": False, "ejected": True, "in_flight": 0},
+                ],
+            }
+        },
+    }
+    text = format_status(status)
+    assert (
+        "endpoints of a: 10.0.0.1:8501 up (3 in flight), 10.0.0.2:8501 EJECTED (0 in flight)"
+        in text
+    )

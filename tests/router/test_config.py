@@ -93,7 +93,8 @@ BAD: list[tuple[str, str, str]] = [
     (
         "unknown-backend-key",
         route(WEIGHTED, backends='backends:\n  a: {url: "http://h:1", timout: 2s}\n'),
-        r"backends\.a: unknown key 'timout'; allowed: url, version, timeout, health, rewrite",
+        r"backends\.a: unknown key 'timout'; allowed: url, endpoints, version, timeout, health, "
+        r"rewrite, outlier_detection, retry_budget",
     ),
     (
         "unknown-bandit-param",
@@ -107,7 +108,8 @@ BAD: list[tuple[str, str, str]] = [
             "policy: {kind: canary, stable: a, candidate: b, steps: [50],"
             " analysis: {checks: [{metric: error_rate, max: 0.1, min: 0}]}}"
         ),
-        r"checks\[0\]: unknown key 'min'; allowed: metric, max \(metric error_rate\)",
+        r"checks\[0\]: unknown key 'min'; allowed: metric, max, failure_status "
+        r"\(metric error_rate\)",
     ),
     # -- values of the wrong form
     (
@@ -497,7 +499,8 @@ BAD: list[tuple[str, str, str]] = [
     (
         "unknown-check-metric",
         route(CANARY + "analysis: {checks: [{metric: cpu}]}}"),
-        r"checks\[0\]\.metric: must be one of error_rate, latency_p99, reward_mean, prometheus",
+        r"checks\[0\]\.metric: must be one of error_rate, latency_p50, latency_p90, "
+        r"latency_p95, latency_p99, reward_mean, prometheus",
     ),
     (
         "error-rate-range",
@@ -861,7 +864,7 @@ def test_ab_test_default_split() -> None:
     p = parse_config(route("policy: {kind: ab_test, arms: {A: a, B: b}}")).routes[0].policy
     assert isinstance(p, ABTestSpec)
     assert p.split == {"A": 1.0, "B": 1.0}
-    assert (p.test.method, p.test.alpha, p.test.min_samples, p.test.tau) == (
+    assert (p.test.method, p.test.alpha, p.test.min_samples, p.test.mixing_sd) == (
         "msprt",
         0.05,
         1000,

@@ -183,9 +183,81 @@ class FakeRouter:
                 "srm": {"p_value": 0.0004, "flagged": True},
             },
         }
+        # An msprt A/B test on a sticky route: lifts with confidence sequences, corrected
+        # p-values, progress, guardrails (issue 10)
+        seq = {
+            "route": "ranking",
+            "kind": "ab_test",
+            "phase": "active",
+            "shares": {"ranker_a": 0.34, "ranker_b": 0.33, "ranker_c": 0.33},
+            "arms": {"ranker_a": {"decisions": 10 * k, "rewards": 10 * k, "reward_sum": 1.0 * k}},
+            "test": {
+                "method": "msprt",
+                "unit": "user",
+                "correction": "holm",
+                "progress": {"min_samples": 1000, "least_arm": 420, "fraction": 0.42},
+                "comparisons": {
+                    "B": {
+                        "vs": "A",
+                        "diff": 0.021,
+                        "diff_low": 0.004,
+                        "diff_high": 0.038,
+                        "lift": 0.21,
+                        "lift_low": 0.041,
+                        "lift_high": 0.379,
+                        "p_value": 0.004,
+                        "p_adjusted": 0.008,
+                        "significant": True,
+                        "interval": "confidence_sequence",
+                        "mde": 0.012,
+                        "mde_relative": 0.12,
+                    },
+                    "C": {
+                        "vs": "A",
+                        "diff": 0.002,
+                        "diff_low": -0.02,
+                        "diff_high": 0.024,
+                        "lift": 0.02,
+                        "lift_low": -0.2,
+                        "lift_high": 0.24,
+                        "p_value": 0.8,
+                        "p_adjusted": 0.8,
+                        "significant": False,
+                        "interval": "confidence_sequence",
+                        "mde": 0.012,
+                        "mde_relative": 0.12,
+                    },
+                },
+                "leaders": {"arms": ["C", "B"], "diff": 0.019, "p_value": 0.02, "p_adjusted": 0.04},
+                "guardrails": {
+                    "metrics": ["error_rate"],
+                    "arms": {
+                        "B": {
+                            "failed": True,
+                            "checks": [
+                                {
+                                    "guardrail": "error_rate",
+                                    "value": 0.06,
+                                    "limit": "<= 0.02",
+                                    "p_value": 1e-5,
+                                    "failed": True,
+                                }
+                            ],
+                        }
+                    },
+                },
+                "winner": None,
+                "decided": False,
+                "srm": {"p_value": 0.5, "flagged": False},
+            },
+        }
         # A route with almost nothing in it: the page must not break on missing fields.
         sparse = {"route": "legacy", "kind": "weighted"}
-        return {"ts": ts, "routes": [bandit, canary, ab, sparse], "audit": self.audit[-100:]}
+        return {
+            "ts": ts,
+            "routes": [bandit, canary, ab, seq, sparse],
+            "audit": self.audit[-100:],
+        }
 
 
 DASH_TOKEN = "dash-token-1"
@@ -250,6 +322,12 @@ async def test_dashboard_charts_hold_data(dashboard_url: str) -> None:
     assert timeline and "analysis passed" in timeline.group(1)
     # A/B status: probability to be best and the SRM flag.
     assert "P(B best)" in dom and 'data-flagged="true"' in dom
+    # Lifts with intervals, corrected p-values, unit of analysis, progress, guardrails.
+    assert 'data-unit="user"' in dom and "users (sticky key)" in dom
+    assert "confidence sequence" in dom and 'data-significant="true"' in dom
+    assert "+21.0%" in dom and "[+4.1%, +37.9%]" in dom and "B vs C" in dom
+    assert 'class="num p-adjusted">0.008' in dom and "42.0% of 1000" in dom
+    assert 'class="guardrail" data-failed="true"' in dom
     assert 'id="route-legacy"' in dom
 
 

@@ -273,3 +273,100 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
         assert word in titles, word
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+
+
+# ---- issue 13: the image runs the compiled data plane, examples start, replicas on Redis ----
+
+
+def test_dockerfile_builds_the_compiled_data_plane() -> None:
+    ins = dockerfile_instructions()
+    stages = [i for i, (op, _) in enumerate(ins) if op == "FROM"]
+    build, final = ins[stages[0] : stages[-1]], ins[stages[-1] :]
+    copied = {src for op, rest in build if op == "COPY" for src in rest.split()[:-1]}
+    # setup.py is what compiles router/dataplane/ with mypyc, and mypyc needs a C compiler
+    assert {"setup.py", "pyproject.toml", "router", "policies"} <= copied
+    runs = " ".join(rest for op, rest in build if op == "RUN")
+    assert re.search(r"apt-get install [^&]*\bgcc\b", runs), runs
+    assert "pip wheel" in runs
+    # the runtime stage refuses to become an image with the pure-Python data plane
+    checks = [rest for op, rest in final if op == "RUN" and "router.dataplane" in rest]
+    assert checks and ".py" in checks[0] and "sys.exit" in checks[0]
+    setup = (ROOT / "setup.py").read_text()
+    assert 'glob.glob("router/dataplane/*.py")' in setup
+
+
+def test_image_tag_is_the_same_everywhere() -> None:
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    tag = f"modelrouter:{version}"
+    (ctr,) = [
+        c
+        for c in only("Deployment", "modelrouter")["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "modelrouter"
+    ]
+    assert ctr["image"] == tag
+    readme = (ROOT / "README.md").read_text()
+    built = re.findall(r"docker build -f deploy/Dockerfile -t (\S+) \.", readme)
+    assert built and set(built) == {tag}, built
+    ran = re.findall(r"^\s*-v \S+:/etc/modelrouter/config.yaml (\S+)$", readme, re.M)
+    assert ran and set(ran) == {tag}, ran
+    assert f"-t {tag} ." in (DEPLOY / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((DEPLOY / "examples").glob("*.yaml")), ids=lambda p: p.name)
+async def test_every_example_starts_as_the_image_runs_it(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image mounts the config read-only at /etc/modelrouter and sets MODELROUTER_STATE_DIR
+    to its writable volume: every example opens its store there and starts its engines."""
+    from router.app import close_runtime, open_runtime
+    from router.store.health import MonitoredStore
+    from router.store.sqlite import SqliteStore
+
+    env = {
+        op: rest for op, rest in dockerfile_instructions() if op == "ENV" and "STATE_DIR" in rest
+    }
+    (line,) = env.values()
+    state_dir = line.split("=", 1)[1]
+    assert state_dir == "/var/lib/modelrouter"
+    etc, var = tmp_path / "etc", tmp_path / "var"
+    etc.mkdir()
+    var.mkdir()
+    config = etc / "config.yaml"
+    config.write_text(path.read_text())
+    monkeypatch.setenv("MODELROUTER_STATE_DIR", str(var))
+    cfg = parse_config(config.read_text(), str(config))
+    if cfg.state.store != "sqlite":
+        pytest.skip(f"{path.name} uses store {cfg.state.store}")
+    rt = await open_runtime(cfg, config_path=config)
+    try:
+        assert isinstance(rt.store, MonitoredStore)  # the store `serve` opens is watched
+        store = rt.store.inner
+        assert isinstance(store, SqliteStore)
+        assert store.path.parent == var  # not next to the read-only config
+        assert store.path.exists()
+        assert [p.name for p in etc.iterdir()] == ["config.yaml"]
+        assert {r.name for r in rt.routes} == {r.name for r in cfg.routes}
+    finally:
+        await close_runtime(rt)
+
+
+def test_two_replicas_share_redis_and_each_pod_admin_is_reachable() -> None:
+    dep = only("Deployment", "modelrouter")
+    assert dep["spec"]["replicas"] >= 2
+    cfg = parse_config(configmap_config_text(), "configmap")
+    # replicas coordinate through one Redis: learned sums, rollout state, audit, feedback log
+    assert cfg.state.store == "redis"
+    # every pod is reachable on its own: a headless Service with the admin port, and the
+    # README shows kubectl port-forward to one pod
+    headless = only("Service", "modelrouter-metrics")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert cfg.admin.listen.port in {p["port"] for p in headless["spec"]["ports"]}
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(r"kubectl port-forward pod/\S+ 9901:9901", readme)
+    # the root filesystem is read-only, so --workers needs a writable /tmp for its metrics
+    pod = dep["spec"]["template"]["spec"]
+    (ctr,) = [c for c in pod["containers"] if c["name"] == "modelrouter"]
+    if ctr["securityContext"].get("readOnlyRootFilesystem"):
+        assert "/tmp" in {m["mountPath"] for m in ctr["volumeMounts"]}

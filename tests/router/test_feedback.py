@@ -22,6 +22,7 @@ from router.feedback import SECRET_KEY, TokenError, TokenSigner, load_secret
 from router.runtime import Runtime
 from router.store.memory import MemoryStore
 from router.store.sqlite import SqliteStore
+from tests.helpers import eventually
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 
@@ -265,13 +266,21 @@ async def test_accepted_feedback_survives_kill_9(tmp_path: Path) -> None:
     try:
         rt = await open_runtime(parse_config(textwrap.dedent(CONFIG)), store=store)
         engine: Any = rt.route("bin").engine
-        assert engine.policy.stats()["b"].rewards == 5
-        assert engine.policy.stats()["b"].reward_sum == 5.0
+        engine.dead_after = 1.0  # the killed process never flushed: judged dead after this
+        # the rewards are folded once their decider is known dead, and their decisions (lost
+        # with it) are counted from them, so decisions and rewards stay consistent
+        st = await eventually(
+            lambda: engine.policy.stats()["b"].rewards == 5 and engine.policy.stats()["b"],
+            timeout=30,
+            what="the five accepted rewards, after their decider is judged dead",
+        )
+        assert st.reward_sum == 5.0 and st.decisions == 5
         await rt.close()
-        # and after a clean restart nothing is counted twice (snapshot + watermark)
+        # and after a clean restart nothing is counted twice (the sums and their mark)
         rt = await open_runtime(parse_config(textwrap.dedent(CONFIG)), store=store)
         engine = rt.route("bin").engine
         assert engine.policy.stats()["b"].rewards == 5
+        assert engine.policy.stats()["b"].decisions == 5
         await rt.close()
     finally:
         await store.close()

@@ -180,17 +180,19 @@ async def test_persist_restore_and_replay_without_double_counting() -> None:
 
     for i in range(20):
         await accept(e, f"t{i}", "a" if i % 2 else "b", 1.0)
-    await e.tick()  # pulls (sees its own), persists snapshot with the watermark
+    await e.tick()  # folds the log into the shared sums (mark 20)
     for i in range(20, 30):
-        await accept(e, f"t{i}", "b", 1.0)  # applied and durable, snapshot not yet written
-    await e.persist()  # snapshot includes them but the watermark is behind: ids ride along
-    await accept(e, "t30", "a", 0.0)  # durable only: the "crash" comes before any snapshot
+        await accept(e, f"t{i}", "b", 1.0)  # applied provisionally, durable in the log
+    await e.persist()  # the policy document: nothing in it adds up any more
+    await accept(e, "t30", "a", 0.0)  # durable only: the "crash" comes before any tick
     expected = {a: (s.rewards, s.reward_sum) for a, s in e.policy.stats().items()}
     e2 = await make(BANDIT, store=store, seed=5)  # a restart on the same store
     try:
         got = {a: (s.rewards, s.reward_sum) for a, s in e2.policy.stats().items()}
         assert got == expected
-        assert e2._watermark == 31
+        assert e2._mark == 31  # the restart folded the rest of the log, exactly once
+        await e2.tick()
+        assert {a: (s.rewards, s.reward_sum) for a, s in e2.policy.stats().items()} == expected
     finally:
         await e2.stop()
         if e._task is not None:

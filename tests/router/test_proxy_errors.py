@@ -157,9 +157,7 @@ async def test_503_when_too_many_wait_for_a_connection(upstreams, router):
 
     up = await upstreams("a", held)
     r = await router(simple_config(("a", up.port), limits="{max_pending: 1}"))
-    from router.dataplane.upstream import pool_for
-
-    pool = pool_for(r.runtime.backends["a"], r.runtime.config.limits)
+    pool = r.runtime.backends["a"].group.pools[0]
     pool.max_connections = 1
     async with aiohttp.ClientSession() as s:
 
@@ -361,21 +359,56 @@ async def test_stale_pooled_connection_is_retried_on_a_fresh_one(raw_upstream, r
     r = await router(simple_config(("a", up.port)))
     async with aiohttp.ClientSession() as s:
         for i in range(4):
-            async with s.post(f"{r.url}/x", data=b"body%d" % i) as resp:
+            async with s.get(f"{r.url}/x?i={i}") as resp:
                 assert resp.status == 200, i
                 assert await resp.read() == b"ok"
     assert up.connections == 4
+    assert (
+        r.sample("modelrouter_retries_total", route="r", backend="a", reason="connection-closed")
+        == 3
+    )
+
+
+async def test_post_on_a_stale_connection_is_not_sent_twice(raw_upstream, router):
+    # the upstream read the second POST, then closed: it may have acted on it
+    up = await raw_upstream(lambda c, n, h: (OK, False) if n == 0 else (b"", True))
+    r = await router(simple_config(("a", up.port)))
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{r.url}/x", data=b"first") as resp:
+            assert resp.status == 200
+        async with s.post(f"{r.url}/x", data=b"second") as resp:
+            assert resp.status == 502
+    assert len(up.heads) == 2  # each POST reached the upstream once
+    # a route that declares its POSTs safe to repeat gets the old behaviour
+    up2 = await raw_upstream(lambda c, n, h: (OK, False) if n == 0 else (b"", True))
+    r2 = await router(simple_config(("b", up2.port), route_extra="retries: {non_idempotent: true}"))
+    async with aiohttp.ClientSession() as s:
+        for i in range(3):
+            async with s.post(f"{r2.url}/x", data=b"body%d" % i) as resp:
+                assert resp.status == 200, i
+    assert len(up2.heads) == 5
 
 
 async def test_route_retries_on_5xx_and_reset(raw_upstream, router):
     err = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
-    up = await raw_upstream(lambda c, n, h: (err, False) if len(up.heads) == 1 else (OK, False))
-    r = await router(
-        simple_config(("a", up.port), route_extra="retries: {attempts: 1, on: [5xx, reset]}")
-    )
-    async with aiohttp.ClientSession() as s, s.post(f"{r.url}/x", data=b"abc") as resp:
-        assert resp.status == 200
-    assert len(up.heads) == 2
+    # each upstream answers its first request 503, the rest 200
+    for method, extra, status, heads in [
+        ("GET", "", 200, 2),
+        ("POST", "", 503, 1),  # the POST reached the upstream: not sent again
+        ("POST", ", non_idempotent: true", 200, 2),  # unless the route says it may be
+    ]:
+        up = await raw_upstream(lambda c, n, h: (err, False) if c == 0 and n == 0 else (OK, False))
+        r = await router(
+            simple_config(
+                ("a", up.port), route_extra=f"retries: {{attempts: 1, on: [5xx, reset]{extra}}}"
+            )
+        )
+        async with (
+            aiohttp.ClientSession() as s,
+            s.request(method, f"{r.url}/x", data=b"abc") as resp,
+        ):
+            assert resp.status == status, (method, extra)
+        assert len(up.heads) == heads, (method, extra)
     # a fresh connection reset before any answer: retried by `reset`
     up2 = await raw_upstream(lambda c, n, h: (b"", True) if c == 0 else (OK, False))
     r2 = await router(

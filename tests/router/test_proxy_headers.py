@@ -24,7 +24,7 @@ async def test_keepalive_get_and_post_reuse_one_upstream_connection(upstreams, r
                 assert resp.headers["x-modelrouter-backend"] == "a"
                 assert resp.headers["x-upstream"] == "a"
     assert up.count == 20
-    pool = r.runtime.backends["a"].pool
+    pool = r.runtime.backends["a"].group.pools[0]
     assert pool.size == 1  # sequential requests share one keep-alive upstream connection
     assert r.sample("modelrouter_requests_total", route="r", backend="a", code="200") == 20
 

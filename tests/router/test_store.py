@@ -209,7 +209,7 @@ async def test_sqlite_group_commit_is_per_call_durable(tmp_path: Path) -> None:
 async def test_sqlite_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "dir.db").mkdir()
     s = SqliteStore(tmp_path / "dir.db")
-    with pytest.raises(StoreError, match=r"cannot open state store .*dir\.db"):
+    with pytest.raises(StoreError, match=r"state store .*dir\.db cannot be opened or created"):
         await s.open()
     with pytest.raises(StoreError, match="not open"):
         await s.get("x")

@@ -245,6 +245,17 @@ async def test_feedback_records_round_trip(store: RedisStore) -> None:
     assert all(g.seq > 0 for g in got)
 
 
+async def test_feedback_records_keep_bucket_and_metrics(store: RedisStore) -> None:
+    # issue 10: the sticky bucket (A/B unit of analysis) and guardrail metrics ride along
+    records = [
+        FeedbackRecord("x", "r", "a", 1.0, 1.0, 2.0, bucket=65535, metrics={"revenue": 2.5}),
+        FeedbackRecord("y", "r", "a", 0.0, 1.0, 2.0),
+    ]
+    assert await store.feedback_add(records) == [True, True]
+    got = await store.feedback_since("r", 0)
+    assert [(g.bucket, g.metrics) for g in got] == [(65535, {"revenue": 2.5}), (None, None)]
+
+
 async def test_feedback_since_is_ordered_and_filtered_by_seq(store: RedisStore) -> None:
     for i in range(6):
         assert await store.feedback_add([rec(f"t{i}", route="r" if i % 3 else "q")]) == [True]
