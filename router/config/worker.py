@@ -1,12 +1,13 @@
-"""Config reloads read and validate the file in a child process, not on the router's loop.
+"""Config reloads read and validate the file off the router's loop: a child process for big ones.
 
 Parsing a large file is seconds of CPU that would hold the GIL (libyaml does not let go of it)
-and churn the garbage collector of the process serving requests. `load_config_offloaded` runs
-``python -m router.config.worker FILE`` instead: the child validates with `load_config` and
-writes one pickle to stdout, either ``("error", [lines])`` or ``("ok", shell, backends,
-routes)`` where each backend and route is pickled on its own, so the parent rebuilds the
-`Config` a slice at a time and yields to its loop in between. The child's memory is bounded
-(CHILD_MEMORY): a config that needs more is a clear error, not a router that runs out.
+and churn the garbage collector of the process serving requests. For a file of more than
+INLINE_BYTES `load_config_offloaded` runs ``python -m router.config.worker FILE`` instead: the
+child validates with `load_config` and writes one pickle to stdout, either
+``("error", [lines])`` or ``("ok", shell, backends, routes)`` where each backend and route is
+pickled on its own, so the parent rebuilds the `Config` a slice at a time and yields to its
+loop in between. The child's memory is bounded (CHILD_MEMORY): a config that needs more is a
+clear error, not a router that runs out.
 """
 
 from __future__ import annotations
@@ -26,15 +27,26 @@ from router.config.reader import ConfigError
 
 __all__ = ["load_config_offloaded"]
 
+INLINE_BYTES: Final = 256 * 1024  # smaller files are read on a thread, larger in a child
 CHILD_TIMEOUT: Final = 300.0  # seconds a child may take to read a config
 CHILD_MEMORY: Final = 2 << 30  # address space of the child, bytes
 _SLICE: Final = 64  # routes or backends rebuilt between two yields to the loop
 
 
 async def load_config_offloaded(path: str | Path) -> Config:
-    """`load_config(path)` in a child process; ConfigError (never anything else) when the
-    file cannot be used, including when the child fails or runs out of time or memory."""
+    """`load_config(path)` off the event loop; ConfigError (never anything else) when the file
+    cannot be used, including when the child fails or runs out of time or memory.
+
+    A file under INLINE_BYTES is read on a worker thread (milliseconds: a reload stays quick;
+    alias bombs are refused before they expand); a larger one in a child process.
+    """
     source = str(path)
+    try:
+        small = Path(path).stat().st_size < INLINE_BYTES
+    except OSError:
+        small = True  # load_config words the error
+    if small:
+        return await asyncio.to_thread(load_config, path)
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

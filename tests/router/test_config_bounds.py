@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, load_config, parse_config
+from router.config import ConfigError, load_config, parse_config, worker
 from router.config import load as load_module
 from router.config.worker import load_config_offloaded
 
@@ -109,13 +109,20 @@ def test_deep_nesting_is_an_error_not_a_crash() -> None:
     assert e.value.errors[0].startswith("deep.yaml")
 
 
-async def test_offloaded_reader_gives_the_same_config(tmp_path: Path) -> None:
+@pytest.fixture(params=["thread", "child"])
+def reader_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Small files are read on a thread, large ones in a child: both ways, whatever the size."""
+    monkeypatch.setattr(worker, "INLINE_BYTES", 1 << 30 if request.param == "thread" else 0)
+    return str(request.param)
+
+
+async def test_offloaded_reader_gives_the_same_config(tmp_path: Path, reader_kind: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(GOOD)
     assert await load_config_offloaded(path) == load_config(path)
 
 
-async def test_offloaded_reader_reports_errors_and_bombs(tmp_path: Path) -> None:
+async def test_offloaded_reader_reports_errors_and_bombs(tmp_path: Path, reader_kind: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(GOOD.replace("weights: {a: 1, b: 3}", "weights: {a: 1, zz: 3}"))
     with pytest.raises(ConfigError) as e:
