@@ -318,6 +318,18 @@ PolicySpec = WeightedSpec | BlueGreenSpec | CanarySpec | ABTestSpec | BanditSpec
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionLogSpec:
+    """`routes[].decision_log`: where and how a learning route records its decisions."""
+
+    path: str  # relative paths resolve against the config file's directory
+    sample_rate: float = 1.0
+    rotate_size: int = 64 * 1024 * 1024
+    rotate_interval: float = 86_400.0
+    retention: float = 7 * 86_400.0
+    queue: int = 65_536  # records waiting for the writer; more are dropped and counted
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
     match: Match
@@ -327,6 +339,8 @@ class RouteConfig:
     retries: Retries = field(default_factory=Retries)
     timeout: float | None = None  # whole-request deadline; None = backend timeout only
     mirror: Mirror | None = None
+    decision_log: DecisionLogSpec | None = None
+    warm_start: str | None = None  # a replay --fit / snapshot file the policy starts from
 
     @property
     def backends(self) -> tuple[str, ...]:

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from policies.spec import Config, RouteConfig, policy_backends
+from policies.spec import Config, RouteConfig, WeightedSpec, policy_backends
+from router.decisionlog import snapshot_doc
 from router.errors import ActionError
 
 __all__ = ["ACTIONS", "RUNTIME_KEY", "ActionError", "AdminRuntime", "create_admin_app"]
@@ -113,6 +114,7 @@ def create_admin_app(runtime: AdminRuntime, *, token: str | None) -> web.Applica
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/admin/routes", _routes)
     app.router.add_get("/admin/routes/{route}", _route_status)
+    app.router.add_get("/admin/routes/{route}/snapshot", _snapshot)
     app.router.add_post("/admin/routes/{route}/{action}", _route_action)
     app.router.add_put("/admin/routes/{route}/weights", _weights)
     app.router.add_post("/admin/reload", _reload)
@@ -281,6 +283,28 @@ async def _route_status(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     route = _route_or_404(runtime, request.match_info["route"])
     return web.json_response(runtime.status(route.name))
+
+
+async def _snapshot(request: web.Request) -> web.Response:
+    """The route's policy and learned state, frozen: a `replay --policy` / `warm_start:` file."""
+    runtime = request.app[RUNTIME_KEY]
+    route = _route_or_404(runtime, request.match_info["route"])
+    engine: Any = route.engine
+    policy = getattr(engine, "policy", None)
+    spec = route.cfg.policy
+    clock = getattr(runtime, "clock", time.time)
+    if policy is not None and hasattr(policy, "state") and getattr(engine, "learns", False):
+        doc = snapshot_doc(route.name, spec, policy.state(), clock())
+    elif spec.kind == "weighted":
+        shares = engine.shares()
+        doc = snapshot_doc(route.name, WeightedSpec(dict(shares)), None, clock())
+    else:
+        raise ActionError(
+            409,
+            f"route '{route.name}' ({spec.kind}) has no learned model to snapshot; "
+            "write its split as a kind: weighted policy to evaluate it",
+        )
+    return web.json_response(doc)
 
 
 async def _route_action(request: web.Request) -> web.Response:

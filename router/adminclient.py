@@ -71,6 +71,12 @@ class AdminClient:
             raise AdminError(f"unexpected answer for route '{name}': {data!r:.200}")
         return data
 
+    def snapshot(self, name: str) -> dict[str, Any]:
+        data = self.request("GET", "/admin/routes/" + _quote(name) + "/snapshot")
+        if not isinstance(data, dict):
+            raise AdminError(f"unexpected snapshot answer for route '{name}': {data!r:.200}")
+        return data
+
     def action(
         self, route: str, action: str, reason: str | None = None, full: bool = False
     ) -> dict[str, Any]:

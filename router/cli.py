@@ -189,6 +189,15 @@ def format_status(status: Mapping[str, Any]) -> str:
     guard = _map(status.get("guardrails")) or _map(test.get("guardrails"))
     if guard:
         lines.extend(_format_guardrails(guard))
+    dlog = _map(status.get("decision_log"))
+    if dlog:
+        lag = dlog.get("lag_seconds")
+        lines.append(
+            f"  decision log {dlog.get('path', '?')}: {_num(dlog.get('written'))} written, "
+            f"{_num(dlog.get('dropped'))} dropped, {_num(dlog.get('rewards_written'))} rewards, "
+            f"lag {_num(lag, 3)}s"
+            + (f", {_num(dlog.get('errors'))} failed" if dlog.get("errors") else "")
+        )
     analysis = status.get("analysis")
     if isinstance(analysis, list) and analysis:
         lines.append("  analysis (latest):")
@@ -386,6 +395,13 @@ def cmd_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """The route's frozen model as JSON on stdout (a `replay --policy` / `warm_start:` file)."""
+    doc = _client(args).snapshot(args.route)
+    print(json.dumps(doc, indent=1))
+    return 0
+
+
 def cmd_set_weights(args: argparse.Namespace) -> int:
     weights = parse_weights(args.weights)
     client = _client(args)
@@ -459,6 +475,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from router.replay import replay_main
+
+    code: int = replay_main(args)
+    return code
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from router.demo import demo_main
 
@@ -477,9 +500,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "switch": cmd_action,
     "retry": cmd_action,
     "set-weights": cmd_set_weights,
+    "snapshot": cmd_snapshot,
     "reload": cmd_reload,
     "audit": cmd_audit,
     "simulate": cmd_simulate,
+    "replay": cmd_replay,
     "demo": cmd_demo,
 }
 
@@ -504,6 +529,16 @@ def _positive_float(raw: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a positive number, got '{raw}'") from None
     if not math.isfinite(v) or v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got '{raw}'")
+    return v
+
+
+def _fraction(raw: str) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got '{raw}'") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got '{raw}'")
     return v
 
 
@@ -595,6 +630,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", nargs="*", metavar="NAME=W")
     p.add_argument("--reason", metavar="TEXT", help="recorded in the audit log")
 
+    p = sub.add_parser(
+        "snapshot",
+        parents=[admin],
+        help="print a route's learned model as JSON (for replay --policy and warm_start:)",
+        epilog=f"Example: {PROG} snapshot clothing > model.json",
+    )
+    p.add_argument("route", metavar="ROUTE")
+
     p = sub.add_parser("reload", parents=[admin], help="re-read the config file of the router")
     p.add_argument("--reason", metavar="TEXT", help="recorded in the audit log")
 
@@ -608,6 +651,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive_int, metavar="N")
     p.add_argument("--out", metavar="FILE.csv")
     p.add_argument("--json", action="store_true", help="print one JSON line of results")
+
+    p = sub.add_parser(
+        "replay",
+        help="estimate candidate policies on a decision log (IPS, SNIPS, DR, replay)",
+        epilog="A candidate file holds 'policy:' (a route policy block), optionally 'state:' "
+        "(learned parameters) and 'learn: true|false'; snapshot and --fit write such files.",
+    )
+    p.add_argument("log", metavar="LOG", help="the decision log (its rotated files are read too)")
+    p.add_argument(
+        "--policy", action="append", metavar="FILE", help="a candidate policy (repeatable)"
+    )
+    p.add_argument("--route", metavar="ROUTE", help="the route to evaluate (when several logged)")
+    p.add_argument("--fit", metavar="OUT", help="train a policy from the log, write it to OUT")
+    p.add_argument(
+        "--holdout", type=_fraction, metavar="F", help="with --fit: evaluate on the newest F"
+    )
+    p.add_argument("--export", metavar="FILE", help="write FILE.npz (Open Bandit Pipeline) or .vw")
+    p.add_argument(
+        "--missing-reward",
+        type=float,
+        metavar="R",
+        help="reward of decisions without feedback (default: the route's missing_reward)",
+    )
+    p.add_argument(
+        "--clip", type=_positive_float, default=math.inf, metavar="W", help="cap on the weights"
+    )
+    p.add_argument(
+        "--alpha", type=_fraction, default=0.05, metavar="A", help="1 - interval level (0.05)"
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed (cross-fitting folds)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
 
     p = sub.add_parser("demo", help="toy model servers + router + synthetic client, live view")
     p.add_argument("--duration", type=_positive_float, metavar="S")

@@ -15,6 +15,7 @@ were duplicates.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -132,6 +133,22 @@ class TokenSigner:
         now: float,
         bucket: int | None = None,
     ) -> str:
+        return self.issue_with_id(route, arm, propensity, generation, features, label, now, bucket)[
+            0
+        ]
+
+    def issue_with_id(
+        self,
+        route: str,
+        arm: str,
+        propensity: float,
+        generation: int,
+        features: tuple[float, ...] | None,
+        label: str | None,
+        now: float,
+        bucket: int | None = None,
+    ) -> tuple[str, str]:
+        """A token and its id (the decision id the decision log records)."""
         token_id = f"{self._prefix}{next(self._counter):x}"
         fields: list[Any] = [
             _VERSION,
@@ -147,7 +164,7 @@ class TokenSigner:
         if bucket is not None:
             fields.append(bucket)
         payload = json.dumps(fields, separators=(",", ":")).encode()
-        return f"{_b64(payload)}.{_b64(self._sign(payload))}"
+        return f"{_b64(payload)}.{_b64(self._sign(payload))}", token_id
 
     def verify(self, token: object, now: float, ttl: float) -> TokenData:
         """The token's content, or TokenError: 403 forged/malformed, 410 older than `ttl`."""
@@ -330,6 +347,8 @@ class FeedbackHandler:
                 it.data.arm, it.reward, ctx, token_id=it.data.token_id, metrics=it.metrics
             )
             metrics.feedback(it.data.route, it.data.arm)
+        if accepted:
+            await self._log_rewards([it for it, ok in zip(valid, stored, strict=True) if ok], now)
         if accepted == 0:
             return _error(
                 409,
@@ -339,6 +358,43 @@ class FeedbackHandler:
         if prefix:
             out["duplicates"] = duplicates
         return _json(202, out)
+
+    async def _log_rewards(self, items: list[_Item], now: float) -> None:
+        """Append accepted rewards to their routes' decision logs, fsync'ed before the 202.
+
+        A failed write is logged and counted (`errors` in the log's health); the reward itself
+        is already durable in the state store, so the answer stays 202.
+        """
+        get = getattr(self._rt, "decision_log", None)
+        if get is None:
+            return
+        groups: dict[int, tuple[Any, list[dict[str, Any]]]] = {}
+        for it in items:
+            d = it.data
+            rl = get(d.route)
+            if rl is None:
+                continue
+            layout = rl.layout if d.features is not None and len(d.features) == rl.dim else None
+            groups.setdefault(id(rl.writer), (rl.writer, []))[1].append(
+                {
+                    "t": round(now, 6),
+                    "route": d.route,
+                    "id": d.token_id,
+                    "reward": it.reward,
+                    "arm": d.arm,
+                    "propensity": d.propensity,
+                    "features": None if d.features is None else list(d.features),
+                    "label": d.label,
+                    "decided_at": d.issued_at,
+                    "layout": layout,
+                }
+            )
+        for writer, records in groups.values():
+            try:
+                await asyncio.to_thread(writer.rewards, records)
+            except OSError as e:
+                writer.errors += len(records)
+                log.error("decision log %s: reward records not written: %s", writer.path, e)
 
     def _validate(self, raw: object, now: float) -> _Item:
         if not isinstance(raw, dict) or "decision" not in raw or "reward" not in raw:

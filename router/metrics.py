@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
     CounterMetricFamily,
+    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
     SummaryMetricFamily,
@@ -115,6 +116,46 @@ class BoundRequest:
                 self.route, self.backend, reason
             )
         child.inc()
+
+
+class _DecisionLogCollector(Collector):
+    """Decision-log health read from each route's writer at scrape time (no refresh loop)."""
+
+    def __init__(self, logs: dict[str, Any]) -> None:
+        self._logs = logs
+
+    def describe(self) -> tuple[CounterMetricFamily, CounterMetricFamily, GaugeMetricFamily]:
+        return (
+            CounterMetricFamily(
+                PREFIX + "decision_log_records",
+                "Decision records by route and result: written, dropped (the writer fell "
+                "behind), failed (an I/O error).",
+                labels=("route", "result"),
+            ),
+            CounterMetricFamily(
+                PREFIX + "decision_log_rewards",
+                "Reward records written to the route's decision log (feedback rewards are "
+                "fsync'ed before their 202).",
+                labels=("route",),
+            ),
+            GaugeMetricFamily(
+                PREFIX + "decision_log_lag_seconds",
+                "Age of the oldest decision record still waiting for the writer.",
+                labels=("route",),
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        records, rewards, lag = self.describe()
+        for route, w in list(self._logs.items()):
+            records.add_metric((route, "written"), w.written)
+            records.add_metric((route, "dropped"), w.dropped)
+            records.add_metric((route, "failed"), w.errors)
+            rewards.add_metric((route,), w.rewards_written)
+            lag.add_metric((route,), w.lag())
+        yield records
+        yield rewards
+        yield lag
 
 
 class _PlainCollector(Collector):
@@ -245,6 +286,8 @@ class Metrics:
         self._rewards: dict[tuple[str, str], tuple[int, float]] = {}
         plain = _PlainCollector(self._bound, self._rewards)
         r.register(plain)
+        self._dlogs: dict[str, Any] = {}
+        r.register(_DecisionLogCollector(self._dlogs))
         # serve --workers: prometheus_client's multiprocess mode (see the module docstring)
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self._export: _FileExport | None = None
@@ -586,10 +629,18 @@ class Metrics:
         """A mirrored (shadow) request finished with `result`: match, mismatch, error, skipped."""
         self._mirror.labels(route, backend, result).inc()
 
+    def watch_decision_log(self, route: str, writer: Any | None) -> None:
+        """Export the health of `route`'s decision-log writer (None: the route logs no more)."""
+        if writer is None:
+            self._dlogs.pop(route, None)
+        else:
+            self._dlogs[route] = writer
+
     # ---- lifecycle -----------------------------------------------------------------------------
 
     def forget_route(self, route: str) -> None:
         """Drop every series labelled with `route` (the route was removed by a reload)."""
+        self._dlogs.pop(route, None)
         for plain in (self._bound, self._rewards):
             for key in [k for k in plain if k[0] == route]:
                 del plain[key]

@@ -422,8 +422,45 @@ _SECTIONS: tuple[Section, ...] = (
             ),
             "mirror": Key("mapping", "Shadow traffic, see `routes[].mirror`.", default="—"),
             "policy": Key("mapping", "Exactly one policy kind, see `routes[].policy`."),
+            "decision_log": Key(
+                "mapping",
+                "Learning routes: record every decision for off-policy evaluation, see "
+                "`routes[].decision_log`.",
+                default="—",
+            ),
+            "warm_start": Key(
+                "path",
+                "Bandit routes: a `modelrouter replay --fit` or `snapshot` file the policy "
+                "starts from when the store has no state for the route (relative to this file).",
+                default="—",
+            ),
         },
         get=_route,
+    ),
+    Section(
+        "routes[].decision_log",
+        ("routes", 0, "decision_log"),
+        {"path": "decisions.jsonl"},
+        {
+            "path": Key(
+                "path",
+                "JSON-lines file, relative to `$MODELROUTER_STATE_DIR` when set (the image's "
+                "volume), else to this file; rotated files sit next to it, gzipped.",
+            ),
+            "sample_rate": Key(
+                "number", "Share of decisions logged (by a hash of the decision id), in (0, 1]."
+            ),
+            "rotate_size": Key("size", "Rotate when the file reaches this size."),
+            "rotate_interval": Key("duration", "Rotate when the file is this old."),
+            "retention": Key("duration", "Delete rotated files older than this."),
+            "queue": Key(
+                "int",
+                "Records waiting for the writer thread; beyond this they are dropped and "
+                "counted, never waited for.",
+            ),
+        },
+        get=lambda c: c.routes[0].decision_log,
+        policy=_BANDIT,
     ),
     Section(
         "routes[].match",
@@ -434,7 +471,8 @@ _SECTIONS: tuple[Section, ...] = (
                 "path",
                 "Path prefix matched on whole segments: `/v2/models/iris` matches "
                 "`/v2/models/iris`, `/v2/models/iris/infer` and `/v2/models/iris:predict`, not "
-                "`/v2/models/iris-v2/infer`; a prefix ending in `/` matches anything below it.",
+                "`/v2/models/iris-v2/infer`; a prefix ending in `/` or `:` matches anything "
+                "after it.",
             ),
             "path_exact": Key(
                 "path", "Only this exact path (instead of `path_prefix`).", default="—"

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import random
 import re
 import time
 from collections.abc import Callable, Iterable
+from hashlib import blake2b
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +24,21 @@ import numpy as np
 
 from policies.base import Context, Decision
 from policies.failover import failover_arm
-from policies.spec import BackendConfig, Config, Limits, Override, RouteConfig, policy_backends
+from policies.spec import (
+    BackendConfig,
+    Config,
+    DecisionLogSpec,
+    Limits,
+    Override,
+    RouteConfig,
+    policy_backends,
+)
 from policies.weighted import sticky_bucket
 from router.dataplane.endpoints import EndpointGroup
 from router.dataplane.mirror import Mirrorer
+from router.dataplane.routing import RouteTable
 from router.dataplane.seam import Selection
+from router.decisionlog import DecisionLogWriter, RouteLog, worker_log_path
 from router.engines import Engine, Services, engine_for
 from router.feedback import FeedbackHandler, TokenSigner, load_secret
 
@@ -39,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelrouter.runtime")
 
 BUILD_SLICE = 0.005  # seconds of route building on the loop between two yields (reload)
+ENV_WORKER_VAR = "MODELROUTER_WORKER"  # router.workers.ENV_WORKER: "index:...", set per worker
+STATE_DIR_ENV = "MODELROUTER_STATE_DIR"  # router.store.sqlite.STATE_DIR_ENV
+
 OUTLIER_TICK = 0.1  # seconds between checks for ejections that are over
 PRUNE_EVERY = 300.0  # seconds between prunes of feedback older than twice the feedback TTL
 
@@ -96,17 +111,27 @@ class RouteRuntime:
         backends: dict[str, BackendRuntime],
         metrics: Metrics,
         runtime: Runtime,
+        dlog: RouteLog | None = None,
     ) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.engine = engine
+        self.dlog = dlog
+        # routes that learn from the response log that reward next to the decision
+        self._response_reward: Callable[[int, float, str | None], float] | None = getattr(
+            engine, "response_reward", None
+        )
+        self._log_response = (
+            dlog is not None
+            and self._response_reward is not None
+            and bool(getattr(engine, "rewards_from_response", False))
+        )
         m = cfg.match
         self.methods = m.methods
-        # path matching (Runtime.match): a prefix matches whole segments; exact; or a regex
+        # path matching (router.dataplane.routing): a prefix matches whole segments; exact; regex
         self.prefix = m.path_prefix if m.path_exact is None else m.path_exact
-        self.plen = len(self.prefix)
-        # a prefix ending in "/" (or "/" itself) needs no segment check after it
-        self.open_end = m.path_exact is None and self.prefix.endswith("/")
+        # a prefix ending in "/" or ":" (or "/" itself) needs no segment check after it
+        self.open_end = m.path_exact is None and self.prefix[-1:] in ("/", ":")
         self.exact = m.path_exact is not None
         self.regex = re.compile(m.path_regex) if m.path_regex is not None else None
         self._runtime = runtime
@@ -171,6 +196,7 @@ class RouteRuntime:
                     b = o.backend if name == o.backend.name else self._backends[name]
                     return Selection(b, None, None, None, None)
         bucket = None
+        key = None
         if self._sticky is not None:
             key = self._sticky(req)
             if key is not None:
@@ -187,8 +213,44 @@ class RouteRuntime:
         backend = self._backends[decision.arm]
         if not backend.up:
             backend, decision = self._failover(decision)
-        token = self._runtime.issue_token(self.name, decision, ctx) if engine.learns else None
-        return Selection(backend, decision.arm, decision, ctx, token)
+        if not engine.learns:
+            return Selection(backend, decision.arm, decision, ctx, None)
+        return self._learning_selection(backend, decision, ctx, key, req.request_id)
+
+    def _learning_selection(
+        self,
+        backend: BackendRuntime,
+        decision: Decision,
+        ctx: Context,
+        key: str | None,
+        request_id: bytes | None,
+    ) -> Selection:
+        """A learning route's selection: its token, and its decision record when it logs."""
+        dl = self.dlog
+        if dl is None:
+            token = self._runtime.issue_token(self.name, decision, ctx)
+            return Selection(backend, decision.arm, decision, ctx, token)
+        issued = self._runtime.issue_token_with_id(self.name, decision, ctx)
+        if issued is None:
+            return Selection(backend, decision.arm, decision, ctx, None)
+        token, token_id, now = issued
+        sel = Selection(backend, decision.arm, decision, ctx, token)
+        unit = None if key is None else blake2b(key.encode(), digest_size=8).hexdigest()
+        # a deque append (or a counted drop): the writer thread does the rest
+        if dl.writer.decision(
+            now,
+            self.name,
+            token_id,
+            decision.arm,
+            decision.propensity,
+            dl.version,
+            dl.layout,
+            ctx.features,
+            unit,
+            request_id,
+        ):
+            sel.logged = token_id
+        return sel
 
     def select_plain(self) -> Selection:
         """`select` for a plain route (see `plain`): no Request view, a shared empty Context."""
@@ -242,8 +304,18 @@ class RouteRuntime:
             if backend.name == failed:
                 return None
         backend = self._backends[decision.arm]
-        token = self._runtime.issue_token(self.name, decision, ctx) if engine.learns else None
-        return Selection(backend, decision.arm, decision, ctx, token)
+        if not engine.learns:
+            return Selection(backend, decision.arm, decision, ctx, None)
+        # the retry is a decision of its own: a new token, and its own record in the log
+        key = self._sticky(req) if self._sticky is not None and req is not None else None
+        rid = req.request_id if req is not None else None
+        return self._learning_selection(backend, decision, ctx, key, rid)
+
+    def _log_reward(self, decision_id: str, status: int, latency: float, error: str | None) -> None:
+        rr, dl = self._response_reward, self.dlog
+        if rr is not None and dl is not None:
+            reward = rr(status, latency, error)
+            dl.writer.response_reward(self._runtime.clock(), self.name, decision_id, reward)
 
     def record(self, sel: Selection, status: int, latency: float, error: str | None) -> None:
         bound = self._bound[sel.backend.name]
@@ -254,6 +326,8 @@ class RouteRuntime:
             if self._count_decisions:
                 bound.decisions += 1
             self.engine.observe(sel.arm, status, latency, error, sel.context)
+            if self._log_response and sel.logged is not None:
+                self._log_reward(sel.logged, status, latency, error)
         elif self._observe_overrides:
             self.engine.observe(sel.backend.name, status, latency, error)
 
@@ -274,6 +348,9 @@ class RouteRuntime:
 
 class Runtime:
     """Everything the data plane and the admin API share, swapped atomically on reload."""
+
+    # the index `match` uses, rebuilt when `routes` is replaced (startup, reload)
+    _table: RouteTable[RouteRuntime] = RouteTable(())
 
     def __init__(
         self,
@@ -301,6 +378,10 @@ class Runtime:
         self.signer: TokenSigner | None = None
         self.feedback: FeedbackHandler | None = None
         self._health: dict[str, asyncio.Task[None]] = {}
+        # decision logs: one writer per file (resolved path), one RouteLog per logging route
+        self._writers: dict[str, tuple[DecisionLogSpec, DecisionLogWriter]] = {}
+        self._route_logs: dict[str, RouteLog] = {}
+        self._open_writers: dict[int, DecisionLogWriter] = {}
         self._prune_task: asyncio.Task[None] | None = None
         self._outlier_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
@@ -387,6 +468,7 @@ class Runtime:
         self._health.clear()
         for r in self.routes:
             await r.engine.stop()
+        await self._sync_logs(())
         for b in self.backends.values():
             b.group.close()
         if self.http is not None:
@@ -395,22 +477,34 @@ class Runtime:
     # ---- per request --------------------------------------------------------------------------
 
     def match(self, method: str, path: str) -> RouteRuntime | None:
-        for r in self.routes:
-            if r.methods is not None and method not in r.methods:
-                continue
-            rx = r.regex
-            if rx is not None:
-                if rx.fullmatch(path) is not None:
-                    return r
-            elif r.exact:
-                if path == r.prefix:
-                    return r
-            elif path.startswith(r.prefix):
-                # whole segments: /v1/m matches /v1/m, /v1/m/x and /v1/m:predict, not /v1/mx
-                n = r.plen
-                if r.open_end or len(path) == n or path[n] in "/:":
-                    return r
-        return None
+        table = self._table
+        if table.source is not self.routes:  # built (or reloaded) since: index them again
+            table = self._table = RouteTable(self.routes)
+        return table.match(method, path)
+
+    def issue_token_with_id(
+        self, route: str, decision: Decision, ctx: Context
+    ) -> tuple[str, str, float] | None:
+        """(token, decision id, time) for a logged decision; None without a signer."""
+        if self.signer is None:
+            return None
+        now = self.clock()
+        features = None if ctx.features is None else tuple(ctx.features.tolist())
+        token, token_id = self.signer.issue_with_id(
+            route,
+            decision.arm,
+            decision.propensity,
+            self.generation,
+            features,
+            ctx.label,
+            now,
+            bucket=ctx.bucket,
+        )
+        return token, token_id, now
+
+    def decision_log(self, route: str) -> RouteLog | None:
+        """The route's decision log, for the feedback handler's reward records."""
+        return self._route_logs.get(route)
 
     def issue_token(self, route: str, decision: Decision, ctx: Context) -> str | None:
         if self.signer is None:
@@ -464,6 +558,8 @@ class Runtime:
             }
             for b, rb in r._backends.items()
         }
+        if r.dlog is not None:
+            out["decision_log"] = r.dlog.writer.health()
         return out
 
     def ready(self) -> tuple[bool, str]:
@@ -625,12 +721,68 @@ class Runtime:
                 engine = engine_for(rc.policy.kind)(rc, services)
                 await engine.start()
                 started.append(engine)
-                routes.append(RouteRuntime(rc, engine, backends, self.metrics, self))
+                dlog = self._open_log(rc, config)
+                routes.append(RouteRuntime(rc, engine, backends, self.metrics, self, dlog))
         except BaseException:
             for e in started:
                 await e.stop()
+            await self._sync_logs(self.routes)  # close what this failed build opened
             raise
+        await self._sync_logs(routes)
         return tuple(routes)
+
+    def _open_log(self, rc: RouteConfig, config: Config) -> RouteLog | None:
+        spec = rc.decision_log
+        if spec is None or not self._engine_learns(rc):
+            return None
+        # like the SQLite store: relative to $MODELROUTER_STATE_DIR when set (the image's
+        # writable volume; the config may be mounted read-only), else to the config file
+        state_dir = os.environ.get(STATE_DIR_ENV)
+        base = (
+            Path(state_dir)
+            if state_dir
+            else (self.config_path.resolve().parent if self.config_path else Path.cwd())
+        )
+        path = str(worker_log_path(base / spec.path, os.environ.get(ENV_WORKER_VAR, "")))
+        cur = self._writers.get(path)
+        if cur is None or cur[0] != spec:
+            writer = DecisionLogWriter(
+                path,
+                sample_rate=spec.sample_rate,
+                rotate_bytes=spec.rotate_size,
+                rotate_seconds=spec.rotate_interval,
+                retention=spec.retention,
+                queue_max=spec.queue,
+                clock=self.clock,
+            )
+            try:
+                writer.start()
+            except OSError as e:
+                raise ValueError(
+                    f"route '{rc.name}': decision_log.path {path}: cannot open: {e.strerror or e}"
+                ) from None
+            self._open_writers[id(writer)] = writer
+            self._writers[path] = (spec, writer)
+        else:
+            writer = cur[1]
+        return RouteLog.build(writer, rc.name, rc.policy, config.feedback.missing_reward)
+
+    @staticmethod
+    def _engine_learns(rc: RouteConfig) -> bool:
+        return rc.policy.kind in ("ab_test", "bandit", "contextual_bandit")
+
+    async def _sync_logs(self, routes: Iterable[RouteRuntime]) -> None:
+        """Point metrics and feedback at the live routes' logs; close writers nobody uses."""
+        live = {r.name: r.dlog for r in routes if r.dlog is not None}
+        for name in set(self._route_logs) - set(live):
+            self.metrics.watch_decision_log(name, None)
+        for name, rl in live.items():
+            self.metrics.watch_decision_log(name, rl.writer)
+        self._route_logs = live
+        used = {id(rl.writer) for rl in live.values()}
+        self._writers = {p: sw for p, sw in self._writers.items() if id(sw[1]) in used}
+        for key in [k for k in self._open_writers if k not in used]:
+            await asyncio.to_thread(self._open_writers.pop(key).close)
 
     # ---- health -----------------------------------------------------------------------------
 

@@ -187,7 +187,26 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError([f"{source}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
     except OSError as e:
         raise ConfigError([f"{source}: cannot read: {e.strerror or e}"]) from None
-    return parse_config(text, source)
+    cfg = parse_config(text, source)
+    errors = _check_warm_starts(cfg, Path(path).resolve().parent)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def _check_warm_starts(cfg: Config, base: Path) -> list[str]:
+    """Each `warm_start:` file (relative to the config file) must fit its route."""
+    from router.warmstart import WarmStartError, load_warm_start
+
+    errors = []
+    for i, route in enumerate(cfg.routes):
+        if route.warm_start is None:
+            continue
+        try:
+            load_warm_start(base / route.warm_start, route.policy)
+        except WarmStartError as e:
+            errors.append(f"{cfg.source}: routes[{i}].warm_start: {e}")
+    return errors
 
 
 def validate_main(path: str | Path) -> int:

@@ -8,15 +8,18 @@ from dataclasses import replace
 from typing import Final
 
 from policies.spec import (
+    LEARNING_KINDS,
     ABTestSpec,
     Address,
     BackendConfig,
+    DecisionLogSpec,
     HealthConfig,
     Match,
     Mirror,
     OutlierDetection,
     Override,
     OverrideKind,
+    PolicySpec,
     Retries,
     RetryBudget,
     Rewrite,
@@ -195,7 +198,7 @@ def _version(r: Reader) -> str | None:
 
 
 _PATH_KINDS: Final = ("path_prefix", "path_exact", "path_regex")
-_PATH_RE: Final = re.compile(r"/\S*")
+_URL_PATH_RE: Final = re.compile(r"/\S*")
 
 
 def _match(r: Reader) -> Match:
@@ -205,8 +208,8 @@ def _match(r: Reader) -> Match:
     given = [k for k in _PATH_KINDS if k in m]
     if len(given) > 1 and not m.quiet:
         m.error(f"give one of path_prefix, path_exact, path_regex, got {' and '.join(given)}")
-    prefix = m["path_prefix"].string("/", pattern=_PATH_RE, what="a path starting with '/'")
-    exact = m["path_exact"].string(None, pattern=_PATH_RE, what="a path starting with '/'")
+    prefix = m["path_prefix"].string("/", pattern=_URL_PATH_RE, what="a path starting with '/'")
+    exact = m["path_exact"].string(None, pattern=_URL_PATH_RE, what="a path starting with '/'")
     regex = m["path_regex"].string(None)
     if regex is not None:
         try:
@@ -309,7 +312,47 @@ _ROUTE_KEYS: Final = (
     "timeout",
     "mirror",
     "policy",
+    "decision_log",
+    "warm_start",
 )
+_DECISION_LOG_KEYS: Final = (
+    "path",
+    "sample_rate",
+    "rotate_size",
+    "rotate_interval",
+    "retention",
+    "queue",
+)
+_PATH_RE: Final = re.compile(r"\S+")
+
+
+def _decision_log(r: Reader, policy: PolicySpec) -> DecisionLogSpec | None:
+    if not r.present:
+        return None
+    m = r.mapping(_DECISION_LOG_KEYS, required=True)
+    if policy.kind not in LEARNING_KINDS and not m.quiet:
+        r.error(
+            f"a {policy.kind} route makes no logged decisions (no propensities, no rewards); "
+            f"decision_log needs one of {', '.join(sorted(LEARNING_KINDS))}"
+        )
+    d = DecisionLogSpec(path="")
+    return DecisionLogSpec(
+        path=m["path"].string(pattern=_PATH_RE, what="a file path"),
+        sample_rate=m["sample_rate"].number(d.sample_rate, gt=0, max=1),
+        rotate_size=m["rotate_size"].size(d.rotate_size),
+        rotate_interval=m["rotate_interval"].duration(d.rotate_interval),
+        retention=m["retention"].duration(d.retention),
+        queue=m["queue"].integer(d.queue, min=1),
+    )
+
+
+def _warm_start(r: Reader, policy: PolicySpec) -> str | None:
+    if not r.present:
+        return None
+    path = r.string(pattern=_PATH_RE, what="a file path")
+    if policy.kind not in ("bandit", "contextual_bandit"):
+        r.error(f"a {policy.kind} route does not learn; warm_start needs a bandit")
+    return path
 
 
 def _route(r: Reader, refs: Refs) -> RouteConfig:
@@ -322,6 +365,8 @@ def _route(r: Reader, refs: Refs) -> RouteConfig:
         name=m["name"].name("route name"),
         match=_match(m["match"]),
         policy=policy,
+        decision_log=_decision_log(m["decision_log"], policy),
+        warm_start=_warm_start(m["warm_start"], policy),
         overrides=tuple(_override(o, refs) for o in m["overrides"].sequence()),
         sticky=sticky,
         retries=_retries(m["retries"]),
@@ -335,6 +380,7 @@ def read_routes(r: Reader, refs: Refs) -> tuple[RouteConfig, ...]:
     routes: list[RouteConfig] = []
     seen: dict[str, int] = {}
     same_path: dict[tuple[str, str | None, str | None], list[int]] = {}
+    logs: dict[str, int] = {}
     for i, item in enumerate(items):
         route = _route(item, refs)
         if route.name and route.name in seen:
@@ -342,6 +388,14 @@ def read_routes(r: Reader, refs: Refs) -> tuple[RouteConfig, ...]:
                 f"duplicate route name '{route.name}' (also routes[{seen[route.name]}])"
             )
         seen.setdefault(route.name, i)
+        if route.decision_log is not None:
+            path = route.decision_log.path
+            if path in logs:
+                item.mapping()["decision_log"].error(
+                    f"path {path} is already the decision log of routes[{logs[path]}]; "
+                    "give each route its own file"
+                )
+            logs.setdefault(path, i)
         # only routes with the same path match can shadow each other: look at those alone
         # (a linear pass, whatever the number of routes)
         key = _path_key(route.match)

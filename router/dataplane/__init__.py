@@ -4,6 +4,7 @@ seam      what a data plane uses of the routing runtime (Request, Selection, Rou
 proxy     ProxyServer and start_proxy: the listening socket, timeout tick, idle sweep, drain
 listener  ClientProtocol: one client connection's httptools callbacks, pipelining, refusals
 head      pure head processing: framing, target, client address, request id, forwarded head
+routing   RouteTable: first-match route lookup indexed by prefix length (flat at 1,000 routes)
 exchange  Exchange: one request and its response through the proxy (retries, timeouts)
 upstream  UpstreamPool and UpstreamConnection: keep-alive connections to one backend
 feedback  the /_modelrouter/feedback endpoint

@@ -25,7 +25,16 @@ __all__ = ["Backend", "Metrics", "Request", "Route", "Router", "Selection"]
 class Request:
     """One request as routing sees it: method, raw path and query, headers as received."""
 
-    __slots__ = ("_cookies", "body", "client_ip", "headers", "method", "path", "query")
+    __slots__ = (
+        "_cookies",
+        "body",
+        "client_ip",
+        "headers",
+        "method",
+        "path",
+        "query",
+        "request_id",
+    )
 
     def __init__(
         self,
@@ -35,6 +44,7 @@ class Request:
         headers: list[tuple[bytes, bytes]],
         client_ip: str,
         body: bytes | None = None,
+        request_id: bytes | None = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -42,6 +52,7 @@ class Request:
         self.headers = headers
         self.client_ip = client_ip
         self.body = body
+        self.request_id = request_id  # x-request-id as forwarded (the decision log records it)
         self._cookies: dict[str, str] | None = None
 
     def header(self, name: str) -> str | None:
@@ -105,7 +116,7 @@ class Backend(Protocol):
 class Selection:
     """Where one request goes and why (made by `Route.select`, handed back to `Route.record`)."""
 
-    __slots__ = ("arm", "backend", "context", "decision", "token")
+    __slots__ = ("arm", "backend", "context", "decision", "logged", "token")
 
     def __init__(
         self,
@@ -120,6 +131,7 @@ class Selection:
         self.decision = decision
         self.context = context
         self.token = token  # x-modelrouter-decision on learning routes
+        self.logged: str | None = None  # decision id, when the decision log holds its record
 
     def __repr__(self) -> str:
         return f"<Selection {self.backend.name} arm={self.arm!r}>"

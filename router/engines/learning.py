@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +45,7 @@ from policies.regret import RegretTracker
 from policies.spec import ABTestSpec, BanditSpec, ContextualSpec, RouteConfig
 from router.engines.base import ActionError, EngineBase, EngineFactory, Services
 from router.feedback import DECIDER_CHARS
+from router.warmstart import WarmStartError, load_warm_start
 
 if TYPE_CHECKING:
     from router.dataplane.seam import Request
@@ -133,6 +135,7 @@ class LearningEngine(EngineBase):
         self._failed: frozenset[str] = frozenset()  # arms failing a guardrail (bandit routes)
         self._failed_seen: frozenset[str] = frozenset()  # already audited
         self._guard_result: dict[str, Any] = {}
+        self._warm_path = route.warm_start
 
     # ---- hot path ---------------------------------------------------------------------------
 
@@ -241,13 +244,20 @@ class LearningEngine(EngineBase):
                     self._observe_guard(a, "latency", latency, ctx)
         if not self._from_response:
             return
+        reward = self.response_reward(status, latency, error)
+        self._learn(arm, reward, ctx if ctx is not None else Context(), self.policy, self.regret)
+
+    def response_reward(self, status: int, latency: float, error: str | None) -> float:
+        """The reward of a response under `reward: {from: response}`: 1 when it was good."""
         r = self._reward
         ok = error is None and status < r.max_status
         if ok and r.max_latency is not None:
             ok = latency <= r.max_latency
-        self._learn(
-            arm, 1.0 if ok else 0.0, ctx if ctx is not None else Context(), self.policy, self.regret
-        )
+        return 1.0 if ok else 0.0
+
+    @property
+    def rewards_from_response(self) -> bool:
+        return self._from_response
 
     def feedback(
         self,
@@ -400,6 +410,13 @@ class LearningEngine(EngineBase):
         snap = await store.get(self._key)
         legacy: Arrays | None = None
         legacy_mark = -1
+        warm: str | None = None
+        if not (isinstance(snap, dict) and snap.get("kind") == self.kind):
+            # a fitted/snapshotted start seeds the shared sums like a legacy snapshot: once,
+            # only if nobody did (N workers starting together seed it once)
+            warm = self._warm_start()
+            if warm is not None:
+                legacy, legacy_mark = self._additive(), 0
         if isinstance(snap, dict) and snap.get("kind") == self.kind:
             try:
                 self.policy.restore(snap.get("policy", {}))
@@ -424,6 +441,10 @@ class LearningEngine(EngineBase):
         self._merger.load(merged.totals, taken)
         self._mark = merged.mark
         self._cursor = max(0, merged.mark)
+        if warm is not None:
+            await self.services.audit.record(
+                self.route, "warm_start", "controller", f"started from {warm}"
+            )
         await self._pull()
         await self.sync()
         if self._guard is not None:  # a restored failure caps the arm from the first request
@@ -433,6 +454,22 @@ class LearningEngine(EngineBase):
             )
         self._refresh()
         self._task = asyncio.create_task(self._loop(), name=f"learning:{self.route}")
+
+    def _warm_start(self) -> str | None:
+        """Load the route's `warm_start:` file into the policy; the file's path, or None."""
+        if self._warm_path is None:
+            return None
+        source = self.services.config.source
+        base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
+        path = base / self._warm_path
+        try:
+            state = load_warm_start(path, self.spec)
+            self.policy.restore(state)
+        except (WarmStartError, TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"route '{self.route}': warm_start: {e}") from None
+        rounds = sum(int(a.get("rewards", 0)) for a in state.get("arms", {}).values())
+        log.info("route '%s': warm start from %s (%d rewarded rounds)", self.route, path, rounds)
+        return str(path)
 
     async def stop(self) -> None:
         task, self._task = self._task, None

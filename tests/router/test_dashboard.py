@@ -125,6 +125,7 @@ class FakeRouter:
             "regret_uniform": 2.5 * k,
             "analysis": [],
             "test": None,
+            "decision_log": {"written": 40 * k, "dropped": 3, "lag_seconds": 0.01, "errors": 0},
         }
         step = min(3, k // 3)
         pct = (10, 25, 50, 100)[step]
@@ -329,6 +330,8 @@ async def test_dashboard_charts_hold_data(dashboard_url: str) -> None:
     assert 'class="num p-adjusted">0.008' in dom and "42.0% of 1000" in dom
     assert 'class="guardrail" data-failed="true"' in dom
     assert 'id="route-legacy"' in dom
+    # decision-log health of a logging route
+    assert re.search(r"decision log \d+ written, 3 dropped, lag 0\.01s", dom)
 
 
 @needs_chromium
