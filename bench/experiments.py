@@ -137,9 +137,12 @@ def _sized(sc: ABScenario, effect: float) -> ABScenario:
     return ABScenario(**kw)
 
 
-def regret_table() -> list[str] | None:
-    """Regret estimate / true regret per bandit environment (filled by the bandit half)."""
-    return None
+def regret_table(quick: bool = False) -> list[str] | None:
+    """Regret estimate / true regret per bandit environment, with the issue's anchors
+    (`bench/regret_estimate.py`, the bandit half of issue 10)."""
+    from bench.regret_estimate import regret_table as table
+
+    return table(quick)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in power_table(max(reps // 2, 30), args.effect):
         print(line)
-    regret = regret_table()
+    regret = regret_table(args.quick)
     if regret:
         print()
         for line in regret:

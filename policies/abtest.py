@@ -19,7 +19,6 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,7 +27,14 @@ import numpy as np
 from policies import stats as st
 from policies.base import BUCKETS, ArmStats, Context, Decision
 from policies.guardrails import GuardrailSet, GuardrailSpec
-from policies.units import UnitAccumulator, pack, unpack, zeros
+from policies.units import (
+    UNIT_FIELDS,
+    UnitAccumulator,
+    UnitLog,
+    Units,
+    legacy_rows,
+    legacy_sums,
+)
 
 __all__ = ["METHODS", "ABTestPolicy"]
 
@@ -36,19 +42,50 @@ METHODS = ("z_test", "welch_t", "msprt", "bayesian")
 
 
 class _Period:
-    """A stretch of time with one split in force, and the decisions made under it."""
+    """A stretch of time with one split in force, and the decisions made under it.
 
-    __slots__ = ("bounds", "bucketed", "decisions", "label", "max_log_bf", "weights")
+    Its decision counts and per-bucket decision sums (per arm: N, N^2 over the arm's buckets,
+    see `policies.units`) are merged across processes under `name`; the running maximum of the
+    sequential SRM test is each process's own (recomputed from the merged totals every look)."""
+
+    __slots__ = (
+        "bounds",
+        "bucketed",
+        "decisions",
+        "groups",
+        "label",
+        "max_log_bf",
+        "name",
+        "weights",
+    )
 
     def __init__(
-        self, label: str, weights: Mapping[str, float], bounds: Sequence[int] = ()
+        self, label: str, weights: Mapping[str, float], bounds: Sequence[int] = (), index: int = 0
     ) -> None:
+        self.name = f"abp.v1/{index}"
         self.label = label
         self.weights = dict(weights)
         self.bounds = list(bounds)  # the bucket layout in force (arm order of `weights`)
         self.max_log_bf = 0.0  # running maximum of the sequential SRM test's log Bayes factor
         self.decisions = dict.fromkeys(weights, 0)
-        self.bucketed: array[float] | None = None  # decisions per sticky bucket
+        # merged dense sums of decisions per sticky bucket, per arm (UNIT_FIELDS each)
+        self.bucketed = {a: np.zeros(UNIT_FIELDS) for a in weights}
+        self.groups = {a: self.group(a) for a in weights}  # built once, not per request
+
+    def group(self, arm: str) -> str:
+        return f"{self.name}/{arm}.u"
+
+    def additive(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+        out = {self.name: np.array([float(self.decisions[a]) for a in self.weights])}
+        for a in self.weights:
+            out[self.group(a)] = self.bucketed[a].copy()
+        return out
+
+    def load_additive(self, totals: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]]) -> None:
+        d = totals[self.name]
+        for i, a in enumerate(self.weights):
+            self.decisions[a] = round(float(d[i])) if i < len(d) else 0
+            self.bucketed[a] = np.array(totals[self.group(a)], dtype=float)
 
     def state(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -58,19 +95,13 @@ class _Period:
             "bounds": self.bounds,
             "max_log_bf": self.max_log_bf,
         }
-        if self.bucketed is not None:
-            d["bucketed"] = pack(self.bucketed)
         return d
 
     @classmethod
-    def from_state(cls, d: Mapping[str, Any], arms: Sequence[str]) -> _Period:
+    def from_state(cls, d: Mapping[str, Any], arms: Sequence[str], index: int) -> _Period:
+        """The period's layout and running maximum (its counts come from the merged sums)."""
         weights = {a: float(w) for a, w in d["weights"].items() if a in arms}
-        p = cls(str(d["label"]), weights, [int(b) for b in d.get("bounds", [])])
-        for a, n in d.get("decisions", {}).items():
-            if a in p.decisions:
-                p.decisions[a] = int(n)
-        if "bucketed" in d:
-            p.bucketed = unpack(d["bucketed"])
+        p = cls(str(d["label"]), weights, [int(b) for b in d.get("bounds", [])], index)
         m = d.get("max_log_bf", 0.0)
         p.max_log_bf = float(m) if isinstance(m, int | float) and math.isfinite(m) else 0.0
         return p
@@ -121,11 +152,17 @@ class ABTestPolicy:
         self._cum: list[float] = []
         self._stats: dict[str, ArmStats] = {}
         self._obs: dict[str, UnitAccumulator] = {}
+        self.units = UnitLog()  # per-bucket increments not yet flushed (`take_units`)
+        self._trial_value: float | None = None
+        # (plain sums, per-bucket rows) read from an old document by `restore`, not yet shared
+        self.legacy: tuple[dict[str, np.ndarray[Any, np.dtype[np.float64]]], Units] = ({}, {})
         self._pairs: list[tuple[str, str]] = []
         self._running_p: dict[str, float] = {}
         self._running_cs: dict[str, list[float]] = {}
         self._periods: list[_Period] = []
-        self.guardrails = GuardrailSet(guardrails, tuple(split), alpha=alpha, by_unit=sticky)
+        self.guardrails = GuardrailSet(
+            guardrails, tuple(split), alpha=alpha, by_unit=sticky, log=self.units
+        )
         self.winner: str | None = None
         self._split(split)
 
@@ -145,7 +182,11 @@ class ABTestPolicy:
         self._bounds[-1] = BUCKETS
         self._cum = [b / BUCKETS for b in self._bounds]
         self._stats = {a: self._stats.get(a) or ArmStats() for a in self.arms}
-        self._obs = {a: self._obs.get(a) or UnitAccumulator() for a in self.arms}
+        self._obs = {
+            a: self._obs.get(a) or UnitAccumulator(f"abu.v1/{a}", self.units) for a in self.arms
+        }
+        for o in self._obs.values():
+            o.trial_value = self._trial_value
         self._pairs = [
             (self.arms[i], self.arms[j])
             for i in range(len(self.arms))
@@ -154,7 +195,7 @@ class ABTestPolicy:
         keys = [_pair_key(a, b) for a, b in self._pairs]
         self._running_p = {k: self._running_p.get(k, 1.0) for k in keys}
         self._running_cs = {k: self._running_cs.get(k, [-math.inf, math.inf]) for k in keys}
-        self._periods.append(_Period("split", self.weights, self._bounds))
+        self._periods.append(_Period("split", self.weights, self._bounds, len(self._periods)))
         self.guardrails.set_arms(self.arms)
         if self.winner not in self._stats:
             self.winner = None
@@ -184,26 +225,20 @@ class ABTestPolicy:
             self._stats[w].decisions += 1
             period.decisions[w] += 1
             if context.bucket is not None and self.sticky:
-                self._count_bucket(period, context.bucket)
+                self.units.add(period.groups[w], context.bucket, 1.0, 0.0)
             return Decision(w, 1.0)
         b = context.bucket
         if b is not None:
             j = bisect.bisect_right(self._bounds, b)
-            if self.sticky:
-                self._count_bucket(period, b)
         else:
             j = bisect.bisect_right(self._cum, self._rnd.random())
         j = min(j, len(self.arms) - 1)
         arm = self.arms[j]
+        if b is not None and self.sticky:
+            self.units.add(period.groups[arm], b, 1.0, 0.0)
         self._stats[arm].decisions += 1
         period.decisions[arm] += 1
         return Decision(arm, self.weights[arm])
-
-    @staticmethod
-    def _count_bucket(period: _Period, bucket: int) -> None:
-        if period.bucketed is None:
-            period.bucketed = zeros()
-        period.bucketed[bucket] += 1.0
 
     def update(
         self, arm: str, reward: float, context: Context | None = None, trial: bool = True
@@ -426,7 +461,11 @@ class ABTestPolicy:
     def _new_period_if_concluded(self) -> None:
         if self.winner is not None and self.conclude == "route_winner":
             self._periods.append(
-                _Period("route_winner", {a: 1.0 if a == self.winner else 0.0 for a in self.arms})
+                _Period(
+                    "route_winner",
+                    {a: 1.0 if a == self.winner else 0.0 for a in self.arms},
+                    index=len(self._periods),
+                )
             )
 
     def _srm(self) -> dict[str, Any]:
@@ -448,8 +487,8 @@ class ABTestPolicy:
                 continue
             observed = [float(per.decisions[a]) for a in arms]
             phi = 1.0
-            if per.bucketed is not None and len(per.bounds) == len(per.weights):
-                phi = self._dispersion(per.bucketed, per.bounds)
+            if self.sticky and len(per.bounds) == len(per.weights):
+                phi = self._dispersion(per, self.units)
             weights = [per.weights[a] for a in arms]
             chi2_p, _ = st.srm_test(observed, weights, phi)
             log_bf = float(st.srm_log_bayes_factor(observed, weights, phi))
@@ -471,14 +510,15 @@ class ABTestPolicy:
         }
 
     @staticmethod
-    def _dispersion(counts: array[float], bounds: Sequence[int]) -> float:
-        x = np.frombuffer(counts, dtype=np.float64)
+    def _dispersion(per: _Period, log: UnitLog) -> float:
+        """Per-bucket overdispersion of the period's decisions, from the merged sums of N_u
+        and N_u^2 over each arm's buckets."""
         sums, sq, owned = [], [], []
         lo = 0
-        for hi in bounds:
-            seg = x[lo:hi]
-            sums.append(float(seg.sum()))
-            sq.append(float(seg @ seg))
+        for a, hi in zip(per.weights, per.bounds, strict=True):
+            u = log.sums(per.group(a), per.bucketed[a])
+            sums.append(float(u[0]))
+            sq.append(float(u[2]))
             owned.append(float(hi - lo))
             lo = hi
         keep = [i for i, b in enumerate(owned) if b > 0]
@@ -493,7 +533,7 @@ class ABTestPolicy:
     def state(self) -> dict[str, Any]:
         return {
             "arms": {a: s.to_json() for a, s in self._stats.items()},
-            "obs": {a: o.state() for a, o in self._obs.items()},
+            "obs": {a: o.state() for a, o in self._obs.items()},  # local moments only
             "running_p": dict(self._running_p),
             "running_cs": {k: [_finite(x) for x in v] for k, v in self._running_cs.items()},
             "periods": [p.state() for p in self._periods],
@@ -502,27 +542,56 @@ class ABTestPolicy:
         }
 
     def additive(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
-        return {f"ab.v1/{a}": np.array(s.to_array(), dtype=float) for a, s in self._stats.items()}
+        out = {f"ab.v1/{a}": np.array(s.to_array(), dtype=float) for a, s in self._stats.items()}
+        for o in self._obs.values():
+            out.update(o.additive())
+        for p in self._periods:
+            out.update(p.additive())
+        out.update(self.guardrails.additive())
+        return out
 
     def load_additive(self, totals: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]]) -> None:
         for a in self._stats:
             self._stats[a] = ArmStats.from_array(totals[f"ab.v1/{a}"])
+        for o in self._obs.values():
+            o.load_additive(totals)
+        for p in self._periods:
+            p.load_additive(totals)
+        self.guardrails.load_additive(totals)
+
+    def take_units(self) -> Units:
+        """The per-bucket increments recorded since the last call (for `Store.merge`)."""
+        return self.units.take()
+
+    def set_trial_value(self, value: float) -> None:
+        """Every trial starts at `value` (missing_reward), so a correction knows what it
+        replaces even in a process that did not see the trial."""
+        self._trial_value = value
+        for o in self._obs.values():
+            o.trial_value = value
 
     def restore(self, state: Mapping[str, Any]) -> None:
         for a, d in state.get("arms", {}).items():
             if a in self._stats:
                 self._stats[a] = ArmStats.from_json(d)
+        plain: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
+        rows: Units = {}
         obs = state.get("obs")
         if isinstance(obs, Mapping):
             for a, d in obs.items():
-                if a in self._obs:
-                    self._obs[a] = UnitAccumulator.from_state(d)
+                if a in self._obs and isinstance(d, Mapping):
+                    acc = self._obs[a]
+                    acc.restore(d)
+                    _legacy_acc(acc.name, d, plain, rows)
         else:
             # a snapshot from before per-unit statistics: rebuild per-request moments
             for a, s in self._stats.items():
                 if s.rewards:
                     m = st.Moments.from_sums(s.rewards, s.reward_sum, s.reward_sq_sum)
                     self._obs[a].all = st.Welford(int(m.n), m.mean, m.m2)
+                    plain[self._obs[a].name + ".l"] = np.array(
+                        [float(s.rewards), s.reward_sum, s.reward_sq_sum]
+                    )
         for k, p in state.get("running_p", {}).items():
             if k in self._running_p and isinstance(p, int | float) and math.isfinite(p):
                 self._running_p[k] = float(p)
@@ -540,14 +609,53 @@ class ABTestPolicy:
                 ]
         periods = state.get("periods")
         if isinstance(periods, list) and periods:
-            self._periods = [_Period.from_state(p, self.arms) for p in periods]
+            self._periods = [_Period.from_state(p, self.arms, i) for i, p in enumerate(periods)]
+            for per, d in zip(self._periods, periods, strict=True):
+                _legacy_period(per, d, plain, rows)
         g = state.get("guardrails")
         if isinstance(g, Mapping):
             self.guardrails.restore(g)
+            for k, d in g.get("acc", {}).items():
+                label, _, a = str(k).rpartition("|")
+                if a in self.arms and isinstance(d, Mapping):
+                    _legacy_acc(f"abg.v1/{label}|{a}", d, plain, rows)
+        # statistics a document from before merged per-user sums held; the engine adds them to
+        # the shared sums once (whichever process claims the migration)
+        self.legacy = (plain, rows)
         w = state.get("winner")
         self.winner = w if w in self._stats else None
         if self.winner is not None and len(self._periods) == 1:
             self._new_period_if_concluded()
+
+
+def _legacy_acc(
+    name: str,
+    d: Mapping[str, Any],
+    plain: dict[str, np.ndarray[Any, np.dtype[np.float64]]],
+    rows: Units,
+) -> None:
+    if "loose" in d:
+        plain[name + ".l"] = legacy_sums(d["loose"])
+    if "n_b" in d and "s_b" in d:
+        rows[name + ".u"] = legacy_rows(d["n_b"], d["s_b"])
+
+
+def _legacy_period(
+    per: _Period,
+    d: Mapping[str, Any],
+    plain: dict[str, np.ndarray[Any, np.dtype[np.float64]]],
+    rows: Units,
+) -> None:
+    decisions = d.get("decisions")
+    if isinstance(decisions, Mapping):
+        plain[per.name] = np.array([float(decisions.get(a, 0)) for a in per.weights])
+    if "bucketed" in d and len(per.bounds) == len(per.weights):
+        all_rows = legacy_rows(d["bucketed"])
+        lo = 0
+        for a, hi in zip(per.weights, per.bounds, strict=True):
+            b = all_rows[:, 0]
+            rows[per.group(a)] = all_rows[(b >= lo) & (b < hi)]
+            lo = hi
 
 
 def _pair_key(a: str, b: str) -> str:

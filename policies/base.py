@@ -6,6 +6,7 @@ package must be usable from a notebook. Randomness comes from an injected numpy 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -13,6 +14,35 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 BUCKETS = 1 << 16  # sticky bucket space; each bucket is owned by exactly one arm
+# Largest reward magnitude a learning policy folds in, declared range or not: sums of squares
+# of 1e9 such rewards stay below 1e40, far from overflow (1e308 would make them infinite).
+MAX_ABS_REWARD = 1e15
+
+
+def reward_problem(
+    reward: object, reward_type: str, bounds: tuple[float, float] | None = None
+) -> str | None:
+    """Why `reward` cannot be learned from (a message naming the rule), or None when it can.
+
+    Binary rewards must lie in [0, 1]; continuous ones in their declared `bounds` (the
+    `reward.range` of the route) when there are any; every reward must be a finite number of
+    magnitude at most MAX_ABS_REWARD.
+    """
+    if isinstance(reward, bool) or not isinstance(reward, int | float):
+        return "must be a number"
+    try:
+        r = float(reward)
+    except OverflowError:
+        return f"must be within +-{MAX_ABS_REWARD:g}"
+    if not math.isfinite(r):
+        return "must be finite"
+    if reward_type == "binary" and not 0.0 <= r <= 1.0:
+        return f"a binary reward must be in [0, 1], got {reward}"
+    if bounds is not None and not bounds[0] <= r <= bounds[1]:
+        return f"must be in the route's declared range [{bounds[0]:g}, {bounds[1]:g}], got {reward}"
+    if abs(r) > MAX_ABS_REWARD:
+        return f"must be within +-{MAX_ABS_REWARD:g} (declare reward.range), got {reward}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +60,15 @@ class Context:
     `bucket` is the sticky bucket in [0, BUCKETS) when the route has a sticky key, else None
     (the policy draws at random). `features` is the encoded feature vector for contextual
     policies (bias term included), else None. `label` is a short, hashable name of the
-    context for per-context regret (e.g. "climate=hot"), or None.
+    context for per-context regret (e.g. "climate=hot"), or None. `clock` is the learning
+    policy's clock (`policy.clock`, trials folded in) when the decision was made, or None:
+    with `discount < 1` a late reward is decayed by the trials that happened since.
     """
 
     bucket: int | None = None
     features: np.ndarray[Any, np.dtype[np.float64]] | None = None
     label: str | None = None
+    clock: float | None = None
 
 
 @dataclass(slots=True)

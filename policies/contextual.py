@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr
 
-from policies.base import ArmStats, Context, Decision
+from policies.base import MAX_ABS_REWARD, ArmStats, Context, Decision
 from policies.params import Algorithm, Param, param_values
 
 __all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "LINEAR_ALGORITHMS", "LinearPolicy"]
 
+_Z95 = 1.959963984540054
 _REFRESH = 512  # rebuild A^{-1} from A after this many rank-one updates of an arm
 # probabilists' Gauss–Hermite rule for the lin_ts propensity integral (weights sum to 1)
 _GH_Z, _GH_W = np.polynomial.hermite_e.hermegauss(16)
@@ -118,6 +119,15 @@ class LinearPolicy:
         """Fold in one reward; `trial=False` credits a trial already counted (missing_reward: 0)."""
         i = self.arms.index(arm)
         x = self._e0 if context is None or context.features is None else context.features
+        r = float(reward)
+        if not math.isfinite(r) or abs(r) > MAX_ABS_REWARD:
+            raise ValueError(
+                f"reward must be finite and within +-{MAX_ABS_REWARD:g}, got {reward!r}"
+            )
+        if len(x) != self.dim or not np.all(np.isfinite(x)):
+            raise ValueError(
+                f"feature vector of length {len(x)} does not fit this model (dimension {self.dim})"
+            )
         if trial:
             self.A[i] += np.outer(x, x)
             self._since[i] += 1
@@ -230,6 +240,22 @@ class LinearPolicy:
     def predict(self, x: np.ndarray) -> dict[str, float]:
         """Estimated mean reward of every arm in context x."""
         return dict(zip(self.arms, (self.theta @ x).tolist(), strict=True))
+
+    def predict_interval(self, x: np.ndarray) -> dict[str, tuple[float, float, float]]:
+        """(mean, low, high) of every arm's estimated reward in context x: a 95% interval
+        x.theta +- 1.96 sigma sqrt(x^T A^-1 x), sigma² the arm's reward variance (pooled while an
+        arm has fewer than two rewards; an upper bound on the residual variance)."""
+        mean = self.theta @ x
+        q = np.einsum("i,kij,j->k", x, self.A_inv, x)
+        known = [st.reward_var for st in self._stats.values() if st.reward_var is not None]
+        pooled = float(np.mean(known)) if known else 1.0
+        out = {}
+        for j, a in enumerate(self.arms):
+            v = self._stats[a].reward_var
+            half = _Z95 * math.sqrt((pooled if v is None else v) * max(float(q[j]), 0.0))
+            m = float(mean[j])
+            out[a] = (m, m - half, m + half)
+        return out
 
 
 _LAMBDA = Param("lambda", "Ridge regularisation.", default=1.0, gt=0.0)

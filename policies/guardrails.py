@@ -15,8 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from policies import stats as st
-from policies.units import UnitAccumulator
+from policies.units import UnitAccumulator, UnitLog
 
 __all__ = ["GUARDRAIL_METRICS", "GuardrailSet", "GuardrailSpec"]
 
@@ -101,6 +103,7 @@ class GuardrailSet:
         *,
         alpha: float = 0.05,
         by_unit: bool = False,
+        log: UnitLog | None = None,
     ) -> None:
         labels = [g.label for g in specs]
         dup = {x for x in labels if labels.count(x) > 1}
@@ -110,7 +113,8 @@ class GuardrailSet:
         self.arms = tuple(arms)
         self.alpha = alpha
         self.by_unit = by_unit
-        self._acc = {(g.label, a): UnitAccumulator() for g in self.specs for a in self.arms}
+        self._log = log  # per-bucket increments to flush (A/B routes), else local only
+        self._acc = {(g.label, a): self._new_acc(g.label, a) for g in self.specs for a in self.arms}
         self._p = {(g.label, a): 1.0 for g in self.specs for a in self.arms}
         self._by_source: dict[str, list[GuardrailSpec]] = {}
         for g in self.specs:
@@ -121,8 +125,25 @@ class GuardrailSet:
         self.arms = tuple(arms)
         for g in self.specs:
             for a in self.arms:
-                self._acc.setdefault((g.label, a), UnitAccumulator())
+                if (g.label, a) not in self._acc:
+                    self._acc[(g.label, a)] = self._new_acc(g.label, a)
                 self._p.setdefault((g.label, a), 1.0)
+
+    def _new_acc(self, label: str, arm: str) -> UnitAccumulator:
+        return UnitAccumulator(f"abg.v1/{label}|{arm}", self._log)
+
+    def additive(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+        """The merged sums of the current arms' accumulators (see `policies.units`)."""
+        out: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
+        for g in self.specs:
+            for a in self.arms:
+                out.update(self._acc[(g.label, a)].additive())
+        return out
+
+    def load_additive(self, totals: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]]) -> None:
+        for g in self.specs:
+            for a in self.arms:
+                self._acc[(g.label, a)].load_additive(totals)
 
     @property
     def sources(self) -> frozenset[str]:
@@ -229,8 +250,8 @@ class GuardrailSet:
     def restore(self, state: Mapping[str, Any]) -> None:
         for k, d in state.get("acc", {}).items():
             g, _, a = str(k).rpartition("|")
-            if (g, a) in self._acc:
-                self._acc[(g, a)] = UnitAccumulator.from_state(d)
+            if (g, a) in self._acc and isinstance(d, Mapping):
+                self._acc[(g, a)].restore(d)
         for k, p in state.get("p", {}).items():
             g, _, a = str(k).rpartition("|")
             if (g, a) in self._p and isinstance(p, int | float) and math.isfinite(p):

@@ -176,6 +176,8 @@ class RewardSpec:
     # source == "response": reward = 1 when status < max_status (and latency <= max_latency if set)
     max_status: int = 500
     max_latency: float | None = None
+    # continuous rewards: the declared [low, high]; feedback outside it is refused with 422
+    range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,8 +302,12 @@ class Feature:
     key: str  # header name (lower-case), cookie/query name, or JSON pointer ("/instances/0/age")
     type: Literal["categorical", "numeric"]
     values: tuple[str, ...] = ()  # categorical
-    scale: float = 1.0  # numeric
-    default: float = 0.0  # numeric, when missing or unparsable
+    scale: float = 1.0  # numeric: multiplies the raw value (then clipped to +-clip)
+    default: float = 0.0  # numeric, when missing or unparsable (on the encoded axis)
+    # numeric: declared range of the (scaled) value; encodes as (v - low) / (high - low) clipped
+    # to [0, 1]. With neither range nor scale the value is standardised online.
+    range: tuple[float, float] | None = None
+    clip: float = 4.0  # numeric: bound of the encoded value without a range (+-clip)
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,7 +111,11 @@ def format_status(status: Mapping[str, Any]) -> str:
             step += f" of {len(steps)}"
         head.append(step)
     if status.get("regret") is not None:
-        head.append(f"regret {_num(status['regret'])}")
+        regret = f"regret {_num(status['regret'])}"
+        ri = status.get("regret_interval")
+        if isinstance(ri, list) and len(ri) == 2 and None not in ri:
+            regret += f" (95% {_num(ri[0])}-{_num(ri[1])})"
+        head.append(regret)
     lines = ["  ".join(head)]
     for key in ("reason", "message"):
         if isinstance(status.get(key), str) and status[key]:
@@ -189,6 +193,20 @@ def format_status(status: Mapping[str, Any]) -> str:
     guard = _map(status.get("guardrails")) or _map(test.get("guardrails"))
     if guard:
         lines.extend(_format_guardrails(guard))
+    contexts = status.get("contexts")
+    if isinstance(contexts, list) and contexts:
+        lines.append("  per context (estimate [95% interval] per backend):")
+        for c in contexts[:20]:
+            c = _map(c)
+            ests = ", ".join(
+                f"{b} {_num(_map(e).get('estimate'), 3)} "
+                f"[{_num(_map(e).get('ci_low'), 3)}, {_num(_map(e).get('ci_high'), 3)}]"
+                for b, e in _map(c.get("arms")).items()
+            )
+            lines.append(
+                f"    {c.get('context')} -> {c.get('sent_to')} "
+                f"({_num(c.get('decisions'))} decisions): {ests}"
+            )
     dlog = _map(status.get("decision_log"))
     if dlog:
         lag = dlog.get("lag_seconds")

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from policies.base import Context
+from policies.base import Context, reward_problem
 from router.errors import ModelrouterError
 from router.store.base import FeedbackRecord
 
@@ -83,6 +83,8 @@ class TokenData:
     features: tuple[float, ...] | None
     label: str | None
     bucket: int | None = None  # sticky bucket of the decision, when the route has a sticky key
+    layout: str | None = None  # feature layout digest of a contextual decision
+    clock: float | None = None  # the policy clock at the decision (discounted bandits)
 
 
 def _b64(data: bytes) -> str:
@@ -132,10 +134,12 @@ class TokenSigner:
         label: str | None,
         now: float,
         bucket: int | None = None,
+        layout: str | None = None,
+        clock: float | None = None,
     ) -> str:
-        return self.issue_with_id(route, arm, propensity, generation, features, label, now, bucket)[
-            0
-        ]
+        return self.issue_with_id(
+            route, arm, propensity, generation, features, label, now, bucket, layout, clock
+        )[0]
 
     def issue_with_id(
         self,
@@ -147,6 +151,8 @@ class TokenSigner:
         label: str | None,
         now: float,
         bucket: int | None = None,
+        layout: str | None = None,
+        clock: float | None = None,
     ) -> tuple[str, str]:
         """A token and its id (the decision id the decision log records)."""
         token_id = f"{self._prefix}{next(self._counter):x}"
@@ -154,14 +160,17 @@ class TokenSigner:
             _VERSION,
             route,
             arm,
-            round(propensity, 6),
+            float(f"{propensity:.9g}"),  # significant digits: small propensities stay exact
             generation,
             round(now, 3),
             token_id,
             None if features is None else list(features),
             label,
         ]
-        if bucket is not None:
+        # optional tail: [bucket] or [bucket, layout, clock] (9-field tokens stay valid)
+        if layout is not None or clock is not None:
+            fields += [bucket, layout, clock]
+        elif bucket is not None:
             fields.append(bucket)
         payload = json.dumps(fields, separators=(",", ":")).encode()
         return f"{_b64(payload)}.{_b64(self._sign(payload))}", token_id
@@ -182,8 +191,12 @@ class TokenSigner:
             )
         try:
             v, route, arm, prop, gen, issued, tid, feats, label, *rest = json.loads(payload)
-            if len(rest) > 1 or (rest and (not isinstance(rest[0], int) or rest[0] < 0)):
+            if len(rest) not in (0, 1, 3):
+                raise ValueError("bad token tail")
+            bucket = rest[0] if rest else None
+            if bucket is not None and (not isinstance(bucket, int) or bucket < 0):
                 raise ValueError("bad bucket")
+            layout, clock = (rest[1], rest[2]) if len(rest) == 3 else (None, None)
             data = TokenData(
                 str(route),
                 str(arm),
@@ -193,7 +206,9 @@ class TokenSigner:
                 str(tid),
                 None if feats is None else tuple(float(x) for x in feats),
                 None if label is None else str(label),
-                rest[0] if rest else None,
+                bucket,
+                None if layout is None else str(layout),
+                None if clock is None else float(clock),
             )
         except (ValueError, TypeError):
             raise TokenError(403, "forged", "decision: malformed token payload") from None
@@ -341,6 +356,7 @@ class FeedbackHandler:
                 bucket=it.data.bucket,
                 features=None if it.data.features is None else np.asarray(it.data.features),
                 label=it.data.label,
+                clock=it.data.clock,
             )
             # durable already: the policy learns only from what a restart would replay
             it.engine.feedback(
@@ -419,19 +435,37 @@ class FeedbackHandler:
             raise TokenError(
                 410, "gone", f"decision: arm '{data.arm}' is no longer part of route '{data.route}'"
             )
+        layout = engine.layout
+        if layout is not None:
+            # a decision made under other features: its vector means something else to the
+            # model now, so it is refused before anything is stored (and changes nothing)
+            stale = (
+                data.layout != layout
+                if data.layout is not None
+                else data.features is None or len(data.features) != _dim(engine)
+            )
+            if stale:
+                raise TokenError(
+                    409,
+                    "stale_layout",
+                    f"decision: made under feature layout {data.layout or 'of an older router'};"
+                    f" route '{data.route}' now uses layout {layout} (its features changed), so"
+                    " the reward cannot be credited",
+                )
         reward = raw["reward"]
         if isinstance(reward, bool) or not isinstance(reward, int | float):
             raise TokenError(
                 422, "invalid_reward", f"reward: must be a number, got {_kind(reward)}"
             )
-        r = float(reward)
-        if not math.isfinite(r):
-            raise TokenError(422, "invalid_reward", "reward: must be finite")
-        if engine.reward_type == "binary" and not 0.0 <= r <= 1.0:
-            raise TokenError(
-                422, "invalid_reward", f"reward: a binary reward must be in [0, 1], got {reward}"
-            )
-        return _Item(data, r, engine, _metrics(raw.get("metrics"), engine, data.route))
+        problem = reward_problem(reward, engine.reward_type, engine.reward_range)
+        if problem is not None:
+            raise TokenError(422, "invalid_reward", f"reward: {problem}")
+        return _Item(data, float(reward), engine, _metrics(raw.get("metrics"), engine, data.route))
+
+
+def _dim(engine: object) -> int:
+    encoder = getattr(engine, "encoder", None)
+    return int(getattr(encoder, "dim", -1))
 
 
 def _metrics(raw: object, engine: Engine, route: str) -> dict[str, float] | None:

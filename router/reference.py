@@ -755,6 +755,13 @@ _SECTIONS: tuple[Section, ...] = (
             ),
             "max_status": Key("int", "With `from: response`."),
             "max_latency": Key("duration", "With `from: response`; absent: latency ignored."),
+            "range": Key(
+                "list",
+                "`[low, high]` of a `continuous` reward from feedback: a reward outside is "
+                "refused with 422 and never reaches the model. Absent: any finite reward of "
+                "magnitude up to 1e15.",
+                default="—",
+            ),
         },
         get=lambda c: _pol(c).reward,
         policy=_BANDIT,
@@ -821,8 +828,22 @@ _SECTIONS: tuple[Section, ...] = (
                 "`json:/pointer` into the request body.",
             ),
             "type": Key("kind", "Feature type."),
-            "scale": Key("number", "The value is multiplied by this."),
-            "default": Key("number", "Used when the value is missing or not a number."),
+            "scale": Key(
+                "number",
+                "The value is multiplied by this, then clipped to +-`clip`. With neither "
+                "`scale` nor `range` the value is standardised online (running mean and sd, "
+                "winsorised) and clipped to +-`clip`.",
+            ),
+            "range": Key(
+                "list",
+                "`[low, high]` of the (scaled) value: encodes as (v - low) / (high - low), "
+                "clipped to [0, 1].",
+                default="—",
+            ),
+            "clip": Key("number", "Bound of the encoded value without a `range`."),
+            "default": Key(
+                "number", "Encoded value when the value is missing or not a finite number."
+            ),
         },
         get=lambda c: _pol(c).features[0],
         policy=_CONTEXTUAL,

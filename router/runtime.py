@@ -228,9 +228,9 @@ class RouteRuntime:
         """A learning route's selection: its token, and its decision record when it logs."""
         dl = self.dlog
         if dl is None:
-            token = self._runtime.issue_token(self.name, decision, ctx)
+            token = self._runtime.issue_token(self.name, decision, ctx, self.engine.layout)
             return Selection(backend, decision.arm, decision, ctx, token)
-        issued = self._runtime.issue_token_with_id(self.name, decision, ctx)
+        issued = self._runtime.issue_token_with_id(self.name, decision, ctx, self.engine.layout)
         if issued is None:
             return Selection(backend, decision.arm, decision, ctx, None)
         token, token_id, now = issued
@@ -483,7 +483,7 @@ class Runtime:
         return table.match(method, path)
 
     def issue_token_with_id(
-        self, route: str, decision: Decision, ctx: Context
+        self, route: str, decision: Decision, ctx: Context, layout: str | None = None
     ) -> tuple[str, str, float] | None:
         """(token, decision id, time) for a logged decision; None without a signer."""
         if self.signer is None:
@@ -499,6 +499,8 @@ class Runtime:
             ctx.label,
             now,
             bucket=ctx.bucket,
+            layout=layout,
+            clock=ctx.clock,
         )
         return token, token_id, now
 
@@ -506,7 +508,9 @@ class Runtime:
         """The route's decision log, for the feedback handler's reward records."""
         return self._route_logs.get(route)
 
-    def issue_token(self, route: str, decision: Decision, ctx: Context) -> str | None:
+    def issue_token(
+        self, route: str, decision: Decision, ctx: Context, layout: str | None = None
+    ) -> str | None:
         if self.signer is None:
             return None
         features = None if ctx.features is None else tuple(ctx.features.tolist())
@@ -519,6 +523,8 @@ class Runtime:
             ctx.label,
             self.clock(),
             bucket=ctx.bucket,
+            layout=layout,
+            clock=ctx.clock,
         )
         return token
 

@@ -172,6 +172,22 @@ def _print_table(s: Scenario, res: sim.SimResult, elapsed: float, out: TextIO) -
     if res.lai_robbins is not None:
         line += f", Lai–Robbins bound {res.lai_robbins:.2f}"
     print(line, file=out)
+    if summ.get("regret_estimate_mean") is not None:
+        ratio = summ["regret_estimate_ratio"]
+        sd = summ["regret_estimate_sd_mean"]
+        cover = summ["regret_interval_coverage"]
+        print(
+            f"router's regret estimate {summ['regret_estimate_mean']:.2f}"
+            + (f" (sd {sd:.2f})" if sd is not None else "")
+            + (f", ratio to true {ratio:.2f}" if ratio is not None else "")
+            + (
+                f", 95% interval covers the truth in {100 * cover:.0f}% of seeds"
+                if cover is not None
+                else ""
+            )
+            + f" [{summ['regret_estimate_method']}]",
+            file=out,
+        )
 
 
 def simulate_main(

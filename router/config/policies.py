@@ -76,8 +76,24 @@ _FEATURE_SOURCES: Final[tuple[Literal["header", "cookie", "query", "json"], ...]
 _FEATURE_TYPES: Final[tuple[Literal["categorical", "numeric"], ...]] = ("categorical", "numeric")
 _FEATURE_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "categorical": ("name", "from", "type", "values"),
-    "numeric": ("name", "from", "type", "scale", "default"),
+    "numeric": ("name", "from", "type", "scale", "default", "range", "clip"),
 }
+
+
+def _range(r: Reader) -> tuple[float, float] | None:
+    """An optional ``[low, high]`` pair of numbers with low < high."""
+    if not r.present:
+        return None
+    items = r.sequence(required=True, min_len=2)
+    if len(items) != 2:
+        if items:
+            r.error("must be a list of two numbers [low, high]")
+        return None
+    low, high = items[0].number(), items[1].number()
+    if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
+        r.error(f"must be [low, high] with low < high, got [{low:g}, {high:g}]")
+        return None
+    return (low, high)
 
 
 def _params(r: Reader, declared: tuple[Param, ...], context: str) -> dict[str, float]:
@@ -91,17 +107,23 @@ def _params(r: Reader, declared: tuple[Param, ...], context: str) -> dict[str, f
 def _reward(r: Reader) -> RewardSpec:
     if not r.present:
         return RewardSpec()
-    m = r.mapping(("type", "from", "max_status", "max_latency"))
+    m = r.mapping(("type", "from", "max_status", "max_latency", "range"))
     source = m["from"].choice(_REWARD_FROM, "feedback")
     if source == "feedback":
         for key in ("max_status", "max_latency"):
             if key in m:
                 m[key].error("only applies with from: response")
+    rtype = m["type"].choice(_REWARD_TYPES, "binary")
+    bounds = _range(m["range"])
+    if bounds is not None and (rtype != "continuous" or source != "feedback"):
+        m["range"].error("only applies to type: continuous rewards from feedback")
+        bounds = None
     return RewardSpec(
-        type=m["type"].choice(_REWARD_TYPES, "binary"),
+        type=rtype,
         source=source,
         max_status=m["max_status"].integer(500, min=100, max=600),
         max_latency=m["max_latency"].duration(None),
+        range=bounds,
     )
 
 
@@ -452,6 +474,8 @@ def _feature(r: Reader) -> Feature:
         values=tuple(values),
         scale=m["scale"].number(1.0),
         default=m["default"].number(0.0),
+        range=_range(m["range"]),
+        clip=m["clip"].number(4.0, gt=0),
     )
 
 

@@ -87,6 +87,8 @@ class Engine(Protocol):
     arms: tuple[str, ...]  # backends the policy chooses among (a decision token names one)
     learns: bool  # issues decision tokens (x-modelrouter-decision) and takes feedback
     reward_type: str  # "binary" | "continuous": what feedback may carry (when it learns)
+    reward_range: tuple[float, float] | None  # declared [low, high] of a continuous reward
+    layout: str | None  # digest of the feature layout decision tokens must match (contextual)
     reads_request: bool  # make_context looks at the request (features): never a plain route
     needs_body: bool  # make_context needs the request body (json: features)
     observes_overrides: bool  # observe() also sees traffic an override sent (rollout analysis)
@@ -140,6 +142,8 @@ class EngineBase:
     kind: str = ""
     learns: bool = False
     reward_type: str = "continuous"
+    reward_range: tuple[float, float] | None = None
+    layout: str | None = None
     reads_request: bool = False
     needs_body: bool = False
     observes_overrides: bool = False

@@ -15,11 +15,13 @@ process and replica through the store (`policies.merge`):
 So decisions and rewards add up exactly across processes, store traffic is one merge and one
 feedback read per route per tick (never per request), and a `kill -9` loses at most the
 un-flushed decisions and response rewards of that process (never an accepted reward: a survivor
-or the restart folds it). The `policy:{route}` document keeps what does not add up (an A/B
-test's per-unit statistics, periods, running p-values and winner; guardrail accumulators): as
-before merged sums, every process applies every accepted reward from the log to those (the
-watermark and applied ids in the document make a restart replay them exactly once), while
-decisions and response observations stay with the process that saw them.
+or the restart folds it). An A/B test's per-user statistics (per sticky bucket: arms, guardrails,
+SRM periods) are merged too, as sparse per-bucket increments (`policies.units`; the store adds
+the squares' change to dense sums in the same atomic step). The `policy:{route}` document keeps
+what does not add up (running p-values and maxima, periods' layout, the winner; a bandit
+route's guardrail accumulators; each process's exact per-request moments): every process
+applies every accepted reward from the log to those (the watermark and applied ids in the
+document make a restart replay them exactly once).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,13 +39,15 @@ import numpy as np
 
 from policies import stats as stt
 from policies.abtest import ABTestPolicy
-from policies.base import ArmStats, Context, Decision, LearningPolicy
+from policies.bandits import BanditPolicy
+from policies.base import ArmStats, Context, Decision, LearningPolicy, reward_problem
 from policies.features import FeatureEncoder, json_pointer
 from policies.guardrails import GuardrailSet
 from policies.merge import Arrays, Merger, diff
 from policies.registry import build_encoder, build_policy
 from policies.regret import RegretTracker
 from policies.spec import ABTestSpec, BanditSpec, ContextualSpec, RouteConfig
+from policies.units import Units
 from router.engines.base import ActionError, EngineBase, EngineFactory, Services
 from router.feedback import DECIDER_CHARS
 from router.warmstart import WarmStartError, load_warm_start
@@ -96,6 +101,17 @@ class LearningEngine(EngineBase):
         self._to_arm = {b: a for a, b in self._to_backend.items()}
         self.arms = tuple(self._to_backend[a] for a in self.policy.arms)
         self.regret = RegretTracker()
+        # judge decisions with the policy's own estimates (discounted means, linear model)
+        if not isinstance(spec, ABTestSpec):
+            self.regret.attach(self.policy)
+        self.reward_range = spec.reward.range
+        # a discounted bandit decays a late reward by the trials since its decision
+        self._clocked: BanditPolicy | None = (
+            self.policy
+            if isinstance(self.policy, BanditPolicy) and self.policy.discount < 1.0
+            else None
+        )
+        self._refused = 0  # rewards the policy refused (replayed records from before a check)
         self._watermark = 0
         self._applied: dict[str, None] = {}  # ids applied by the handler, not yet seen by a pull
         self._pulled: set[str] = set()  # ids applied by the last two pulls (handler race guard)
@@ -120,6 +136,10 @@ class LearningEngine(EngineBase):
         # guardrails: an A/B policy tests them itself (a failing arm never wins); on bandit
         # routes the engine does, and caps a failing arm at min_share
         self._ab = self.policy if isinstance(self.policy, ABTestPolicy) else None
+        if self._ab is not None:
+            self._ab.units.shared = True  # per-bucket sums live in the store (see _sync)
+            if self._missing is not None:
+                self._ab.set_trial_value(self._missing)
         guards = spec.guardrails if isinstance(spec, ABTestSpec | BanditSpec) else ()
         self._guard: GuardrailSet | None = None
         if self._ab is not None:
@@ -146,6 +166,8 @@ class LearningEngine(EngineBase):
         arm before anything is counted, so decisions, missing-reward trials and regret all name
         the arm that really served (see `_failover`).
         """
+        if self._clocked is not None:
+            ctx.clock = self._clocked.clock  # the decision token carries it to the feedback
         d = self.policy.choose(ctx)
         arm = d.arm
         backend = self._to_backend[arm]
@@ -158,7 +180,7 @@ class LearningEngine(EngineBase):
             arm = d.arm
             backend = self._to_backend[arm]
         self._metrics.decision(self.route, backend)
-        self.regret.decision(arm, ctx.label)
+        self.regret.decision(arm, ctx.label, ctx.features)
         if self._missing is not None:
             # missing_reward: every decision is a trial now; feedback later adds its reward
             self.policy.update(arm, self._missing, ctx, trial=True)
@@ -279,21 +301,41 @@ class LearningEngine(EngineBase):
         if token_id in self._pulled or token_id in self._pulled_prev:
             return  # a pull got to it first (it applied the rest; a merge folds the sums)
         self._applied[token_id] = None
+
+        def apply(regret: RegretTracker) -> Callable[[], None]:
+            def run() -> None:
+                self._learn(arm, reward, ctx, self.policy, regret)
+                if metrics:
+                    self._learn_metrics(arm, metrics, ctx)
+
+            return run
+
         if token_id in self._folded or token_id in self._folded_prev:
-            self._local_only(lambda: self._learn(arm, reward, ctx, self.policy, RegretTracker()))
+            self._local_only(apply(RegretTracker()))
         else:
-            self._merger.provisionally(
-                token_id, lambda: self._learn(arm, reward, ctx, self.policy, self.regret)
-            )
-        if metrics:
-            self._learn_metrics(arm, metrics, ctx)
+            with self._units_paused():  # the fold adds the per-bucket part
+                self._merger.provisionally(token_id, apply(self.regret))
 
     def _local_only(self, apply: Callable[[], None]) -> None:
         """Run `apply` for what does not add up only: the additive state is put back (the
         shared sums have, or will get, that part through the merge)."""
         keep = self.policy.additive()
-        apply()
+        with self._units_paused():
+            apply()
         self.policy.load_additive(keep)
+
+    @contextlib.contextmanager
+    def _units_paused(self) -> Iterator[None]:
+        """Per-bucket increments (A/B routes) made inside are not flushed by this process."""
+        log = self._ab.units if self._ab is not None else None
+        if log is None:
+            yield
+            return
+        was, log.paused = log.paused, True
+        try:
+            yield
+        finally:
+            log.paused = was
 
     @property
     def guardrail_metrics(self) -> frozenset[str]:
@@ -319,16 +361,51 @@ class LearningEngine(EngineBase):
         arm = self._to_arm.get(backend)
         if arm is None:
             return
-        ctx = self._fit_context(ctx)
-        if self._missing is not None:
-            policy.update(arm, reward - self._missing, ctx, trial=False)
-            regret.reward(arm, reward - self._missing, ctx.label, trial=False)
-        else:
-            policy.update(arm, reward, ctx, trial=True)
-            regret.reward(arm, reward, ctx.label, trial=True)
+        fitted = self._fit_context(ctx)
+        problem = reward_problem(reward, self.reward_type, self.reward_range)
+        if fitted is None or problem is not None:
+            # the endpoint refuses such feedback; this is a record stored before it did (or
+            # by another router): replaying it must not poison the model, nor stop the pull
+            self._skip(backend, problem or "its feature layout differs from the route's")
+            return
+        try:
+            if self._missing is not None:
+                if isinstance(policy, BanditPolicy):
+                    policy.update(
+                        arm, reward - self._missing, fitted, trial=False, prior=self._missing
+                    )
+                else:
+                    policy.update(arm, reward - self._missing, fitted, trial=False)
+                regret.reward(arm, reward - self._missing, fitted.label, trial=False)
+            else:
+                policy.update(arm, reward, fitted, trial=True)
+                regret.reward(arm, reward, fitted.label, trial=True)
+        except ValueError as e:
+            self._skip(backend, str(e))
+            return
         self._dirty = True
 
-    def _fit_context(self, ctx: Context) -> Context:
+    def _restore_model(self, snap: Mapping[str, Any]) -> bool:
+        """Whether the snapshot's model fits this engine (a contextual one checks the layout)."""
+        return True
+
+    def _model_extra(self) -> dict[str, Any]:
+        """What else the snapshot keeps beside the policy (the encoder's statistics)."""
+        return {}
+
+    def _skip(self, backend: str, why: str) -> None:
+        self._refused += 1
+        if self._refused <= 10 or self._refused % 1000 == 0:
+            log.warning(
+                "route '%s': a reward for '%s' was not learned from (%s); %d so far",
+                self.route,
+                backend,
+                why,
+                self._refused,
+            )
+
+    def _fit_context(self, ctx: Context) -> Context | None:
+        """The context the policy can learn from, or None when it belongs to another layout."""
         return ctx
 
     # ---- reporting ------------------------------------------------------------------------
@@ -367,15 +444,23 @@ class LearningEngine(EngineBase):
             if b != arm:
                 entry["arm"] = arm
             arms[b] = entry
-        regret, regret_uniform = self.regret.estimate()
+        est = self.regret.summary()
+        reward: dict[str, Any] = {"type": self.reward_type, "from": self._reward.source}
+        if self.reward_range is not None:
+            reward["range"] = list(self.reward_range)
         out: dict[str, Any] = {
             "phase": self.phase,
             "shares": self.shares(),
             "arms": arms,
-            "regret": regret,
-            "regret_uniform": regret_uniform,
-            "reward": {"type": self.reward_type, "from": self._reward.source},
+            "regret": est["regret"],
+            "regret_sd": est["regret_sd"],
+            "regret_interval": [est["regret_low"], est["regret_high"]],
+            "regret_method": est["regret_method"],
+            "regret_uniform": est["regret_uniform"],
+            "reward": reward,
         }
+        if self._refused:
+            out["rewards_refused"] = self._refused
         if self._algorithm is not None:
             out["algorithm"] = self._algorithm
         if test is not None:
@@ -419,19 +504,24 @@ class LearningEngine(EngineBase):
                 legacy, legacy_mark = self._additive(), 0
         if isinstance(snap, dict) and snap.get("kind") == self.kind:
             try:
-                self.policy.restore(snap.get("policy", {}))
+                fits = self._restore_model(snap)
+                if fits:
+                    self.policy.restore(snap.get("policy", {}))
+                    # the discounted / contextual regret state that does not add up
+                    self.regret.restore_local(snap.get("regret", {}))
                 self._watermark = int(snap.get("watermark", 0))
                 self._applied = dict.fromkeys(str(x) for x in snap.get("applied", []))
                 guard = snap.get("guardrails")
                 if self._guard is not None and isinstance(guard, dict):
                     self._guard.restore(guard)
-                if snap.get("format") != 2:
+                if snap.get("format") != 2 and fits:
                     # a snapshot from before merged sums: its statistics seed the sums once
                     self.regret.restore(snap.get("regret", {}))
                     self.regret.forget_arms(set(self.policy.arms))
                     legacy, legacy_mark = self._additive(), self._watermark
             except (TypeError, ValueError, KeyError) as e:
                 log.warning("route '%s': ignoring an unreadable snapshot: %s", self.route, e)
+        await self._migrate_units()
         taken = self._merger.take()[1]
         if legacy is not None:
             # seeds only where nobody did yet (mark -1): N workers upgrading migrate it once
@@ -454,6 +544,25 @@ class LearningEngine(EngineBase):
             )
         self._refresh()
         self._task = asyncio.create_task(self._loop(), name=f"learning:{self.route}")
+
+    async def _migrate_units(self) -> None:
+        """Per-user A/B statistics of a document from before they were merged: added to the
+        shared sums once, by whichever process claims the migration first (a process that dies
+        between the claim and the merge loses them; none adds them twice)."""
+        if self._ab is None:
+            return
+        plain, rows = self._ab.legacy
+        self._ab.legacy = ({}, {})
+        if not plain and not rows:
+            return
+        me = uuid.uuid4().hex
+        won = await self.services.store.put_if_absent(f"units-migrated:{self.route}", me)
+        if won != me:
+            return
+        await self.services.store.merge(self._sums_key, plain, units=rows)
+        log.info(
+            "route '%s': per-user A/B statistics of the old document added to the sums", self.route
+        )
 
     def _warm_start(self) -> str | None:
         """Load the route's `warm_start:` file into the policy; the file's path, or None."""
@@ -514,6 +623,8 @@ class LearningEngine(EngineBase):
             "policy": self.policy.state(),
             "watermark": self._watermark,
             "applied": list(self._applied),
+            "regret": self.regret.local_state(),
+            **self._model_extra(),
         }
         if self._guard is not None:
             snap["guardrails"] = self._guard.state()
@@ -592,8 +703,9 @@ class LearningEngine(EngineBase):
                 dead.add(node)
             folded.append(r)
             top = r.seq
-        fold = self._fold_increments(folded, recount) if folded else {}
+        fold, fold_units = self._fold_increments(folded, recount) if folded else ({}, {})
         inc, taken = self._merger.take()
+        units = self._ab.take_units() if self._ab is not None else {}
         nodes = [p for p in self._prefixes if f"#dead:{p}" not in self._meta]
         try:
             merged = await store.merge(
@@ -606,8 +718,12 @@ class LearningEngine(EngineBase):
                 stamp=stamp,
                 fence=me,
                 dead=sorted(dead),
+                units=units,
+                fold_units=fold_units,
             )
         except Exception:
+            if self._ab is not None:
+                self._ab.units.give_back(units)
             self._healthy_since = None  # judge nobody dead until we have been flushing again
             raise
         if self._healthy_since is None:
@@ -677,14 +793,22 @@ class LearningEngine(EngineBase):
         ref = max(last, self._healthy_since if self._healthy_since is not None else now)
         return ("recount" if now - ref > self.dead_after else "wait"), node
 
-    def _fold_increments(self, records: list[FeedbackRecord], recount: set[str]) -> Arrays:
-        """What `records` add to the sums: learned by a fresh policy, the difference taken.
-        A `recount` record also adds its decision (its decider died before flushing it)."""
+    def _fold_increments(
+        self, records: list[FeedbackRecord], recount: set[str]
+    ) -> tuple[Arrays, Units]:
+        """What `records` add to the sums (and, on A/B routes, per bucket): learned by a fresh
+        policy, the difference taken. A `recount` record also adds its decision (its decider
+        died before flushing it)."""
         policy = build_policy(self.spec, np.random.default_rng(0))
+        if isinstance(policy, ABTestPolicy):
+            policy.units.shared = True
+            if self._missing is not None:
+                policy.set_trial_value(self._missing)
         regret = RegretTracker()
         before = {**policy.additive(), **regret.additive()}
         for r in records:
             ctx = Context(
+                bucket=r.bucket,
                 features=None if r.context is None else np.asarray(r.context, dtype=float),
                 label=r.label,
             )
@@ -697,7 +821,13 @@ class LearningEngine(EngineBase):
                     policy.update(arm, self._missing, fit, trial=True)
                     regret.reward(arm, self._missing, ctx.label, trial=True)
             self._learn(r.arm, r.reward, ctx, policy, regret)
-        return diff({**policy.additive(), **regret.additive()}, before)
+            if r.metrics and isinstance(policy, ABTestPolicy):
+                arm_ = self._to_arm.get(r.arm)
+                for name, value in r.metrics.items():
+                    if arm_ is not None and name in self._reward_guards:
+                        policy.observe_guardrail(arm_, f"reward:{name}", float(value), ctx)
+        units = policy.take_units() if isinstance(policy, ABTestPolicy) else {}
+        return diff({**policy.additive(), **regret.additive()}, before), units
 
     async def _refresh_guardrails(self, result: Mapping[str, Any]) -> None:
         """Metrics and audit for guardrail results (either the A/B test's or the engine's)."""
@@ -817,6 +947,8 @@ class ContextualEngine(LearningEngine):
             raise TypeError(f"route '{route.name}': a contextual engine needs a contextual policy")
         self.encoder: FeatureEncoder = encoder
         self.needs_body = encoder.needs_body
+        # what each position of a feature vector means; decision tokens carry it
+        self.layout: str | None = encoder.layout
 
     def make_context(self, req: Request, bucket: int | None) -> Context:
         parsed: list[Any] = []
@@ -840,11 +972,71 @@ class ContextualEngine(LearningEngine):
         x, label = self.encoder.encode(get)
         return Context(bucket=bucket, features=x, label=label)
 
-    def _fit_context(self, ctx: Context) -> Context:
-        # a token issued under another feature layout (config changed) cannot update the model
-        if ctx.features is not None and len(ctx.features) != self.encoder.dim:
-            return Context(label=ctx.label)
+    def _fit_context(self, ctx: Context) -> Context | None:
+        # a vector of another feature layout (config changed) must not update the model; the
+        # feedback endpoint refuses such tokens (409), this catches replayed records
+        if ctx.features is None or len(ctx.features) != self.encoder.dim:
+            return None
         return ctx
+
+    def _restore_model(self, snap: Mapping[str, Any]) -> bool:
+        layout = snap.get("layout")
+        if layout is not None and layout != self.encoder.layout:
+            log.warning(
+                "route '%s': the features changed since the snapshot; the model starts afresh",
+                self.route,
+            )
+            return False
+        enc = snap.get("encoder")
+        if isinstance(enc, dict):
+            self.encoder.restore(enc)
+        return True
+
+    def _model_extra(self) -> dict[str, Any]:
+        return {"layout": self.encoder.layout, "encoder": self.encoder.state()}
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        out["contexts"] = self.context_view()
+        out["layout"] = self.encoder.layout
+        return out
+
+    def context_view(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Per categorical context (label): the arm the model sends it to now, every arm's
+        estimated reward with a 95% interval, and the realised decisions. Numeric features sit
+        at their typical value (running mean / mid-range). The `limit` most frequent labels."""
+        policy = self.policy
+        predict = getattr(policy, "predict_interval", None)
+        out: list[dict[str, Any]] = []
+        if predict is None:
+            return out
+        for label in self.regret.labels()[:limit]:
+            if label is None:
+                continue
+            x = self.encoder.label_vector(label)
+            if x is None:
+                continue
+            pred: dict[str, tuple[float, float, float]] = predict(x)
+            best = max(pred, key=lambda a: pred[a][0])
+            decisions = self.regret.decisions(label)
+            total = sum(decisions.values())
+            out.append(
+                {
+                    "context": label,
+                    "sent_to": self._to_backend[best],
+                    "decisions": int(total),
+                    "arms": {
+                        self._to_backend[a]: {
+                            "estimate": m,
+                            "ci_low": lo,
+                            "ci_high": hi,
+                            "share": decisions.get(a, 0.0) / total if total else 0.0,
+                        }
+                        for a, (m, lo, hi) in pred.items()
+                    },
+                }
+            )
+        return out
 
 
 def _parse_body(body: bytes | None) -> Any:

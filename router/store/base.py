@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from policies.base import BUCKETS
 from policies.params import Param
 from policies.spec import StateConfig
 from router.errors import ModelrouterError
@@ -110,6 +111,43 @@ def sum_fields(arrays: Mapping[str, Any]) -> list[tuple[str, float]]:
     return out
 
 
+# one unit group's increments after `unit_cells`: distinct buckets (sorted), dN, dS
+Cells = tuple[
+    np.ndarray[Any, np.dtype[np.int64]],
+    np.ndarray[Any, np.dtype[np.float64]],
+    np.ndarray[Any, np.dtype[np.float64]],
+]
+
+
+def unit_cells(units: Mapping[str, Any] | None) -> dict[str, Cells]:
+    """Sparse per-bucket increments (`policies.units.Units`: rows of bucket, dN, dS per group)
+    checked and combined per bucket; rejects a bad group name, bucket or a non-finite value
+    (like `sum_fields`: one NaN in a shared total would poison every process)."""
+    out: dict[str, Cells] = {}
+    for group, rows in (units or {}).items():
+        if "#" in group:
+            raise ValueError(f"unit group {group!r} must not contain '#'")
+        r = np.asarray(rows, dtype=float).reshape(-1, 3)
+        if not bool(np.isfinite(r).all()):
+            raise ValueError(f"unit group {group}: a non-finite increment")
+        b = r[:, 0]
+        if bool(((b < 0) | (b >= BUCKETS) | (b != np.floor(b))).any()):
+            raise ValueError(f"unit group {group}: bucket out of range 0..{BUCKETS - 1}")
+        idx, inv = np.unique(b.astype(np.int64), return_inverse=True)
+        dn, ds = np.zeros(len(idx)), np.zeros(len(idx))
+        np.add.at(dn, inv, r[:, 1])
+        np.add.at(ds, inv, r[:, 2])
+        keep = (dn != 0.0) | (ds != 0.0)
+        if bool(keep.any()):
+            out[group] = (idx[keep], dn[keep], ds[keep])
+    return out
+
+
+def group_fields(group: str, inc: np.ndarray[Any, np.dtype[np.float64]]) -> list[tuple[str, float]]:
+    """The `name#i` fields a group's dense-sum increments go to (zeros left out)."""
+    return [(f"{group}#{i}", float(v)) for i, v in enumerate(inc.tolist()) if v != 0.0]
+
+
 def merged_from_fields(
     fields: Iterable[tuple[str, Any]], applied: bool, fenced: bool = False
 ) -> Merged:
@@ -171,7 +209,11 @@ class Store(Protocol):
     # `fence` is a node declared dead (`#dead:NODE`); else add `add` to the sums under `key`, set
     # `#flushed:N` = `stamp` for each of `nodes`, and, if the stored mark equals `expect` (-1:
     # never set), also add `fold`, set the mark to `mark` and declare `dead` nodes dead. Answers
-    # the totals after it. `merge(key, {})` only reads.
+    # the totals after it. `merge(key, {})` only reads. `units` (with `add`) and `fold_units`
+    # (with `fold`) are sparse per-bucket increments {group: {bucket: (dN, dS)}}: added to
+    # per-bucket totals kept beside the sums (never read back), while the change of the squares
+    # they imply goes to the group's six dense sums (`policies.units.unit_increments`), all in
+    # the same atomic step.
     async def merge(
         self,
         key: str,
@@ -184,6 +226,8 @@ class Store(Protocol):
         stamp: float = 0.0,
         fence: str | None = None,
         dead: Sequence[str] = (),
+        units: Mapping[str, Any] | None = None,
+        fold_units: Mapping[str, Any] | None = None,
     ) -> Merged: ...
 
     # forget records received before `older_than`; a token stays a duplicate at least until

@@ -147,9 +147,21 @@ class MonitoredStore:
         stamp: float = 0.0,
         fence: str | None = None,
         dead: Sequence[str] = (),
+        units: Mapping[str, Any] | None = None,
+        fold_units: Mapping[str, Any] | None = None,
     ) -> Merged:
         aw = self.inner.merge(
-            key, add, fold, expect, mark, nodes=nodes, stamp=stamp, fence=fence, dead=dead
+            key,
+            add,
+            fold,
+            expect,
+            mark,
+            nodes=nodes,
+            stamp=stamp,
+            fence=fence,
+            dead=dead,
+            units=units,
+            fold_units=fold_units,
         )
         return await self._call("merge", aw, True)
 

@@ -10,16 +10,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from policies.base import BUCKETS
 from policies.spec import StateConfig
+from policies.units import group_increments
 from router.store.base import (
     MARK_FIELD,
+    Cells,
     FeedbackRecord,
     Fence,
     Merged,
     Store,
     StoreKind,
+    group_fields,
     merged_from_fields,
     sum_fields,
+    unit_cells,
 )
 
 
@@ -43,6 +50,8 @@ class MemoryStore:
         self._vkv: dict[str, tuple[int, Any]] = {}
         self._parts: dict[str, dict[str, Any]] = {}
         self._sums: dict[str, dict[str, float]] = {}
+        # per-bucket totals of unit groups, beside the sums (see `Store.merge`)
+        self._units: dict[str, dict[str, np.ndarray[Any, np.dtype[np.float64]]]] = {}
 
     async def open(self) -> None:
         return None
@@ -81,19 +90,37 @@ class MemoryStore:
         stamp: float = 0.0,
         fence: str | None = None,
         dead: Sequence[str] = (),
+        units: Mapping[str, Any] | None = None,
+        fold_units: Mapping[str, Any] | None = None,
     ) -> Merged:
         plain, cond = sum_fields(add), sum_fields(fold or {})
+        u_plain, u_cond = unit_cells(units), unit_cells(fold_units)
         h = self._sums.setdefault(key, {})
+        cells = self._units.setdefault(key, {})
         if fence is not None and f"#dead:{fence}" in h:
             return merged_from_fields(h.items(), False, fenced=True)
+
+        def add_units(todo: dict[str, Cells]) -> None:
+            for g, (idx, dn, ds) in todo.items():
+                ns = cells.get(g)
+                if ns is None:
+                    ns = cells[g] = np.zeros((2, BUCKETS))
+                inc = group_increments(ns[0, idx], ns[1, idx], dn, ds)
+                ns[0, idx] += dn
+                ns[1, idx] += ds
+                for f, v in group_fields(g, inc):
+                    h[f] = h.get(f, 0.0) + v
+
         for f, v in plain:
             h[f] = h.get(f, 0.0) + v
+        add_units(u_plain)
         for n in nodes:
             h[f"#flushed:{n}"] = float(stamp)
         applied = int(h.get(MARK_FIELD, -1)) == expect
         if applied:
             for f, v in cond:
                 h[f] = h.get(f, 0.0) + v
+            add_units(u_cond)
             h[MARK_FIELD] = float(mark)
             for n in dead:
                 h[f"#dead:{n}"] = 1.0

@@ -11,6 +11,7 @@ the Lua scripts touch keys they compute, so they are not Redis Cluster slot-safe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.commands.core import AsyncScript
@@ -41,6 +43,7 @@ from policies.params import Param
 from policies.spec import StateConfig
 from router.store.base import (
     PROBE_KEY,
+    Cells,
     FeedbackRecord,
     Fence,
     Merged,
@@ -51,6 +54,7 @@ from router.store.base import (
     merged_from_fields,
     record_extra,
     sum_fields,
+    unit_cells,
 )
 
 __all__ = ["RedisStore", "StoreUnavailable"]
@@ -149,12 +153,61 @@ if v <= tonumber(ARGV[1]) then return false end
 return {v, redis.call('HGET', KEYS[1], 'd')}
 """
 
-# KEYS: the sums hash. ARGV: fence ('' for none), stamp, number of flushed nodes, the nodes,
-# number of dead nodes, the nodes, number of plain fields, (field, increment) pairs, expect,
-# mark, then the conditional (field, increment) pairs. All in one script, so every process sees
-# each flush whole: counts and sums of one update never part. Returns {applied, fenced, fields}.
+# KEYS: the sums hash, the per-bucket hash of unit groups. ARGV: fence ('' for none), stamp,
+# number of flushed nodes, the nodes, number of dead nodes, the nodes, number of plain fields,
+# (field, increment) pairs, number of plain unit groups, per group (name, rows, packed rows),
+# expect, mark, number of conditional unit groups, theirs, then the conditional (field,
+# increment) pairs. A packed row is little-endian uint32 bucket, float64 dN, float64 dS. All
+# in one script, so every process sees each flush whole: counts and sums of one update never
+# part. A unit row adds to its bucket's totals (`group#bucket#n|s` in KEYS[2], never read back)
+# and the change of the squares to the group's dense sums (`group#0..5`, see
+# policies.units.unit_increments). Returns {applied, fenced, fields}.
 _MERGE = """
 local h = KEYS[1]
+local u = KEYS[2]
+local function units(j, ngroups)
+  for _ = 1, ngroups do
+    local g, m, blob = ARGV[j], tonumber(ARGV[j + 1]), ARGV[j + 2]
+    j = j + 3
+    local acc = {0, 0, 0, 0, 0, 0}
+    local pos = 1
+    local lo = 0
+    while lo < m do
+      local cnt = math.min(m - lo, 1000)
+      local names, dns, dss = {}, {}, {}
+      for k = 1, cnt do
+        local b, dn, ds
+        b, dn, ds, pos = struct.unpack('<Idd', blob, pos)
+        names[2 * k - 1] = g .. '#' .. b .. '#n'
+        names[2 * k] = g .. '#' .. b .. '#s'
+        dns[k], dss[k] = dn, ds
+      end
+      local old = redis.call('HMGET', u, unpack(names))
+      local set = {}
+      for k = 1, cnt do
+        local xn, xs = old[2 * k - 1], old[2 * k]
+        local n0 = xn and tonumber(xn) or 0
+        local s0 = xs and tonumber(xs) or 0
+        local n, s = n0 + dns[k], s0 + dss[k]
+        acc[1] = acc[1] + dns[k]
+        acc[2] = acc[2] + dss[k]
+        acc[3] = acc[3] + (n * n - n0 * n0)
+        acc[4] = acc[4] + (s * s - s0 * s0)
+        acc[5] = acc[5] + (s * n - s0 * n0)
+        if n > 0 then acc[6] = acc[6] + 1 end
+        if n0 > 0 then acc[6] = acc[6] - 1 end
+        set[4 * k - 3], set[4 * k - 2] = names[2 * k - 1], n
+        set[4 * k - 1], set[4 * k] = names[2 * k], s
+      end
+      redis.call('HSET', u, unpack(set))
+      lo = lo + cnt
+    end
+    for q = 1, 6 do
+      if acc[q] ~= 0 then redis.call('HINCRBYFLOAT', h, g .. '#' .. (q - 1), acc[q]) end
+    end
+  end
+  return j
+end
 if ARGV[1] ~= '' and redis.call('HEXISTS', h, '#dead:' .. ARGV[1]) == 1 then
   return {0, 1, redis.call('HGETALL', h)}
 end
@@ -172,11 +225,16 @@ for _ = 1, n do
   redis.call('HINCRBYFLOAT', h, ARGV[i], ARGV[i + 1])
   i = i + 2
 end
+i = units(i + 1, tonumber(ARGV[i]))
 local expect, mark = ARGV[i], ARGV[i + 1]
 i = i + 2
+local nuc = tonumber(ARGV[i])
+local cond_units = i + 1
+i = i + 1 + 3 * nuc
 local cur = redis.call('HGET', h, '#mark')
 local applied = 0
 if tonumber(cur or '-1') == tonumber(expect) then
+  units(cond_units, nuc)
   while i <= #ARGV do
     redis.call('HINCRBYFLOAT', h, ARGV[i], ARGV[i + 1])
     i = i + 2
@@ -187,6 +245,25 @@ if tonumber(cur or '-1') == tonumber(expect) then
 end
 return {applied, 0, redis.call('HGETALL', h)}
 """
+
+
+_ROW = np.dtype([("b", "<u4"), ("n", "<f8"), ("s", "<f8")])
+
+
+def _unit_args(cells: Mapping[str, Cells]) -> list[str | int | bytes]:
+    """Unit groups as the merge script reads them: count, then name, rows, packed rows."""
+    out: list[str | int | bytes] = [len(cells)]
+    for g, (idx, dn, ds) in cells.items():
+        rows = np.empty(len(idx), dtype=_ROW)
+        rows["b"], rows["n"], rows["s"] = idx, dn, ds
+        out += [g, len(idx), rows.tobytes()]
+    return out
+
+
+def _pack_units(
+    units: Mapping[str, Any] | None, fold_units: Mapping[str, Any] | None
+) -> tuple[list[str | int | bytes], list[str | int | bytes]]:
+    return _unit_args(unit_cells(units)), _unit_args(unit_cells(fold_units))
 
 
 class StoreUnavailable(StoreError):
@@ -383,24 +460,33 @@ class RedisStore:
         stamp: float = 0.0,
         fence: str | None = None,
         dead: Sequence[str] = (),
+        units: Mapping[str, Any] | None = None,
+        fold_units: Mapping[str, Any] | None = None,
     ) -> Merged:
         plain, cond = sum_fields(add), sum_fields(fold or {})
+        if units or fold_units:  # checking and packing thousands of rows: off the event loop
+            packed = await asyncio.to_thread(_pack_units, units, fold_units)
+        else:
+            packed = ([0], [0])
         hkey = f"{self.prefix}sums:{key}"
+        ukey = f"{self.prefix}units:{key}"
         db = self._db()
-        if not plain and not cond and mark == expect and not nodes and not dead:  # a read
+        quiet = not plain and not cond and packed == ([0], [0])
+        if quiet and mark == expect and not nodes and not dead:  # a read
             with self._errors():
                 h: Any = await db.hgetall(hkey)
             m = merged_from_fields(h.items(), False)
             return Merged(m.totals, m.mark, m.mark == expect, False, m.meta)
-        args: list[str | int] = [fence or "", repr(float(stamp)), len(nodes), *nodes]
+        args: list[str | int | bytes] = [fence or "", repr(float(stamp)), len(nodes), *nodes]
         args += [len(dead), *dead, len(plain)]
         for f, v in plain:
             args += [f, repr(v)]
-        args += [int(expect), int(mark)]
+        args += packed[0]
+        args += [int(expect), int(mark), *packed[1]]
         for f, v in cond:
             args += [f, repr(v)]
         with self._errors():
-            applied, fenced, flat = await self._merge(keys=[hkey], args=args)
+            applied, fenced, flat = await self._merge(keys=[hkey, ukey], args=args)
         pairs = zip(flat[0::2], flat[1::2], strict=True)
         return merged_from_fields(pairs, bool(int(applied)), bool(int(fenced)))
 

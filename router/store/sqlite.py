@@ -17,14 +17,19 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from policies.params import Param
 from policies.spec import StateConfig
+from policies.units import group_increments
 from router.store.base import (
     MARK_FIELD,
     PROBE_KEY,
+    Cells,
     FeedbackRecord,
     Fence,
     Merged,
@@ -32,9 +37,11 @@ from router.store.base import (
     StoreError,
     StoreKind,
     extra_fields,
+    group_fields,
     merged_from_fields,
     record_extra,
     sum_fields,
+    unit_cells,
 )
 
 T = TypeVar("T")
@@ -65,6 +72,10 @@ CREATE TABLE IF NOT EXISTS vkv (
     key TEXT PRIMARY KEY, version INTEGER NOT NULL, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS parts (
     key TEXT NOT NULL, part TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (key, part));
+CREATE TABLE IF NOT EXISTS unit_cells (
+  key TEXT NOT NULL, grp TEXT NOT NULL, bucket INTEGER NOT NULL, n REAL NOT NULL, s REAL NOT NULL,
+  PRIMARY KEY (key, grp, bucket)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sums (
     key TEXT NOT NULL, field TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (key, field)
 ) WITHOUT ROWID;
@@ -211,10 +222,14 @@ class SqliteStore:
         stamp: float = 0.0,
         fence: str | None = None,
         dead: Sequence[str] = (),
+        units: Mapping[str, Any] | None = None,
+        fold_units: Mapping[str, Any] | None = None,
     ) -> Merged:
         plain, cond = sum_fields(add), sum_fields(fold or {})
         meta = ([(f"#flushed:{n}", float(stamp)) for n in nodes], [f"#dead:{n}" for n in dead])
-        return await self._run(self._merge, key, plain, cond, expect, mark, fence, meta)
+        # the per-bucket rows are checked in the store's thread, off the event loop
+        cells = (units or {}, fold_units or {})
+        return await self._run(self._merge, key, plain, cond, expect, mark, fence, meta, cells)
 
     def _merge(
         self,
@@ -225,15 +240,25 @@ class SqliteStore:
         mark: int,
         fence: str | None,
         meta: tuple[list[tuple[str, float]], list[str]],
+        cells: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {}),
     ) -> Merged:
         db = self._db()
+        u_plain, u_cond = unit_cells(cells[0]), unit_cells(cells[1])
         upsert = (
             "INSERT INTO sums (key, field, value) VALUES (?, ?, ?) "
             "ON CONFLICT (key, field) DO UPDATE SET value = value + excluded.value"
         )
         flushed, dead = meta
         everything = "SELECT field, value FROM sums WHERE key = ?"
-        if not plain and not cond and mark == expect and not flushed and not dead:
+        if (
+            not plain
+            and not cond
+            and mark == expect
+            and not flushed
+            and not dead
+            and not u_plain
+            and not u_cond
+        ):
             # a read: one consistent snapshot is enough
             m = merged_from_fields(db.execute(everything, (key,)).fetchall(), False)
             return Merged(m.totals, m.mark, m.mark == expect, False, m.meta)
@@ -250,11 +275,13 @@ class SqliteStore:
             applied = False
             if not fenced:
                 db.executemany(upsert, [(key, f, v) for f, v in plain])
+                self._add_units(db, key, u_plain, upsert)
                 db.executemany(setter, [(key, f, v) for f, v in flushed])
                 row = db.execute(one, (key, MARK_FIELD)).fetchone()
                 applied = (-1 if row is None else int(row[0])) == expect
             if applied:
                 db.executemany(upsert, [(key, f, v) for f, v in cond])
+                self._add_units(db, key, u_cond, upsert)
                 db.execute(setter, (key, MARK_FIELD, float(mark)))
                 db.executemany(setter, [(key, f, 1.0) for f in dead])
             rows = db.execute(everything, (key,)).fetchall()
@@ -263,6 +290,33 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         return merged_from_fields(rows, applied, fenced)
+
+    @staticmethod
+    def _add_units(db: sqlite3.Connection, key: str, todo: dict[str, Cells], upsert: str) -> None:
+        """Per-bucket totals of unit groups, and their squares' change into the dense sums
+        (inside the caller's transaction). Only the touched buckets are read and written."""
+        for g, (idx, dn, ds) in todo.items():
+            ids = idx.tolist()
+            n0, s0 = np.zeros(len(ids)), np.zeros(len(ids))
+            for lo in range(0, len(ids), 900):
+                chunk = ids[lo : lo + 900]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    "SELECT bucket, n, s FROM unit_cells "
+                    f"WHERE key = ? AND grp = ? AND bucket IN ({marks})",
+                    (key, g, *chunk),
+                ).fetchall()
+                if rows:
+                    r = np.array(rows, dtype=float)
+                    pos = np.searchsorted(idx, r[:, 0].astype(np.int64))
+                    n0[pos], s0[pos] = r[:, 1], r[:, 2]
+            inc = group_increments(n0, s0, dn, ds)
+            db.executemany(
+                "INSERT INTO unit_cells (key, grp, bucket, n, s) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (key, grp, bucket) DO UPDATE SET n = excluded.n, s = excluded.s",
+                zip(repeat(key), repeat(g), ids, (n0 + dn).tolist(), (s0 + ds).tolist()),
+            )
+            db.executemany(upsert, [(key, f, v) for f, v in group_fields(g, inc)])
 
     async def put_if_absent(self, key: str, value: Any) -> Any:
         """Store `value` unless `key` exists; return what the key holds afterwards."""

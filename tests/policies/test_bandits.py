@@ -146,7 +146,7 @@ def test_missing_reward_zero_credit_is_exact() -> None:
     p1.update("a", 0.0, trial=True)
     p1.update("a", 1.0, trial=False)
     p2.update("a", 1.0)
-    assert (p1.n, p1.s, p1.ss) == (p2.n, p2.s, p2.ss)
+    assert (p1.n, p1.mu, p1.m2) == (p2.n, p2.mu, p2.m2)
 
 
 def test_state_restore_round_trip() -> None:

@@ -292,6 +292,32 @@ def test_admin_url_from_config(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "is not valid" in capsys.readouterr().err
 
 
+def test_format_status_shows_regret_interval_and_per_context_view() -> None:
+    status = {
+        "route": "recommend",
+        "kind": "contextual_bandit",
+        "phase": "active",
+        "regret": 12.5,
+        "regret_interval": [8.25, 16.75],
+        "shares": {"summer": 0.6, "winter": 0.4},
+        "arms": {"summer": {"decisions": 60}, "winter": {"decisions": 40}},
+        "contexts": [
+            {
+                "context": "climate=hot",
+                "sent_to": "summer",
+                "decisions": 55,
+                "arms": {
+                    "summer": {"estimate": 0.12, "ci_low": 0.1, "ci_high": 0.14},
+                    "winter": {"estimate": 0.02, "ci_low": 0.0, "ci_high": 0.05},
+                },
+            }
+        ],
+    }
+    text = format_status(status)
+    assert "regret 12.5 (95% 8.25-16.75)" in text
+    assert "climate=hot -> summer (55 decisions): summer 0.12 [0.1, 0.14]" in text
+
+
 def test_status_says_which_process_drives_a_rollout() -> None:
     from router.cli import format_status
 

@@ -391,7 +391,7 @@ BAD: list[tuple[str, str, str]] = [
             " features: [{name: x, from: 'header:x', type: numeric, values: [1]}]}"
         ),
         r"features\[0\]: unknown key 'values'; "
-        r"allowed: name, from, type, scale, default \(type numeric\)",
+        r"allowed: name, from, type, scale, default, range, clip \(type numeric\)",
     ),
     (
         "bad-feature-type",

@@ -47,9 +47,12 @@ CONTEXTUAL_PARAMS = [(name, p) for name, a in contextual.ALGORITHMS.items() for 
 @pytest.mark.parametrize(("algo", "param"), BANDIT_PARAMS, ids=lambda x: getattr(x, "name", x))
 def test_bandit_params_come_from_the_registry(algo: str, param: Param) -> None:
     policy = f"{{kind: bandit, arms: [a, b], algorithm: {algo}, params: {{{param.name}: %s}}}}"
-    cfg = parse_config(HEAD + policy % param.default)
+    # a param without a fixed default (softmax temperature: relative to the reward scale)
+    # declares an example value instead
+    value = param.default if param.default is not None else float(param.example)
+    cfg = parse_config(HEAD + policy % value)
     spec = cfg.routes[0].policy
-    assert isinstance(spec, BanditSpec) and spec.params == {param.name: param.default}
+    assert isinstance(spec, BanditSpec) and spec.params == {param.name: value}
     low = _too_low(param)
     if low is not None:
         (line,) = _errors(HEAD + policy % low[0])
@@ -111,7 +114,8 @@ def test_reference_documents_every_registered_kind() -> None:
     ref = generate()
     for name, a in bandits.ALGORITHMS.items():
         for p in a.params:
-            assert f"| `{p.name}` | number | `{p.default:g}` | {p.help} |" in ref, (name, p)
+            shown = "—" if p.default is None else f"`{p.default:g}`"
+            assert f"| `{p.name}` | number | {shown} | {p.help} |" in ref, (name, p)
     for name in contextual.ALGORITHMS:
         assert f"#### `params (contextual_bandit, algorithm: {name})`" in ref
     for metric, kind in CHECK_KINDS.items():

@@ -122,9 +122,22 @@ class FakeRouter:
             "shares": shares,
             "arms": arms,
             "regret": 3.0 * math.log1p(k),
+            "regret_interval": [2.0 * math.log1p(k), 4.0 * math.log1p(k)],
             "regret_uniform": 2.5 * k,
             "analysis": [],
             "test": None,
+            "contexts": [
+                {
+                    "context": f"climate={c}",
+                    "sent_to": best,
+                    "decisions": 20 * k,
+                    "arms": {
+                        a: {"estimate": m, "ci_low": m - 0.1, "ci_high": m + 0.1, "share": 0.3}
+                        for a, m in zip(shares, (0.5, 0.45, 0.3), strict=True)
+                    },
+                }
+                for c, best in (("hot", "summer_model"), ("cold", "winter_model"))
+            ],
             "decision_log": {"written": 40 * k, "dropped": 3, "lag_seconds": 0.01, "errors": 0},
         }
         step = min(3, k // 3)
@@ -330,6 +343,12 @@ async def test_dashboard_charts_hold_data(dashboard_url: str) -> None:
     assert 'class="num p-adjusted">0.008' in dom and "42.0% of 1000" in dom
     assert 'class="guardrail" data-failed="true"' in dom
     assert 'id="route-legacy"' in dom
+    # A contextual route shows where each context is sent, with estimates and intervals.
+    ctx = re.search(r'<div class="contexts" data-rows="2">(.*?)</div>', dom, re.S)
+    assert ctx, "per-context table missing"
+    assert 'data-context="climate=cold"' in ctx.group(1) and "winter_model" in ctx.group(1)
+    assert "[0.400, 0.600]" in ctx.group(1)
+    assert "(95% " in dom
     # decision-log health of a logging route
     assert re.search(r"decision log \d+ written, 3 dropped, lag 0\.01s", dom)
 

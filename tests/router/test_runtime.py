@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from router.dataplane.seam import Request
 from tests.helpers import eventually
 
@@ -63,8 +65,8 @@ routes:
       kind: contextual_bandit
       arms: [a, b]
       features:
-        - {{name: x, from: "header:x-n", type: numeric}}
-        - {{name: y, from: "json:/y", type: numeric}}
+        - {{name: x, from: "header:x-n", type: numeric, range: [0, 10]}}
+        - {{name: y, from: "json:/y", type: numeric, range: [0, 10]}}
   - name: refused
     match: {{path_prefix: /r}}
     overrides: [{{when: {{header: {{x-preview: "1"}}}}, backend: b}}]
@@ -91,7 +93,7 @@ async def test_engine_capabilities_shape_how_a_route_selects(upstreams: Any, rou
     req = Request("POST", "/c", "", [(b"x-n", b"3")], "127.0.0.1", body=b'{"y": 5}')
     sel = ctx_route.select(req)
     assert sel.context is not None and sel.context.features is not None
-    assert sel.context.features.tolist()[-2:] == [3.0, 5.0]
+    assert sel.context.features.tolist()[-2:] == pytest.approx([0.3, 0.5])  # range-scaled
     assert sel.token is not None  # it learns: the response carries a decision token
     # an override may not reach a preview that failed infra validation ...
     preview = [(b"x-preview", b"1")]

@@ -53,8 +53,15 @@ def test_json_line_and_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         "regret_std",
         "reward_mean",
         "lai_robbins",
+        "regret_estimate_mean",
+        "regret_estimate_ratio",
+        "regret_estimate_sd_mean",
+        "regret_estimate_method",
+        "regret_interval_coverage",
+        "regret_label_means_estimate",
     }
     assert doc["horizon"] == 2000 and doc["seeds"] == 2
+    assert 0.5 < doc["regret_estimate_ratio"] < 2.0  # the router's estimate vs the truth
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == ["seed", "t", "cumulative_reward", "regret"]
     assert {r["seed"] for r in rows} == {"0", "1"}
