@@ -53,6 +53,11 @@ class Limits:
     max_header: int = 64 * 1024
     max_pending: int = 1024
     trusted_hops: int = 0
+    client_header_timeout: float = 30.0  # a request head (or a new connection's first) arrives
+    client_body_timeout: float = 60.0  # longest pause between two reads of a request body
+    keepalive_timeout: float = 75.0  # an idle client connection is closed after this
+    max_connections: int = 4096  # open client connections; more are answered 503 and closed
+    max_upstream_header: int = 64 * 1024  # a larger upstream response head is a 502
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +125,10 @@ class BackendConfig:
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    path_prefix: str = "/"
+    path_prefix: str = "/"  # whole segments: "/a" matches /a, /a/b and /a:predict, not /ab
     methods: frozenset[str] | None = None  # upper-case; None = any method
+    path_exact: str | None = None  # set: only this path (path_prefix is ignored)
+    path_regex: str | None = None  # set: the whole path must match (path_prefix is ignored)
 
 
 OverrideKind = Literal["header", "header_prefix", "header_regex", "cookie"]
@@ -135,13 +142,13 @@ class Override:
     backend: str
 
 
-StickySource = Literal["header", "cookie", "query"]
+StickySource = Literal["header", "cookie", "query", "ip"]
 
 
 @dataclass(frozen=True, slots=True)
 class Sticky:
     source: StickySource
-    name: str  # header names lower-case
+    name: str  # header names lower-case; "" for ip (the client address, see limits.trusted_hops)
 
 
 @dataclass(frozen=True, slots=True)

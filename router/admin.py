@@ -1,6 +1,7 @@
 """The admin listener (aiohttp): metrics, health, route status/actions, reload, audit, dashboard.
 
-`/metrics`, `/healthz`, `/readyz` and `/dashboard*` are open; `/admin/*` needs the bearer token.
+`/metrics`, `/healthz`, `/readyz` and the `/dashboard` page are open; `/admin/*` and the
+dashboard's data (`/dashboard/data`: route status and the audit log) need the bearer token.
 With no token configured, reads stay open and every mutating call answers 403 saying how to set one.
 """
 
@@ -159,7 +160,8 @@ def _token_env(runtime: AdminRuntime) -> str:
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith("/admin/"):
+    path = request.path
+    if not path.startswith("/admin/") and path != "/dashboard/data":
         return await handler(request)
     token = request.app[TOKEN_KEY]
     if token is None:

@@ -514,9 +514,11 @@ class _KeepRecent(logging.Handler):
         self.lines.append(f"{record.levelname.lower()}: {record.getMessage()}"[:140])
 
 
-async def _fetch(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+async def _fetch(session: aiohttp.ClientSession, url: str, token: str) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"}  # /dashboard/data is an admin read
+    limit = aiohttp.ClientTimeout(total=2)
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+        async with session.get(url, headers=headers, timeout=limit) as resp:
             body = await resp.json(content_type=None)
             return body if isinstance(body, dict) else {}
     except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -564,7 +566,8 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
 
     base = f"http://127.0.0.1:{server.proxy_port}"
     admin = f"http://127.0.0.1:{server.admin_port}"
-    dashboard = f"{admin}/dashboard"
+    # the page reads the admin token from the fragment (never sent to the server)
+    dashboard = f"{admin}/dashboard#token={token}"
     print(f"modelrouter demo: router on {base}, admin on {admin}", file=out, flush=True)
     print(f"dashboard: {dashboard}", file=out, flush=True)
     tip = f"try: {ADMIN_TOKEN_ENV}={token} modelrouter abort classifier --admin {admin}"
@@ -593,7 +596,7 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
                 elapsed = time.monotonic() - started
                 if opts.duration is not None and elapsed >= opts.duration:
                     break
-                data = await _fetch(session, f"{admin}/dashboard/data") or data
+                data = await _fetch(session, f"{admin}/dashboard/data", token) or data
                 elapsed = time.monotonic() - started
                 if tty:
                     lines = render_view(data, tally, elapsed, opts, dashboard, tip)
@@ -613,7 +616,7 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
                 out.write("\x1b[?25h")
             await _settle(tasks)
             await client.flush_feedback()
-            data = await _fetch(session, f"{admin}/dashboard/data") or data
+            data = await _fetch(session, f"{admin}/dashboard/data", token) or data
     elapsed = time.monotonic() - started
     print("\n".join(summary(data, tally, elapsed)), file=out, flush=True)
     for sig in (signal.SIGINT, signal.SIGTERM):

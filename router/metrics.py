@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -45,6 +45,8 @@ __all__ = [
 # understood by every Prometheus version (prometheus_client >= 0.22 advertises version=1.0.0).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "modelrouter_"
+_DECISIONS_HELP = "Policy decisions by route and chosen backend (every kind; overrides excluded)."
+FEEDBACK_ROUTE = "_feedback"  # the route label of requests to the feedback endpoint
 
 # Model serving spans sub-millisecond lookups to multi-second generative calls.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -76,7 +78,16 @@ _BUCKET_LABELS: tuple[str, ...] = (
 class BoundRequest:
     """Request counters of one (route, backend), bound once: `observe` is a few list operations."""
 
-    __slots__ = ("_errors", "_errors_metric", "backend", "buckets", "codes", "route", "total")
+    __slots__ = (
+        "_errors",
+        "_errors_metric",
+        "backend",
+        "buckets",
+        "codes",
+        "decisions",
+        "route",
+        "total",
+    )
 
     def __init__(self, route: str, backend: str, errors: Counter) -> None:
         self.route = route
@@ -85,6 +96,7 @@ class BoundRequest:
         # non-cumulative counts; the last slot is the +Inf overflow
         self.buckets: list[int] = [0] * (len(DURATION_BUCKETS) + 1)
         self.total = 0.0
+        self.decisions = 0  # policy decisions for this backend (decisions_total)
         self._errors_metric = errors
         self._errors: dict[str, Counter] = {}
 
@@ -158,8 +170,10 @@ class _PlainCollector(Collector):
         self._rewards = rewards
 
     def collect(self) -> Iterator[Metric]:
-        requests, duration, reward = self.describe()
+        requests, duration, reward, decisions = self.describe()
         for (route, backend), b in list(self._bound.items()):
+            if b.decisions:
+                decisions.add_metric((route, backend), b.decisions)
             for code, n in sorted(b.codes.items()):
                 requests.add_metric((route, backend, str(code)), n)
             cumulative: list[tuple[str, float]] = []
@@ -173,8 +187,13 @@ class _PlainCollector(Collector):
         yield requests
         yield duration
         yield reward
+        yield decisions
 
-    def describe(self) -> tuple[CounterMetricFamily, HistogramMetricFamily, SummaryMetricFamily]:
+    def describe(
+        self,
+    ) -> tuple[
+        CounterMetricFamily, HistogramMetricFamily, SummaryMetricFamily, CounterMetricFamily
+    ]:
         return (
             CounterMetricFamily(
                 PREFIX + "requests",
@@ -193,6 +212,7 @@ class _PlainCollector(Collector):
                 "Rewards credited per route and backend (_sum: total reward, _count: rewards).",
                 labels=("route", "backend"),
             ),
+            CounterMetricFamily(PREFIX + "decisions", _DECISIONS_HELP, labels=("route", "backend")),
         )
 
 
@@ -248,6 +268,12 @@ class _FileExport:
                 self._histograms.write_value(key, float(n), now)
             key = mmap_key(dur, dur + "_sum", ["route", "backend"], [route, backend], help_text)
             self._histograms.write_value(key, b.total, now)
+            if b.decisions:
+                dec = PREFIX + "decisions"
+                key = mmap_key(
+                    dec, dec + "_total", ["route", "backend"], [route, backend], _DECISIONS_HELP
+                )
+                self._counters.write_value(key, float(b.decisions), now)
 
 
 class Metrics:
@@ -279,9 +305,6 @@ class Metrics:
             "upstream_errors",
             "Upstream failures by route, backend and reason (connect, reset, timeout, ...).",
             ("route", "backend", "reason"),
-        )
-        self._decisions = counter(
-            "decisions", "Policy decisions by route and chosen backend.", ("route", "backend")
         )
         self._feedback = counter(
             "feedback", "Accepted rewards by route and backend.", ("route", "backend")
@@ -364,6 +387,13 @@ class Metrics:
             "(match, mismatch, error, skipped).",
             ("route", "backend", "result"),
         )
+        self._refused = counter(
+            "connections_refused",
+            "Client connections answered 503 and closed because limits.max_connections were open.",
+            (),
+        )
+        # the open count of this process (with serve --workers, each worker's latest value)
+        self._connections = gauge("client_connections", "Open client connections.", ())
         self._retries = counter(
             "retries",
             "Attempts sent again, by route, the backend whose attempt failed, and reason "
@@ -402,7 +432,6 @@ class Metrics:
             self._reloads.labels(result)
         self._route_metrics: tuple[Counter | Gauge, ...] = (
             self._upstream_errors,
-            self._decisions,
             self._feedback,
             self._share,
             self._reward_mean,
@@ -424,7 +453,6 @@ class Metrics:
         )
         self._backend_metrics: tuple[Counter | Gauge, ...] = (
             self._upstream_errors,
-            self._decisions,
             self._feedback,
             self._share,
             self._reward_mean,
@@ -432,7 +460,6 @@ class Metrics:
         )
         self._phases_seen: dict[str, set[str]] = {}
         # cached children for per-request verbs that are not pre-bound
-        self._decision_children: dict[tuple[str, str], Counter] = {}
         self._feedback_children: dict[tuple[str, str], Counter] = {}
 
     # ---- hot path ------------------------------------------------------------------------------
@@ -449,13 +476,23 @@ class Metrics:
         """Count a request no route matched (or that failed before routing), with empty labels."""
         self.bind("", "").observe(code, 0.0)
 
+    def connection_refused(self) -> None:
+        """A client connection was refused (over limits.max_connections)."""
+        self._refused.inc()
+
+    def count_connections(self, count: Callable[[], int]) -> None:
+        """`client_connections` reads `count()` at every scrape (the data plane's open set)."""
+        self._connections.set_function(count)
+
+    def request_feedback(self, code: int, seconds: float) -> None:
+        """Count a request to the feedback endpoint, under route="_feedback" (no route name can
+        start with "_")."""
+        self.bind(FEEDBACK_ROUTE, "").observe(code, seconds)
+
     def decision(self, route: str, backend: str) -> None:
-        child = self._decision_children.get((route, backend))
-        if child is None:
-            child = self._decision_children[(route, backend)] = self._decisions.labels(
-                route, backend
-            )
-        child.inc()
+        """Count one policy decision (learning engines call this when they choose; the runtime
+        counts the other kinds' decisions in `RouteRuntime.record` on the bound counters)."""
+        self.bind(route, backend).decisions += 1
 
     def feedback(self, route: str, backend: str) -> None:
         child = self._feedback_children.get((route, backend))
@@ -609,9 +646,8 @@ class Metrics:
                 del plain[key]
         for m in self._route_metrics if self.multiprocess_dir is None else ():
             m.remove_by_labels({"route": route})
-        for cache in (self._decision_children, self._feedback_children):
-            for key in [k for k in cache if k[0] == route]:
-                del cache[key]
+        for key in [k for k in self._feedback_children if k[0] == route]:
+            del self._feedback_children[key]
         self._phases_seen.pop(route, None)
 
     def forget_backend(self, backend: str) -> None:
@@ -622,9 +658,8 @@ class Metrics:
                 del plain[key]
         for m in self._backend_metrics if self.multiprocess_dir is None else ():
             m.remove_by_labels({"backend": backend})
-        for cache in (self._decision_children, self._feedback_children):
-            for key in [k for k in cache if k[1] == backend]:
-                del cache[key]
+        for key in [k for k in self._feedback_children if k[1] == backend]:
+            del self._feedback_children[key]
         for m in (self._ejections, self._endpoint_up):
             m.remove_by_labels({"backend": backend})
 

@@ -238,7 +238,32 @@ _SECTIONS: tuple[Section, ...] = (
             "max_header": Key("size", "Larger request heads get 431."),
             "max_pending": Key("int", "Requests per backend waiting for a connection; 503 beyond."),
             "trusted_hops": Key(
-                "int", "`X-Forwarded-For` entries trusted from proxies in front (0-16)."
+                "int",
+                "Proxies in front of the router (0-16): the last this many `X-Forwarded-For` "
+                "entries are kept and the first kept one is the client address (`ip` sticky "
+                "keys); 0 keeps none, the peer is the client.",
+            ),
+            "client_header_timeout": Key(
+                "duration",
+                "A request head (and a new connection's first byte) must arrive within this; "
+                "408 and close (a silent new connection is just closed).",
+            ),
+            "client_body_timeout": Key(
+                "duration",
+                "Longest wait for the next bytes of a request body (any route, the feedback "
+                "endpoint too); 408 and close.",
+            ),
+            "keepalive_timeout": Key(
+                "duration", "An idle keep-alive client connection is closed after this."
+            ),
+            "max_connections": Key(
+                "int",
+                "Open client connections; more get `503` (`Retry-After: 1`) and a close, counted "
+                "in `connections_refused_total`. Capped by the open-file limit (a warning says "
+                "so).",
+            ),
+            "max_upstream_header": Key(
+                "size", "A backend response head larger than this is answered 502."
             ),
         },
         get=lambda c: c.limits,
@@ -442,7 +467,21 @@ _SECTIONS: tuple[Section, ...] = (
         ("routes", 0, "match"),
         {},
         {
-            "path_prefix": Key("path", "Path prefix to match (plain prefix, no globbing)."),
+            "path_prefix": Key(
+                "path",
+                "Path prefix matched on whole segments: `/v2/models/iris` matches "
+                "`/v2/models/iris`, `/v2/models/iris/infer` and `/v2/models/iris:predict`, not "
+                "`/v2/models/iris-v2/infer`; a prefix ending in `/` or `:` matches anything "
+                "after it.",
+            ),
+            "path_exact": Key(
+                "path", "Only this exact path (instead of `path_prefix`).", default="—"
+            ),
+            "path_regex": Key(
+                "regex",
+                "A regular expression the whole path must match (instead of `path_prefix`).",
+                default="—",
+            ),
             "methods": Key("list", "HTTP methods; absent: any method.", default="any"),
         },
         get=lambda c: c.routes[0].match,
@@ -467,8 +506,8 @@ _SECTIONS: tuple[Section, ...] = (
         {
             "key": Key(
                 "source:name",
-                "`header:NAME`, `cookie:NAME` or `query:NAME`; the same "
-                "key always lands in the same bucket.",
+                "`header:NAME`, `cookie:NAME`, `query:NAME` or `ip` (the client address, see "
+                "`limits.trusted_hops`); the same key always lands in the same bucket.",
             ),
         },
     ),
@@ -1089,7 +1128,8 @@ def generate() -> str:
         "### Metrics",
         "",
         "Served at `GET /metrics` on the admin listener. Label values come only from configured"
-        ' names; `route=""` counts requests no route matched.',
+        ' names; `route=""` counts requests no route matched and `route="_feedback"` the'
+        " feedback endpoint's.",
         "",
         "| series | type | labels | meaning |",
         "|---|---|---|---|",

@@ -8,6 +8,7 @@ the admin API calls `status`, `reload_from_file` and engine actions.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelrouter.runtime")
 
+BUILD_SLICE = 0.005  # seconds of route building on the loop between two yields (reload)
 ENV_WORKER_VAR = "MODELROUTER_WORKER"  # router.workers.ENV_WORKER: "index:...", set per worker
 STATE_DIR_ENV = "MODELROUTER_STATE_DIR"  # router.store.sqlite.STATE_DIR_ENV
 
@@ -124,8 +126,14 @@ class RouteRuntime:
             and self._response_reward is not None
             and bool(getattr(engine, "rewards_from_response", False))
         )
-        self.prefix = cfg.match.path_prefix
-        self.methods = cfg.match.methods
+        m = cfg.match
+        self.methods = m.methods
+        # path matching (router.dataplane.routing): a prefix matches whole segments; exact; regex
+        self.prefix = m.path_prefix if m.path_exact is None else m.path_exact
+        # a prefix ending in "/" or ":" (or "/" itself) needs no segment check after it
+        self.open_end = m.path_exact is None and self.prefix[-1:] in ("/", ":")
+        self.exact = m.path_exact is not None
+        self.regex = re.compile(m.path_regex) if m.path_regex is not None else None
         self._runtime = runtime
         self._backends = {b: backends[b] for b in cfg.backends}
         # a rollout engine may refuse a backend (not blessed yet, rolled back): then its
@@ -136,6 +144,8 @@ class RouteRuntime:
         # blue-green preview traffic arrives through overrides; its analysis must see it
         self._observe_overrides = engine.observes_overrides
         self._bound: dict[str, BoundRequest] = {b: metrics.bind(cfg.name, b) for b in cfg.backends}
+        # decisions_total: learning engines count when they choose; the rest are counted here
+        self._count_decisions = not engine.counts_decisions
         self._healthy: Callable[[str], bool] = lambda name: self._backends[name].up
         # only engines that read the request build the context; the rest get the bucket alone
         self._make_context: Callable[[Request, int | None], Context] | None = (
@@ -160,6 +170,8 @@ class RouteRuntime:
                 self._sticky = lambda req: req.header(name)
             elif sticky.source == "cookie":
                 self._sticky = lambda req: req.cookie(name)
+            elif sticky.source == "ip":
+                self._sticky = lambda req: req.client_ip
             else:
                 self._sticky = lambda req: req.query_param(name)
         # a plain route looks at nothing of the request: the proxy skips building the Request
@@ -311,6 +323,8 @@ class RouteRuntime:
         if error is not None:
             bound.upstream_error(error)
         if sel.arm is not None:
+            if self._count_decisions:
+                bound.decisions += 1
             self.engine.observe(sel.arm, status, latency, error, sel.context)
             if self._log_response and sel.logged is not None:
                 self._log_reward(sel.logged, status, latency, error)
@@ -567,19 +581,34 @@ class Runtime:
     ) -> dict[str, Any]:
         """Re-read the config file and apply it; raises ConfigError and keeps the old config.
 
+        The file is read and validated in a child process (router.config.worker), so a large
+        config (or a rejected alias bomb) does not hold up the requests in flight; the parent
+        rebuilds it and the routing table a slice at a time and swaps it in at once. The cyclic
+        garbage collector waits meanwhile, and what the reload built is frozen after it (as
+        start-up's objects are), so no full collection walks it while requests wait.
+
         `record=False` (a worker following a reload another worker made and recorded) neither
         audits nor counts it, so one reload of the router is one entry whatever N is."""
-        from router.config import load_config
+        from router.config.worker import load_config_offloaded
 
         if self.config_path is None:
             raise RuntimeError("this router was not started from a config file")
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            new = load_config(self.config_path)
-        except Exception:
-            if record:
-                self.metrics.config_reload("failure")
-            raise
-        return await self.reload(new, actor=actor, reason=reason, record=record)
+            try:
+                new = await load_config_offloaded(self.config_path)
+            except Exception:
+                if record:
+                    self.metrics.config_reload("failure")
+                raise
+            changes = await self.reload(new, actor=actor, reason=reason, record=record)
+        finally:
+            if collecting:
+                gc.enable()
+        if gc.get_freeze_count():
+            gc.freeze()
+        return changes
 
     async def reload(
         self,
@@ -683,7 +712,14 @@ class Runtime:
         routes: list[RouteRuntime] = []
         started: list[Engine] = []
         try:
+            loop = asyncio.get_running_loop()
+            turn = loop.time()
             for rc in config.routes:
+                if loop.time() - turn > BUILD_SLICE:
+                    # a config with many routes: let requests in flight run meanwhile (the
+                    # new table is swapped in only once it is complete)
+                    await asyncio.sleep(0)
+                    turn = loop.time()
                 kept = keep.get(rc.name)
                 if kept is not None:
                     routes.append(kept)

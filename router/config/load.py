@@ -25,6 +25,7 @@ from router.config.values import Refs, address, read_params
 from router.store import DEFAULT_STORE, LEASE, STORE_KINDS
 
 SUPPORTED_VERSION: Final = 1
+MAX_CONFIG_BYTES: Final = 16 * 1024 * 1024  # a larger file is refused before it is read
 _ENV_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _TOP_KEYS: Final = (
@@ -38,6 +39,17 @@ _TOP_KEYS: Final = (
     "routes",
 )
 _DEFAULT_LISTEN: Final = Address("0.0.0.0", 8080)
+_LIMIT_KEYS: Final = (
+    "max_body",
+    "max_header",
+    "max_pending",
+    "trusted_hops",
+    "client_header_timeout",
+    "client_body_timeout",
+    "keepalive_timeout",
+    "max_connections",
+    "max_upstream_header",
+)
 
 
 def _state(r: Reader) -> StateConfig:
@@ -77,14 +89,22 @@ def _config(root: Reader) -> Config:
             AdminConfig().token_env, pattern=_ENV_RE, what="an environment variable name"
         ),
     )
-    lm = m["limits"].mapping(("max_body", "max_header", "max_pending", "trusted_hops"))
+    lm = m["limits"].mapping(_LIMIT_KEYS)
     d = Limits()
     limits = Limits(
         max_body=lm["max_body"].size(d.max_body),
         max_header=lm["max_header"].size(d.max_header),
         max_pending=lm["max_pending"].integer(d.max_pending, min=1),
         trusted_hops=lm["trusted_hops"].integer(d.trusted_hops, min=0, max=16),
+        client_header_timeout=lm["client_header_timeout"].duration(d.client_header_timeout),
+        client_body_timeout=lm["client_body_timeout"].duration(d.client_body_timeout),
+        keepalive_timeout=lm["keepalive_timeout"].duration(d.keepalive_timeout),
+        max_connections=lm["max_connections"].integer(d.max_connections, min=1, max=1_000_000),
+        max_upstream_header=lm["max_upstream_header"].size(d.max_upstream_header),
     )
+    for key, floor in (("max_header", 1024), ("max_upstream_header", 1024)):
+        if getattr(limits, key) < floor and not lm.quiet:
+            lm[key].error(f"must be at least 1KiB, got {getattr(limits, key)} bytes")
     fm = m["feedback"].mapping(("secret_env", "ttl", "missing_reward"))
     fd = FeedbackConfig()
     feedback = FeedbackConfig(
@@ -124,17 +144,40 @@ def _config(root: Reader) -> Config:
 
 
 def parse_config(text: str, source: str = "<string>") -> Config:
-    """Validate YAML text; ConfigError lists every problem. ``source`` names it in messages."""
-    root = read_yaml(text, source)
-    cfg = _config(root)
+    """Validate YAML text; ConfigError lists every problem. ``source`` names it in messages.
+
+    Bounded: aliases may not expand the document much (`read_yaml`), and running out of memory
+    or stack is a ConfigError too, never a traceback.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError([_too_big(source, len(text))])
+    try:
+        root = read_yaml(text, source)
+        cfg = _config(root)
+    except MemoryError:
+        raise ConfigError(
+            [f"{source}: ran out of memory reading the config; it is too large"]
+        ) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: nested too deeply to read"]) from None
     root.doc.raise_if_errors()
     return replace(cfg, warnings=tuple(root.doc.warning_lines()))
+
+
+def _too_big(source: str, size: int) -> str:
+    return (
+        f"{source}: {size} bytes; a config may have at most {MAX_CONFIG_BYTES} "
+        f"({MAX_CONFIG_BYTES >> 20} MiB)"
+    )
 
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; ConfigError (never OSError) when it cannot be used."""
     source = str(path)
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([_too_big(source, size)])
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{source}: no such file"]) from None
@@ -173,6 +216,9 @@ def validate_main(path: str | Path) -> int:
     except ConfigError as e:
         for line in e.errors:
             print(line, file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{path}: ran out of memory reading the config; it is too large", file=sys.stderr)
         return 2
     for line in cfg.warnings:
         print(line, file=sys.stderr)

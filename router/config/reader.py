@@ -623,12 +623,78 @@ class MapReader:
         return found[0]
 
 
-def read_yaml(text: str, source: str = "<string>") -> Reader:
-    """The root Reader of one YAML document; ConfigError on a syntax error or an empty document."""
-    loader = yaml.SafeLoader(text)
-    doc = Document(source, loader)
+MAX_ALIAS_NODES: Final = 100_000  # aliases may add this many nodes, or as many as the file has
+
+
+def _expanded_size(root: yaml.Node, source: str) -> tuple[int, int]:
+    """(nodes as written, nodes once every alias is expanded); ConfigError on a recursive alias.
+
+    Iterative (a deep document must not exhaust the stack) and linear in the nodes as written:
+    each node's expanded size is computed once and reused wherever an alias repeats it.
+    """
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            n = 1
+            for child in _children(node):
+                n += size[id(child)]
+            size[key] = n
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            mark = node.start_mark
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError([f"{source}{line}: an alias refers to the node that contains it"])
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            ck = id(child)
+            if ck in on_path:
+                mark = child.start_mark
+                line = f":{mark.line + 1}" if mark is not None else ""
+                raise ConfigError([f"{source}{line}: an alias refers to the node that contains it"])
+            if ck not in size:
+                stack.append((child, False))
+    return len(size), size[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+_FAILED: Final = yaml.Node("", "", None, None)
+_CLoader: type[yaml.SafeLoader] | None = getattr(yaml, "CSafeLoader", None)
+
+
+def _compose_fast(text: str) -> yaml.Node | None:
+    """The node graph by libyaml (several times faster on large files), or `_FAILED` when it
+    is not installed or the text does not parse."""
+    if _CLoader is None:
+        return _FAILED
+    loader = _CLoader(text)
     try:
-        node = loader.get_single_node()
+        node: yaml.Node | None = loader.get_single_node()
+    except (yaml.YAMLError, RecursionError):
+        return _FAILED
+    finally:
+        loader.dispose()
+    return node
+
+
+def _compose(text: str, source: str) -> yaml.Node | None:
+    loader = yaml.SafeLoader(text)
+    try:
+        node: yaml.Node | None = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = ", ".join(x for x in (e.context, e.problem) if x) or "invalid YAML"
@@ -642,10 +708,33 @@ def read_yaml(text: str, source: str = "<string>") -> Reader:
         raise ConfigError([f"{source}: YAML syntax error: {problem}"]) from None
     except yaml.YAMLError as e:
         raise ConfigError([f"{source}: YAML error: {e}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: nested too deeply to read"]) from None
     finally:
         loader.dispose()
+    return node
+
+
+def read_yaml(text: str, source: str = "<string>") -> Reader:
+    """The root Reader of one YAML document; ConfigError on a syntax error, an empty document or
+    aliases that expand it too far (a "billion laughs" bomb is refused before it is walked)."""
+    doc = Document(source)
+    node = _compose_fast(text)
+    if node is _FAILED:
+        node = _compose(text, source)  # the pure-Python parser words the error
+    assert node is not _FAILED
     if node is None:
         raise ConfigError(
             [f"{source}: the file is empty; expected a mapping with backends and routes"]
+        )
+    written, expanded = _expanded_size(node, source)
+    limit = written + max(MAX_ALIAS_NODES, written)
+    if expanded > limit:
+        raise ConfigError(
+            [
+                f"{source}: too many aliases/nodes: its aliases expand {written} nodes to "
+                f"{expanded} (at most {limit}); write the repeated parts out or use fewer "
+                "nested aliases"
+            ]
         )
     return Reader(node, "", doc)

@@ -35,6 +35,7 @@ RETRY_ON: Final = ("connect-failure", "reset", "timeout", "5xx")
 _VERSION_RE: Final = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
 
 _STICKY_SOURCES: Final[tuple[StickySource, ...]] = ("header", "cookie", "query")
+_STICKY_EXAMPLE: Final = "header:x-user-id"
 _OVERRIDE_KINDS: Final[tuple[OverrideKind, ...]] = (
     "header",
     "header_prefix",
@@ -196,13 +197,25 @@ def _version(r: Reader) -> str | None:
     return s
 
 
+_PATH_KINDS: Final = ("path_prefix", "path_exact", "path_regex")
+_URL_PATH_RE: Final = re.compile(r"/\S*")
+
+
 def _match(r: Reader) -> Match:
     if not r.present:
         return Match()
-    m = r.mapping(("path_prefix", "methods"))
-    prefix = m["path_prefix"].string(
-        "/", pattern=re.compile(r"/\S*"), what="a path starting with '/'"
-    )
+    m = r.mapping(("path_prefix", "path_exact", "path_regex", "methods"))
+    given = [k for k in _PATH_KINDS if k in m]
+    if len(given) > 1 and not m.quiet:
+        m.error(f"give one of path_prefix, path_exact, path_regex, got {' and '.join(given)}")
+    prefix = m["path_prefix"].string("/", pattern=_URL_PATH_RE, what="a path starting with '/'")
+    exact = m["path_exact"].string(None, pattern=_URL_PATH_RE, what="a path starting with '/'")
+    regex = m["path_regex"].string(None)
+    if regex is not None:
+        try:
+            re.compile(regex)
+        except re.error as e:
+            m["path_regex"].error(f"invalid regular expression {regex!r}: {e}")
     methods: frozenset[str] | None = None
     if m["methods"].present:
         names = [
@@ -212,7 +225,7 @@ def _match(r: Reader) -> Match:
         if not names and not m["methods"].quiet:
             m["methods"].error("must not be empty; omit methods to match every method")
         methods = frozenset(n for n in names if n)
-    return Match(path_prefix=prefix, methods=methods)
+    return Match(path_prefix=prefix, methods=methods, path_exact=exact, path_regex=regex)
 
 
 def _override(r: Reader, refs: Refs) -> Override:
@@ -252,7 +265,9 @@ def _sticky(r: Reader) -> Sticky | None:
     if not r.present:
         return None
     m = r.mapping(("key",))
-    source, name = source_ref(m["key"], _STICKY_SOURCES, "header:x-user-id")
+    if m["key"].present and m["key"].value() == "ip":
+        return Sticky(source="ip", name="")  # the client address (limits.trusted_hops)
+    source, name = source_ref(m["key"], _STICKY_SOURCES, _STICKY_EXAMPLE)
     return Sticky(source=source, name=name)
 
 
@@ -364,6 +379,7 @@ def read_routes(r: Reader, refs: Refs) -> tuple[RouteConfig, ...]:
     items = r.sequence(required=True, min_len=1)
     routes: list[RouteConfig] = []
     seen: dict[str, int] = {}
+    same_path: dict[tuple[str, str | None, str | None], list[int]] = {}
     logs: dict[str, int] = {}
     for i, item in enumerate(items):
         route = _route(item, refs)
@@ -380,14 +396,30 @@ def read_routes(r: Reader, refs: Refs) -> tuple[RouteConfig, ...]:
                     "give each route its own file"
                 )
             logs.setdefault(path, i)
-        for j, earlier in enumerate(routes):
-            same = earlier.match.path_prefix == route.match.path_prefix
+        # only routes with the same path match can shadow each other: look at those alone
+        # (a linear pass, whatever the number of routes)
+        key = _path_key(route.match)
+        for j in same_path.get(key, ()):
+            earlier = routes[j]
             a, b = earlier.match.methods, route.match.methods
-            if same and (a is None or b is None or a & b):
+            if a is None or b is None or a & b:
                 item.mapping()["match"].warn(
-                    f"same path_prefix {route.match.path_prefix!r} and overlapping methods as "
+                    f"same {_show_path(route.match)} and overlapping methods as "
                     f"routes[{j}] ('{earlier.name}'), which matches first"
                 )
                 break
+        same_path.setdefault(key, []).append(len(routes))
         routes.append(route)
     return tuple(routes)
+
+
+def _path_key(m: Match) -> tuple[str, str | None, str | None]:
+    return (m.path_prefix, m.path_exact, m.path_regex)
+
+
+def _show_path(m: Match) -> str:
+    if m.path_exact is not None:
+        return f"path_exact {m.path_exact!r}"
+    if m.path_regex is not None:
+        return f"path_regex {m.path_regex!r}"
+    return f"path_prefix {m.path_prefix!r}"

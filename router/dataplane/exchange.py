@@ -97,6 +97,7 @@ class Exchange:
     clen_in: bytes | None = None
     expect = False
     needs_body = False
+    feedback = False  # a POST to the feedback endpoint (counted under its own route label)
     req_done = False
     resp_started = False
     recorded = False
@@ -679,6 +680,10 @@ class Exchange:
         try:
             if route is not None and self.sel is not None:
                 route.record(self.sel, status, (end or self.loop.time()) - self.start, self.error)
+            elif self.feedback:
+                self.proto.runtime.metrics.request_feedback(
+                    status, (end or self.loop.time()) - self.start
+                )
             elif status:
                 self.proto.runtime.metrics.request_unmatched(status)
         except Exception:

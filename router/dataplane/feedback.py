@@ -28,6 +28,7 @@ _ERR_405: Final = error_body(405, f"{FEEDBACK_PATH} accepts only POST")
 
 def begin(ex: Exchange, method: str) -> None:
     """A feedback request's head is complete: refuse other methods, else hold its body."""
+    ex.feedback = True
     if method != "POST":
         ex.pending = (405, _ERR_405)
         return

@@ -35,6 +35,7 @@ __all__ = [
     "sane_request_id",
     "split_target",
     "strip_named",
+    "trusted_chain",
 ]
 
 CRLF: Final = b"\r\n"
@@ -206,14 +207,23 @@ def has_dot_segment(path: bytes) -> bool:
 # ---- who asked --------------------------------------------------------------------------------
 
 
+def trusted_chain(xff: list[bytes] | None, trusted_hops: int) -> list[bytes] | None:
+    """The X-Forwarded-For entries added by the `trusted_hops` proxies in front of us (the
+    last ones; a client can write anything before them), or None when none are trusted."""
+    if not trusted_hops or xff is None:
+        return None
+    chain = [a.strip() for v in xff for a in v.split(b",") if a.strip()]
+    return chain[-trusted_hops:] or None
+
+
 def client_address(peer: str, xff: list[bytes] | None, trusted_hops: int) -> str:
     """The client IP routing sees: the peer, or with `trusted_hops` proxies in front of us the
-    X-Forwarded-For entry that many hops back (the chain ends with the peer)."""
-    if not trusted_hops or xff is None:
+    X-Forwarded-For entry that many hops back (the chain ends with the peer); the first entry
+    of the X-Forwarded-For sent upstream (`forwarded_head` with `trusted_chain`)."""
+    chain = trusted_chain(xff, trusted_hops)
+    if chain is None:
         return peer
-    chain = [a.strip() for v in xff for a in v.split(b",") if a.strip()]
-    chain.append(peer.encode())
-    return chain[max(0, len(chain) - 1 - trusted_hops)].decode("latin-1")
+    return chain[0].decode("latin-1")
 
 
 _ID_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
@@ -253,7 +263,8 @@ def forwarded_head(
 ) -> list[bytes]:
     """The upstream request head after its start line and Host (the backend's, added per
     attempt): `fwd`, the client's forwardable headers, extended in place with the framing,
-    X-Forwarded-For (the client's chain plus `peer`), -Proto, -Host and X-Request-Id."""
+    X-Forwarded-For (the trusted part of the client's chain, see `trusted_chain`, plus `peer`),
+    -Proto, -Host and X-Request-Id."""
     if chunked:
         fwd.append(b"transfer-encoding: chunked\r\n")
     elif clen is not None:

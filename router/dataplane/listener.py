@@ -8,11 +8,12 @@ order, enforces the head limits, and closes (or lingers) when a request stream b
 
 Choices: `Expect: 100-continue` is answered by the proxy itself
 with `100 Continue` when it starts forwarding the body (the Expect header is not forwarded and
-upstream 1xx answers are dropped). X-Forwarded-For gets the peer address appended to the chain
-the client sent, like nginx's `$proxy_add_x_forwarded_for`; `limits.trusted_hops` only decides
-which address counts as the client IP for routing (Request.client_ip). X-Forwarded-Proto and
-X-Forwarded-Host are replaced, never appended. A request whose client goes away is recorded with
-status 499.
+upstream 1xx answers are dropped). X-Forwarded-For gets the peer address appended to the part
+of the chain the client sent that `limits.trusted_hops` trusts (the last N entries, written by
+the proxies in front of us; nothing with the default 0), so its first entry is the client
+address routing sees (Request.client_ip, `ip` sticky keys) and a client cannot forge it.
+X-Forwarded-Proto and X-Forwarded-Host are replaced, never appended. A request whose client goes
+away is recorded with status 499.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from router.dataplane import feedback, mirror
-from router.dataplane.answers import error_body
+from router.dataplane.answers import error_body, error_response
 from router.dataplane.exchange import (
     ERR_500,
     P_DEAD,
@@ -47,13 +48,13 @@ from router.dataplane.head import (
     XFF,
     Refused,
     check_method,
-    client_address,
     connection_tokens,
     forwarded_head,
     framing,
     request_id,
     split_target,
     strip_named,
+    trusted_chain,
 )
 from router.dataplane.seam import Request, Router
 
@@ -65,8 +66,15 @@ __all__ = ["ClientProtocol"]
 
 log = logging.getLogger("modelrouter.proxy")
 
-LINGER_TIME: Final = 2.0  # after refusing a request, read and discard input this long, then close
-LINGER_MAX: Final = 1 << 20  # ... or this many bytes
+# Lingering close (nginx's lingering_close): after answering a request we refused (413, 400,
+# 408...), send FIN and read on, discarding, so a client still sending its body reads our answer
+# instead of a reset. Bounded: LINGER_TIME in all, LINGER_IDLE without a byte, LINGER_MIN bytes
+# or four times limits.max_body (whichever is larger), then close.
+LINGER_TIME: Final = 30.0
+LINGER_IDLE: Final = 5.0
+LINGER_MIN: Final = 64 << 20
+REFUSE_LINGER: Final = 1.0  # a connection over limits.max_connections: its 503, then this long
+REFUSING_MAX: Final = 256  # connections refused and still closing; beyond, refuse by reset
 
 _METHODS: Final = {
     m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")
@@ -75,6 +83,11 @@ _METHODS: Final = {
 _ERR_413: Final = error_body(413, "request body too large")
 _ERR_431: Final = error_body(431, "request headers too large")
 _ERR_400: Final = error_body(400, "bad request")
+_ERR_408_HEAD: Final = error_body(408, "request head not received in time")
+_ERR_408_BODY: Final = error_body(408, "request body not received in time")
+_REFUSED: Final = error_response(
+    503, error_body(503, "too many connections"), b"-", close=True, extra=b"retry-after: 1\r\n"
+)
 
 
 def _parser_message(e: BaseException) -> str:
@@ -109,7 +122,11 @@ class ClientProtocol(asyncio.Protocol):
         self.write_paused = False
         self.lost = False
         self.lingering = False
+        self.refused = False  # over limits.max_connections: answered 503, closing
         self._lingered = 0
+        self._linger_seen = 0
+        self._linger_max = 0
+        self._linger_end = 0.0
         self.in_feed = False
         self.draining = False
         self.dead = False
@@ -145,19 +162,42 @@ class ClientProtocol(asyncio.Protocol):
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0])
         self.peer_b = self.peer.encode()
+        server = self.server
+        if len(server.connections) >= server.max_connections():
+            self._refuse()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.connections.add(self)
+        server.connections.add(self)
         if self.server.draining:
             self.draining = True
+
+    def _refuse(self) -> None:
+        """Over limits.max_connections: answer 503 (Retry-After) at once and close soon."""
+        t = self.transport
+        assert t is not None
+        server = self.server
+        server.refused += 1
+        try:
+            server.runtime.metrics.connection_refused()
+        except Exception:
+            log.exception("counting a refused connection failed")
+        self.dead = True
+        if server.refusing >= REFUSING_MAX or not t.can_write_eof():
+            t.abort()
+            return
+        self.refused = True
+        server.refusing += 1
+        t.write(_REFUSED)
+        self._linger(t, REFUSE_LINGER, 64 << 10)
 
     def data_received(self, data: bytes) -> None:
         if self.dead:
             if self.lingering and self.transport is not None:
                 self._lingered += len(data)
-                if self._lingered > LINGER_MAX:
+                if self._lingered > self._linger_max:
                     self.transport.close()
             return
         self.last_active = self.loop.time()
@@ -217,6 +257,9 @@ class ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.refused:
+            self.server.refusing -= 1
+            return
         self.server.connections.discard(self)
         for ex in (self.active, self.ex_in, *(self.queue or ())):
             if ex is not None:
@@ -272,6 +315,8 @@ class ClientProtocol(asyncio.Protocol):
         if self.paused & reason:
             self.paused &= ~reason
             if not self.paused:
+                # the client was not the one waiting: its read timeouts count from now
+                self.last_active = self.loop.time()
                 t = self.transport
                 if t is not None and not t.is_closing():
                     t.resume_reading()
@@ -302,15 +347,36 @@ class ClientProtocol(asyncio.Protocol):
             self.dead = True
             t.close()
 
-    def _linger(self, t: asyncio.Transport) -> None:
+    def _linger(self, t: asyncio.Transport, seconds: float = LINGER_TIME, cap: int = 0) -> None:
         # the client may still be sending what we refused: closing now would reset the
         # connection and could destroy our answer in flight, so send FIN and read on (discarding)
-        # for a little while, like nginx's lingering close
+        # for a while, like nginx's lingering close
         self.lingering = True
+        self._linger_max = cap or max(LINGER_MIN, 4 * self.max_body)
+        self._linger_end = self.loop.time() + seconds
         t.write_eof()
         self.paused = 0
         t.resume_reading()
-        self.loop.call_later(LINGER_TIME, t.close)
+        self.loop.call_later(min(seconds, LINGER_IDLE), self._linger_check)
+
+    def _linger_check(self) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        now = self.loop.time()
+        if now >= self._linger_end or self._lingered == self._linger_seen:
+            t.close()  # the time is up, or nothing came for LINGER_IDLE
+            return
+        self._linger_seen = self._lingered
+        self.loop.call_later(min(LINGER_IDLE, self._linger_end - now), self._linger_check)
+
+    def timed_out(self, body: bool) -> None:
+        """The request head or body did not arrive in time (ProxyServer's sweep): answer 408 in
+        turn and close."""
+        if self.dead or self.transport is None:
+            return
+        self._reject = (408, _ERR_408_BODY if body else _ERR_408_HEAD)
+        self._fail_parse()
 
     def _enqueue(self, ex: Exchange) -> None:
         if self.active is None:
@@ -452,10 +518,13 @@ class ClientProtocol(asyncio.Protocol):
         path = path_b.decode("latin-1")
         if self._conn_tokens is not None:
             self._fwd = strip_named(self._fwd, self._conn_tokens)
+        xff = self._xff
+        if xff is not None:
+            xff = trusted_chain(xff, self.limits.trusted_hops)
         route = None if path == feedback.FEEDBACK_PATH else self.runtime.match(ms, path)
         if route is None or not route.plain:
             # the Request view: only routes that look at the request (and our own answers) need it
-            client_ip = client_address(self.peer, self._xff, self.limits.trusted_hops)
+            client_ip = self.peer if xff is None else xff[0].decode("latin-1")
             ex.req = Request(
                 ms, path, query_b.decode("latin-1"), self._headers, client_ip, request_id=rid
             )
@@ -467,7 +536,7 @@ class ClientProtocol(asyncio.Protocol):
             self._fwd,
             chunked=chunked,
             clen=clen,
-            xff=self._xff,
+            xff=xff,
             peer=self.peer_b,
             host=self._host,
             rid=rid,

@@ -1,9 +1,11 @@
 """The HTTP/1.1 data plane: `start_proxy(router, host, port)` listens and proxies every request.
 
 `ProxyServer` owns the listening socket and the client connections (router.dataplane.listener),
-checks in-flight exchanges' timeouts on a coarse tick, closes idle connections and upstream
-pools on a slower sweep, and drains on shutdown. All it needs of the routing runtime is the
-seam in router.dataplane.seam.
+checks in-flight exchanges' timeouts on a coarse tick, and on a slower sweep enforces the
+client-side limits (`limits.client_header_timeout`, `client_body_timeout`, `keepalive_timeout`:
+408 or close) and closes idle upstream connections; it drains on shutdown. Client connections
+beyond `limits.max_connections` (capped by the open-file limit) are answered 503 and closed.
+All it needs of the routing runtime is the seam in router.dataplane.seam.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import socket
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -25,10 +28,30 @@ __all__ = ["ProxyServer", "start_proxy"]
 
 log = logging.getLogger("modelrouter.proxy")
 
-KEEPALIVE_TIMEOUT: Final = 75.0  # idle client connections are closed after this
-HEAD_TIMEOUT: Final = 30.0  # a request head must arrive within this (slowloris)
-SWEEP_INTERVAL: Final = 5.0
+SWEEP_INTERVAL: Final = 5.0  # at most; a quarter of the shortest client timeout when smaller
 TICK: Final = 0.05  # timeout resolution
+FD_RESERVE: Final = 256  # open files kept for upstream connections, the admin listener, stores
+
+
+def fd_connection_cap(wanted: int) -> int:
+    """How many client connections the open-file limit allows, raising the soft limit toward
+    the hard one when `wanted` needs it (like nginx's worker_rlimit_nofile)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return wanted
+    need = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    # small limits (tests, tight containers) keep half the files for the rest
+    return max(1, min(wanted, soft - FD_RESERVE if soft > 2 * FD_RESERVE else soft // 2))
 
 
 class ProxyServer:
@@ -46,6 +69,28 @@ class ProxyServer:
         self._server: asyncio.Server | None = None
         self._gone: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self.refused = 0  # connections refused over max_connections, ever
+        self.refusing = 0  # refused connections still closing
+        self._fd_cap = 0
+        self._fd_for = 0
+        metrics = runtime.metrics
+        metrics.count_connections(lambda: len(self.connections))
+
+    def max_connections(self) -> int:
+        """limits.max_connections (read on every accept: a reload changes it), capped by the
+        open-file limit; a warning says when the cap is lower than the config."""
+        wanted = self.runtime.config.limits.max_connections
+        if wanted != self._fd_for:
+            self._fd_for = wanted
+            self._fd_cap = fd_connection_cap(wanted)
+            if self._fd_cap < wanted:
+                log.warning(
+                    "limits.max_connections is %d but the open-file limit allows %d client "
+                    "connections; more are refused (raise `ulimit -n`)",
+                    wanted,
+                    self._fd_cap,
+                )
+        return self._fd_cap
 
     def protocol(self) -> ClientProtocol:
         return ClientProtocol(self)
@@ -67,16 +112,33 @@ class ProxyServer:
 
     def _sweep(self) -> None:
         now = self.loop.time()
+        limits = self.runtime.config.limits
+        head_t = limits.client_header_timeout
+        body_t = limits.client_body_timeout
+        idle_t = limits.keepalive_timeout
         for c in list(self.connections):
-            if c.active is None and c.ex_in is None:
+            t = c.transport
+            if t is None or c.dead:
+                continue
+            ex = c.ex_in
+            if ex is not None:
+                # reading a request body: the client must send on (unless we paused it)
+                if not c.paused and not ex.req_done and now - c.last_active > body_t:
+                    c.timed_out(body=True)
+            elif c.active is None:
                 if c._in_head:
-                    if now - c._head_started > HEAD_TIMEOUT and c.transport is not None:
-                        c.transport.close()
-                elif now - c.last_active > KEEPALIVE_TIMEOUT and c.transport is not None:
-                    c.transport.close()
+                    if now - c._head_started > head_t:
+                        c.timed_out(body=False)
+                elif c._seq == 0:
+                    # a new connection: its first request head is due like any other
+                    if now - c.last_active > head_t:
+                        t.close()
+                elif now - c.last_active > idle_t:
+                    t.close()
         for b in list(self.runtime.backends.values()):
             b.group.sweep(now)
-        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        interval = min(SWEEP_INTERVAL, head_t / 4, body_t / 4, idle_t / 4)
+        self._sweeper = self.loop.call_later(max(TICK, interval), self._sweep)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish, close idle connections; bounded."""
@@ -138,7 +200,8 @@ async def start_proxy(
     # uvloop's Server.sockets is a list, not the tuple typeshed says (compiled code checks)
     socks: Any = cast(Any, server).sockets
     srv.port = socks[0].getsockname()[1] if socks else port
-    srv._sweeper = loop.call_later(SWEEP_INTERVAL, srv._sweep)
+    srv.max_connections()  # raise the open-file limit now, not on the first accept
+    srv._sweeper = loop.call_later(TICK, srv._sweep)
     srv._ticker = loop.call_later(TICK, srv._tick)
     # What startup built (config, numpy, aiohttp, prometheus: ~70k objects) lives for good. A full
     # collection walking it costs ~65 ms here and stalls every request in flight (the p99 spikes

@@ -19,6 +19,7 @@ from policies.spec import BackendConfig, Limits
 from router.dataplane.head import CLEN, CONN, RESPONSE_HEADERS, TE, connection_tokens, strip_named
 
 __all__ = [
+    "HeadTooLarge",
     "PoolFull",
     "UpstreamConnection",
     "UpstreamPool",
@@ -32,6 +33,10 @@ IDLE_TIMEOUT = 30.0  # close idle connections before typical upstream keep-alive
 
 class PoolFull(Exception):
     """More than `max_pending` requests already wait for a connection to this backend."""
+
+
+class HeadTooLarge(Exception):
+    """The backend's response head is larger than limits.max_upstream_header (the answer: 502)."""
 
 
 class UpstreamUser(Protocol):
@@ -60,6 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
         "conn_tokens",
         "counted",
         "got_bytes",
+        "head_bytes",
         "headers",
         "idle_since",
         "parser",
@@ -83,6 +89,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_paused = False
         self.idle_since = 0.0
         self.skip_body = False  # the request was HEAD: the response has no body
+        self.head_bytes = 0  # bytes received while a response head (1xx ones too) was incomplete
         self._reset()
 
     def _reset(self) -> None:
@@ -110,12 +117,24 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         user.u_activity()
+        in_head = not self.status
+        if in_head:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
             user = self.user
             if user is not None:
                 user.u_error(self, e)
+            self.close()
+            return
+        if in_head and not self.status and self.head_bytes > self.pool.max_head:
+            # httptools buffers a header until it ends: stop before a huge head fills memory
+            user = self.user
+            if user is not None:
+                user.u_error(
+                    self, HeadTooLarge(f"response head larger than {self.pool.max_head} bytes")
+                )
             self.close()
             return
         user = self.user
@@ -232,6 +251,7 @@ class UpstreamPool:
     ) -> None:
         self.cfg = cfg
         self.max_pending = limits.max_pending
+        self.max_head = limits.max_upstream_header
         self.max_connections = max_connections
         self.idle: list[UpstreamConnection] = []
         self.waiters: deque[UpstreamUser] = deque()
@@ -299,6 +319,7 @@ class UpstreamPool:
             return
         conn.resume_reading()
         conn._reset()
+        conn.head_bytes = 0
         if self.waiters:
             user = self.waiters.popleft()
             conn.user = user

@@ -92,6 +92,7 @@ class Engine(Protocol):
     reads_request: bool  # make_context looks at the request (features): never a plain route
     needs_body: bool  # make_context needs the request body (json: features)
     observes_overrides: bool  # observe() also sees traffic an override sent (rollout analysis)
+    counts_decisions: bool  # choose() counts decisions_total itself (else the runtime does)
 
     def admits(self, backend: str) -> bool:
         """Whether an override may send a request to `backend` now."""
@@ -146,6 +147,7 @@ class EngineBase:
     reads_request: bool = False
     needs_body: bool = False
     observes_overrides: bool = False
+    counts_decisions: bool = False
 
     def __init__(self, route: RouteConfig, services: Services) -> None:
         self.route = route.name

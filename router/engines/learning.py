@@ -68,6 +68,7 @@ class LearningEngine(EngineBase):
     """One learning route: an ab_test or bandit policy fed by decisions and rewards."""
 
     learns = True
+    counts_decisions = True  # choose() counts the arm that really serves
     tick_interval = 1.0  # seconds between feedback pulls / metric refreshes / snapshots
     # a decider silent this long (while this process flushes fine) is dead: the decisions of
     # its rewards are counted from them, and its own late flushes are refused (fenced)

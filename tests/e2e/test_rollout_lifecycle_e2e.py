@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Router
+from tests.e2e.conftest import ADMIN_TOKEN, Router
 from tests.e2e.helpers import PREDICT, Traffic, cli, get_audit, wait_status
 from tests.e2e.test_rollout_e2e import canary_config, phase_is
 from tests.router.test_dashboard import chart_points, needs_chromium, run_chromium
@@ -93,7 +93,8 @@ async def test_dashboard_opened_after_a_promotion_shows_the_ramp(
     async with Traffic(r.url + PREDICT, 2, 20_000, 60):
         await wait_status(r, "clf", phase_is("promoted"), "promoted", 40)
     # a page that was not open during the rollout: the ramp comes from the router
-    dom = await run_chromium(f"{r.admin}/dashboard", budget_ms=1500)
+    # (with an admin token configured the page sends it: it reads it from the fragment)
+    dom = await run_chromium(f"{r.admin}/dashboard#token={ADMIN_TOKEN}", budget_ms=1500)
     points = chart_points(dom)
     assert points.get("chart-share-clf", 0) >= 4, points  # new, blessed, 2 steps, promoted
     assert "steps 20% → 50% → [100%]" in dom or "promoted" in dom

@@ -97,11 +97,19 @@ async def test_readyz_follows_health_and_draining(client: Client, runtime: Runti
     assert (await json_of(resp))["reason"] == "draining"
 
 
-async def test_dashboard_page_and_data(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_dashboard_page_and_data(
+    client: Client, open_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     resp = await client.get("/dashboard")
-    assert resp.status == 200
+    assert resp.status == 200  # the page itself holds no data: open
     assert resp.content_type == "text/html"
+    # route status and the audit log are admin reads: the token when one is configured
     resp = await client.get("/dashboard/data")
+    assert resp.status == 401
+    assert "admin token" in (await json_of(resp))["error"]
+    resp = await open_client.get("/dashboard/data")
+    assert resp.status == 200
+    resp = await client.get("/dashboard/data", headers=AUTH)
     assert resp.status == 200
     data = await json_of(resp)
     assert set(data) == {"ts", "routes", "audit"}

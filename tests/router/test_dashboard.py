@@ -274,14 +274,22 @@ class FakeRouter:
         }
 
 
-@pytest.fixture
-async def dashboard_url() -> AsyncIterator[str]:
+DASH_TOKEN = "dash-token-1"
+
+
+@pytest.fixture(params=[None])
+async def dashboard_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The page and a fake `/dashboard/data`; parametrised with a token, the data needs it
+    (as the admin listener does when an admin token is configured)."""
     fake = FakeRouter()
+    token: str | None = request.param
 
     async def page(_: web.Request) -> web.Response:
         return web.Response(body=PAGE.read_bytes(), content_type="text/html", charset="utf-8")
 
-    async def data(_: web.Request) -> web.Response:
+    async def data(req: web.Request) -> web.Response:
+        if token is not None and req.headers.get("Authorization") != f"Bearer {token}":
+            return web.json_response({"error": "missing admin token"}, status=401)
         return web.json_response(fake.snapshot())
 
     app = web.Application()
@@ -343,6 +351,19 @@ async def test_dashboard_charts_hold_data(dashboard_url: str) -> None:
     assert "(95% " in dom
     # decision-log health of a logging route
     assert re.search(r"decision log \d+ written, 3 dropped, lag 0\.01s", dom)
+
+
+@needs_chromium
+@pytest.mark.parametrize("dashboard_url", [DASH_TOKEN], indirect=True)
+async def test_dashboard_with_admin_token(dashboard_url: str) -> None:
+    # without the token the page says what is missing and offers the token form
+    dom = await run_chromium(dashboard_url, budget_ms=3000)
+    assert 'id="conn-status" class="badge bad"' in dom
+    assert re.search(r'<form id="token-form"(?![^>]*hidden)', dom), "token form not shown"
+    # with it (in the URL fragment, which is never sent to the server) the charts fill
+    dom = await run_chromium(f"{dashboard_url}#token={DASH_TOKEN}")
+    assert 'id="conn-status" class="badge ok"' in dom
+    assert chart_points(dom).get("chart-share-recommend", 0) > 2
 
 
 @needs_chromium

@@ -108,7 +108,7 @@ def test_demo_learns_and_promotes_the_canary() -> None:
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr
-    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/dashboard$", r.stdout, re.M)
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/dashboard#token=\S+$", r.stdout, re.M)
     s = read_summary(r.stdout)
     # The contextual bandit found each climate's best model, and lost far less than uniform.
     assert int(s["matches"]) >= 2, r.stdout[-2000:]
@@ -146,6 +146,9 @@ async def test_dashboard_on_the_running_demo_then_ctrl_c(tmp_path: Path) -> None
     try:
         deadline = time.monotonic() + 45
         url = await _wait_for_line(proc.stdout, r"^dashboard: (http://\S+)$", deadline)
+        # the link carries the admin token in its fragment: the page sends it with its polls
+        page, _, fragment = url.partition("#")
+        auth = {"Authorization": "Bearer " + fragment.removeprefix("token=")}
         # Keep reading the demo's output meanwhile, so its pipes never fill up.
         rest = asyncio.create_task(proc.stdout.read())
         errs = asyncio.create_task(proc.stderr.read())
@@ -154,7 +157,7 @@ async def test_dashboard_on_the_running_demo_then_ctrl_c(tmp_path: Path) -> None
         async with aiohttp.ClientSession() as session:
             while True:
                 assert time.monotonic() < deadline, f"demo never got there: {data}"
-                async with session.get(url + "/data") as resp:
+                async with session.get(page + "/data", headers=auth) as resp:
                     data = await resp.json()
                 routes = {r["route"]: r for r in data["routes"]}
                 decisions = sum(
