@@ -12,7 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["failover_arm"]
+__all__ = ["draw_by_share", "failover_arm"]
+
+
+def draw_by_share(candidates: Sequence[tuple[str, float]], u: float) -> tuple[str, float]:
+    """One of `candidates` (arm, share > 0; not empty) drawn in proportion to its share, with
+    its share; `u` is a uniform draw in [0, 1)."""
+    x = u * sum(share for _, share in candidates)
+    for arm, share in candidates:
+        x -= share
+        if x < 0:
+            return arm, share
+    return candidates[-1]
 
 
 def failover_arm(
@@ -26,20 +37,9 @@ def failover_arm(
     `shares`: the route's traffic shares; `arms`: its arms in configured order (stable first);
     `usable`: whether an arm may serve now; `u`: a uniform draw in [0, 1).
     """
-    total = 0.0
-    candidates: list[tuple[str, float]] = []
-    for arm in arms:
-        share = shares.get(arm, 0.0)
-        if share > 0 and usable(arm):
-            candidates.append((arm, share))
-            total += share
+    candidates = [(a, shares.get(a, 0.0)) for a in arms if shares.get(a, 0.0) > 0 and usable(a)]
     if candidates:
-        x = u * total
-        for arm, share in candidates:
-            x -= share
-            if x < 0:
-                return arm
-        return candidates[-1][0]
+        return draw_by_share(candidates, u)[0]
     for arm in arms:
         if usable(arm):
             return arm

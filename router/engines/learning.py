@@ -41,6 +41,7 @@ from policies import stats as stt
 from policies.abtest import ABTestPolicy
 from policies.bandits import BanditPolicy
 from policies.base import ArmStats, Context, Decision, LearningPolicy, reward_problem
+from policies.failover import draw_by_share
 from policies.features import FeatureEncoder, json_pointer
 from policies.guardrails import GuardrailSet
 from policies.merge import Arrays, Merger, diff
@@ -205,18 +206,15 @@ class LearningEngine(EngineBase):
         if healthy(self._to_backend[d.arm]):
             own = shares.get(d.arm, 0.0)
             return Decision(d.arm, min(1.0, d.propensity + down * own / total))
-        u = float(self.services.rng.random()) * total
-        arm, share = up[-1]
-        for a, s in up:
-            u -= s
-            if u < 0.0:
-                arm, share = a, s
-                break
-        stats = self.policy.stats()
-        # the policy counted the decision for the arm it picked; it belongs to the one serving
-        stats[d.arm].decisions -= 1
-        stats[arm].decisions += 1
+        arm, share = draw_by_share(up, float(self.services.rng.random()))
+        self._recount(d.arm, arm)
         return Decision(arm, min(1.0, share / total))
+
+    def _recount(self, picked: str, serving: str) -> None:
+        """The policy counted the decision for the arm it picked; it belongs to the one serving."""
+        stats = self.policy.stats()
+        stats[picked].decisions -= 1
+        stats[serving].decisions += 1
 
     def _cap_failed(self, d: Decision) -> Decision:
         """The pick failed a guardrail: it keeps at most `min_share` of traffic; the rest moves
@@ -232,16 +230,8 @@ class LearningEngine(EngineBase):
         if float(rng.random()) * own < cap:
             return Decision(d.arm, cap)
         excess = sum(max(0.0, s - cap) for a, s in shares.items() if a in self._failed)
-        u = float(rng.random()) * total
-        arm, share = ok[-1]
-        for a, s in ok:
-            u -= s
-            if u < 0.0:
-                arm, share = a, s
-                break
-        stats = self.policy.stats()
-        stats[d.arm].decisions -= 1
-        stats[arm].decisions += 1
+        arm, share = draw_by_share(ok, float(rng.random()))
+        self._recount(d.arm, arm)
         return Decision(arm, min(1.0, share + excess * share / total))
 
     def _observe_guard(self, arm: str, source: str, value: float, ctx: Context | None) -> None:
