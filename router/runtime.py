@@ -511,22 +511,8 @@ class Runtime:
     def issue_token(
         self, route: str, decision: Decision, ctx: Context, layout: str | None = None
     ) -> str | None:
-        if self.signer is None:
-            return None
-        features = None if ctx.features is None else tuple(ctx.features.tolist())
-        token: str = self.signer.issue(
-            route,
-            decision.arm,
-            decision.propensity,
-            self.generation,
-            features,
-            ctx.label,
-            self.clock(),
-            bucket=ctx.bucket,
-            layout=layout,
-            clock=ctx.clock,
-        )
-        return token
+        issued = self.issue_token_with_id(route, decision, ctx, layout)
+        return None if issued is None else issued[0]
 
     async def handle_feedback(self, body: bytes) -> tuple[int, bytes]:
         if self.feedback is None:
