@@ -65,6 +65,11 @@ class FaultProcess:
             if e["ev"] == "recv" and e["rid"] not in sent and method in (None, e["method"])
         )
 
+    def open_connections(self) -> int:
+        """Connections it had open when it died (or now): each can lose at most one request."""
+        ev = self.events()
+        return sum(1 for e in ev if e["ev"] == "open") - sum(1 for e in ev if e["ev"] == "close")
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, sig)

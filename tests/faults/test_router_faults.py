@@ -78,18 +78,24 @@ async def test_sigkill_one_of_two_endpoints_under_load(
     killed_at = load.elapsed()
     e1.wait()
     in_flight = e1.unanswered()  # requests e1 had read but not answered when it died
+    # A POST is not retried once its bytes may have reached e1. Besides the requests e1 had
+    # read, that covers one it had not read yet (still in its socket buffer) and one written on
+    # a pooled connection in the instant before the router saw the reset. Either way each
+    # connection e1 had open loses at most one request, since a failed connection is dropped.
+    conns = e1.open_connections()
     await load.wait()
     codes = load.codes()
     print(
         f"\n{method}: SIGKILL of 1 of 2 endpoints at {killed_at:.2f}s, c=8: "
         f"{len(load.outcomes)} requests, codes {dict(codes)}, "
-        f"in flight on the killed endpoint {in_flight}, e2 received {e2.received()}"
+        f"in flight on the killed endpoint {in_flight} on {conns} open connections, "
+        f"e2 received {e2.received()}"
     )
     assert len(load.outcomes) > 200
     if method == "GET":
         assert load.errors() == 0
     else:
-        assert load.errors() <= in_flight
+        assert load.errors() <= conns <= 8
     text = await get_metrics(r)
     ejected = metric(
         text,

@@ -156,10 +156,12 @@ class _Conn(asyncio.Protocol):
         self.server.connections += 1
         self.n = self.server.connections
         self.server._conns.add(self)
+        self.server._log({"ev": "open", "conn": self.n})
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server._conns.discard(self)
+        self.server._log({"ev": "close", "conn": self.n})
         for t in self.tasks:
             t.cancel()
 
